@@ -1,0 +1,76 @@
+//! The `berth` binary: parses the command line and hands off to the library crates.
+
+mod config;
+mod registry_cmd;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// berth: a self-hosted container platform in one binary.
+///
+/// Every flag can also be set through an environment variable (shown as [env: …]) or in the
+/// TOML config file given with --config; flags win over the environment, which wins over the
+/// file.
+#[derive(Parser)]
+#[command(name = "berth", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    /// Config file (TOML) with a [registry] table; unknown keys are rejected.
+    #[arg(long, global = true, env = "BERTH_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "BERTH_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+
+    /// Log filter, e.g. `info`, `debug`, `berth_registry=debug`.
+    #[arg(long, global = true, env = "BERTH_LOG", default_value = "info", value_name = "FILTER")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The OCI registry: serve it, manage its users.
+    #[command(subcommand)]
+    Registry(registry_cmd::RegistryCommand),
+}
+
+fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| anyhow::anyhow!("invalid log filter {filter:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_logging(cli.log_format, &cli.log) {
+        eprintln!("berth: {e:#}");
+        return std::process::ExitCode::from(2);
+    }
+    let result = match cli.command {
+        Command::Registry(cmd) => registry_cmd::run(cmd, cli.config.as_deref()),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! `berth registry …`
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use berth_registry::{RegistryConfig, Server};
+use clap::{Args, Subcommand};
+
+use crate::config::ConfigFile;
+
+/// Where registry data goes when nothing else is said.
+const DEFAULT_DATA_DIR: &str = "/var/lib/berth/registry";
+
+#[derive(Subcommand)]
+pub enum RegistryCommand {
+    /// Serve the OCI registry (distribution spec v1.1).
+    ///
+    /// Prints `berth registry listening on URL` once it accepts connections. Without a users
+    /// file everyone may pull and push; with one, clients log in with HTTP Basic credentials
+    /// (`podman login`, `skopeo login`, `docker login`).
+    Serve(ServeArgs),
+    /// Read a password on stdin and print its bcrypt hash for the users file.
+    HashPassword,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:5000].
+    #[arg(long, env = "BERTH_REGISTRY_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+
+    /// Directory for blobs and metadata [default: /var/lib/berth/registry].
+    #[arg(long, env = "BERTH_REGISTRY_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Users file (TOML) with bcrypt password hashes and per-repository pull/push globs.
+    #[arg(long, env = "BERTH_REGISTRY_USERS", value_name = "FILE")]
+    users: Option<PathBuf>,
+
+    /// With a users file: let anonymous clients pull every repository.
+    #[arg(long, env = "BERTH_REGISTRY_ANONYMOUS_PULL")]
+    anonymous_pull: bool,
+
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "BERTH_REGISTRY_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "BERTH_REGISTRY_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Largest manifest accepted, in bytes [default: 4194304].
+    #[arg(long, env = "BERTH_REGISTRY_MAX_MANIFEST_BYTES", value_name = "BYTES")]
+    max_manifest_bytes: Option<usize>,
+
+    /// Refuse DELETE of manifests, tags and blobs.
+    #[arg(long, env = "BERTH_REGISTRY_NO_DELETES")]
+    no_deletes: bool,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> RegistryConfig {
+        RegistryConfig {
+            listen: self.listen,
+            data_dir: self.data_dir,
+            users: self.users,
+            anonymous_pull: self.anonymous_pull.then_some(true),
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            max_manifest_bytes: self.max_manifest_bytes,
+            deletes: self.no_deletes.then_some(false),
+        }
+    }
+}
+
+pub fn run(cmd: RegistryCommand, config: Option<&Path>) -> anyhow::Result<()> {
+    match cmd {
+        RegistryCommand::Serve(args) => serve(args, config),
+        RegistryCommand::HashPassword => hash_password(),
+    }
+}
+
+fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<()> {
+    let file = ConfigFile::load(config)?;
+    let settings = file
+        .registry
+        .merged(args.into_config())
+        .settings(PathBuf::from(DEFAULT_DATA_DIR))
+        .map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let server = Server::bind(&settings).await?;
+        let url = server.url();
+        if settings.users.is_none() && !server.local_addr().ip().is_loopback() {
+            tracing::warn!(%url, "no users file: anyone who can reach this address may push and delete");
+        }
+        tracing::info!(%url, data_dir = %settings.data_dir.display(), "registry started");
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "berth registry listening on {url} (data in {})",
+            settings.data_dir.display()
+        )?;
+        out.flush()?;
+        drop(out);
+        server.run(shutdown_signal()).await?;
+        tracing::info!("registry stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+fn hash_password() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(!password.is_empty(), "empty password on stdin");
+    let hash = berth_registry::auth::hash_password(password).context("hashing")?;
+    println!("{hash}");
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! Prometheus metrics, served at `/metrics`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry as PromRegistry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The registry's metrics.
+pub struct Metrics {
+    registry: PromRegistry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    received: Counter,
+    sent: Counter,
+    uploads: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut registry = PromRegistry::with_prefix("berth_registry");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let received = Counter::default();
+        let sent = Counter::default();
+        let uploads = Gauge::default();
+        registry.register("requests", "API requests by route, method and status", requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "API request latency by route (until the response head is ready)",
+            latency.clone(),
+        );
+        registry.register("received_bytes", "Blob bytes received in uploads", received.clone());
+        registry.register("sent_bytes", "Blob bytes served", sent.clone());
+        registry.register("uploads_in_progress", "Upload sessions open in this process", uploads.clone());
+        Metrics {
+            registry,
+            requests,
+            latency,
+            received,
+            sent,
+            uploads,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one API request.
+    pub fn observe_request(&self, route: &'static str, method: &str, status: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                method: method.to_owned(),
+                status,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels { route })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts uploaded blob bytes.
+    pub fn bytes_received(&self, n: u64) {
+        self.received.inc_by(n);
+    }
+
+    /// Counts served blob bytes.
+    pub fn bytes_sent(&self, n: u64) {
+        self.sent.inc_by(n);
+    }
+
+    /// The text exposition, with the current number of open uploads.
+    pub fn render(&self, uploads_in_progress: usize) -> String {
+        self.uploads.set(i64::try_from(uploads_in_progress).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

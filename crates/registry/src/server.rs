@@ -1,0 +1,153 @@
+//! Binding, TLS and graceful shutdown around the API router.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+use crate::api::{dispatch, Registry, Uploads};
+use crate::auth::{Authorizer, UsersFileError};
+use crate::config::Settings;
+use crate::metadata::{Metadata, MetadataError};
+use crate::metrics::Metrics;
+use crate::storage::{FsBlobStore, StorageError};
+
+/// Why the registry cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The storage directory cannot be used.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The metadata database cannot be opened.
+    #[error("{0}")]
+    Metadata(#[from] MetadataError),
+    /// The users file is unusable.
+    #[error("{0}")]
+    Users(#[from] UsersFileError),
+    /// The address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS files are unusable.
+    #[error("TLS certificate/key: {0}")]
+    Tls(std::io::Error),
+    /// Serving failed.
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Opens the registry's storage and policy.
+pub fn open_registry(settings: &Settings) -> Result<Arc<Registry>, ServeError> {
+    let store = FsBlobStore::open(&settings.data_dir)?;
+    let meta = Metadata::open(&settings.data_dir.join("metadata.redb"))?;
+    let auth = match &settings.users {
+        Some(path) => Authorizer::from_file(path, settings.anonymous_pull)?,
+        None => Authorizer::open(),
+    };
+    Ok(Arc::new(Registry {
+        store: Arc::new(store),
+        meta,
+        auth: Arc::new(auth),
+        uploads: Uploads::default(),
+        metrics: Metrics::default(),
+        limits: settings.limits,
+    }))
+}
+
+/// The HTTP application: the distribution API plus `/metrics` and `/healthz`.
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(dispatch)
+        .with_state(registry)
+}
+
+async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        registry.metrics.render(registry.uploads.len()),
+    )
+}
+
+/// A registry bound to its address, ready to serve.
+pub struct Server {
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+}
+
+impl Server {
+    /// Opens storage and binds the listen address.
+    pub async fn bind(settings: &Settings) -> Result<Server, ServeError> {
+        let registry = open_registry(settings)?;
+        let tls = match &settings.tls {
+            Some(files) => Some(
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
+                    .await
+                    .map_err(ServeError::Tls)?,
+            ),
+            None => None,
+        };
+        let bind_err = |source| ServeError::Bind {
+            addr: settings.listen,
+            source,
+        };
+        let listener = std::net::TcpListener::bind(settings.listen).map_err(bind_err)?;
+        let addr = listener.local_addr().map_err(bind_err)?;
+        Ok(Server {
+            listener,
+            addr,
+            registry,
+            tls,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL clients use.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish (up to 10 s).
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+        let app = router(self.registry).into_make_service();
+        let handle = axum_server::Handle::new();
+        let stopper = handle.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+        });
+        let server = axum_server::from_tcp(self.listener).map_err(ServeError::Serve)?;
+        match self.tls {
+            Some(tls) => {
+                server
+                    .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(tls))
+                    .handle(handle)
+                    .serve(app)
+                    .await
+            }
+            None => server.handle(handle).serve(app).await,
+        }
+        .map_err(ServeError::Serve)
+    }
+}
