@@ -11,18 +11,35 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// TOML config file given with --config; flags win over the environment, which wins over the
 /// file.
 #[derive(Parser)]
-#[command(name = "berth", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "berth",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 struct Cli {
     /// Config file (TOML) with a [registry] table; unknown keys are rejected.
     #[arg(long, global = true, env = "BERTH_CONFIG", value_name = "FILE")]
     config: Option<std::path::PathBuf>,
 
     /// Log format on stderr.
-    #[arg(long, global = true, env = "BERTH_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     log_format: LogFormat,
 
     /// Log filter, e.g. `info`, `debug`, `berth_registry=debug`.
-    #[arg(long, global = true, env = "BERTH_LOG", default_value = "info", value_name = "FILTER")]
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_LOG",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
     log: String,
 
     #[command(subcommand)]

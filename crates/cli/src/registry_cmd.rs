@@ -44,11 +44,21 @@ pub struct ServeArgs {
     anonymous_pull: bool,
 
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
-    #[arg(long, env = "BERTH_REGISTRY_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "BERTH_REGISTRY_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     tls_cert: Option<PathBuf>,
 
     /// PEM private key for --tls-cert.
-    #[arg(long, env = "BERTH_REGISTRY_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "BERTH_REGISTRY_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     tls_key: Option<PathBuf>,
 
     /// Largest manifest accepted, in bytes [default: 4194304].

@@ -108,16 +108,18 @@ impl FromStr for Digest {
             "sha512" => Algorithm::Sha512,
             other
                 if !other.is_empty()
-                    && other
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)) =>
+                    && other.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)
+                    }) =>
             {
                 return Err(DigestError::UnsupportedAlgorithm(other.to_owned()))
             }
             _ => return Err(DigestError::Malformed(s.to_owned())),
         };
         let well_formed = hex.len() == algorithm.hex_len()
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !well_formed {
             return Err(DigestError::BadEncoding {
                 digest: s.to_owned(),

@@ -217,7 +217,7 @@ mod tests {
 
     #[test]
     fn media_type_inferred_without_content_type() {
-        let body = format!(r#"{{"schemaVersion":2,"manifests":[]}}"#);
+        let body = r#"{"schemaVersion":2,"manifests":[]}"#;
         let m = Manifest::parse(Some("application/json"), body.as_bytes()).expect("valid");
         assert_eq!(m.media_type, OCI_INDEX);
     }
@@ -227,7 +227,10 @@ mod tests {
         let cases: Vec<(Option<&str>, String)> = vec![
             (Some(OCI_MANIFEST), "not json".into()),
             (Some(OCI_MANIFEST), r#"{"schemaVersion":1}"#.into()),
-            (Some(OCI_MANIFEST), r#"{"schemaVersion":2,"layers":[]}"#.into()),
+            (
+                Some(OCI_MANIFEST),
+                r#"{"schemaVersion":2,"layers":[]}"#.into(),
+            ),
             (Some(OCI_INDEX), r#"{"schemaVersion":2}"#.into()),
             (Some(OCI_INDEX), image("")),
             (
@@ -240,11 +243,17 @@ mod tests {
             ),
             (
                 None,
-                image("").replace(OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v1+prettyjws"),
+                image("").replace(
+                    OCI_MANIFEST,
+                    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+                ),
             ),
         ];
         for (ct, body) in cases {
-            assert!(Manifest::parse(ct, body.as_bytes()).is_err(), "accepted {body}");
+            assert!(
+                Manifest::parse(ct, body.as_bytes()).is_err(),
+                "accepted {body}"
+            );
         }
     }
 }

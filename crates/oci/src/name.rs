@@ -16,7 +16,9 @@ pub enum NameError {
     #[error("repository name is {0} characters long; the limit is {MAX_NAME_LEN}")]
     TooLong(usize),
     /// The tag does not match `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
-    #[error("invalid tag {0:?}: up to 128 characters of [a-zA-Z0-9._-], not starting with '.' or '-'")]
+    #[error(
+        "invalid tag {0:?}: up to 128 characters of [a-zA-Z0-9._-], not starting with '.' or '-'"
+    )]
     BadTag(String),
 }
 
@@ -156,10 +158,7 @@ mod tests {
             assert!(bad.parse::<RepositoryName>().is_err(), "{bad:?} accepted");
         }
         let long = "a".repeat(256);
-        assert_eq!(
-            long.parse::<RepositoryName>(),
-            Err(NameError::TooLong(256))
-        );
+        assert_eq!(long.parse::<RepositoryName>(), Err(NameError::TooLong(256)));
     }
 
     #[test]

@@ -78,14 +78,24 @@ impl Call {
 }
 
 impl Registry {
-    pub(crate) fn require(&self, call: &Call, repo: &RepositoryName, access: Access) -> ApiResult<()> {
+    pub(crate) fn require(
+        &self,
+        call: &Call,
+        repo: &RepositoryName,
+        access: Access,
+    ) -> ApiResult<()> {
         self.auth.require(&call.principal, repo.as_str(), access)
     }
 
     /// NAME_UNKNOWN for a repository that does not exist, else `otherwise`.
     pub(crate) async fn unknown(&self, repo: &RepositoryName, otherwise: ApiError) -> ApiError {
-        match self.blocking_meta(|m, r| m.repo_exists(r), repo.to_string()).await {
-            Ok(false) => ApiError::new(Code::NameUnknown, format!("repository {repo} is not known")),
+        match self
+            .blocking_meta(|m, r| m.repo_exists(r), repo.to_string())
+            .await
+        {
+            Ok(false) => {
+                ApiError::new(Code::NameUnknown, format!("repository {repo} is not known"))
+            }
             Ok(true) => otherwise,
             Err(e) => e,
         }
@@ -174,7 +184,9 @@ pub async fn dispatch(State(registry): State<Arc<Registry>>, request: Request<Bo
         .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    registry.metrics.observe_request(kind, method.as_str(), status, elapsed);
+    registry
+        .metrics
+        .observe_request(kind, method.as_str(), status, elapsed);
     tracing::debug!(%method, path, route = kind, status, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request");
     response
 }
@@ -188,7 +200,10 @@ async fn handle(registry: &Registry, route: Route, call: Call, body: Body) -> Ap
     };
     let is_read = call.method == Method::GET || call.method == Method::HEAD;
     if call.method == Method::DELETE && !registry.limits.deletes {
-        return Err(ApiError::new(Code::Unsupported, "deletes are disabled on this registry"));
+        return Err(ApiError::new(
+            Code::Unsupported,
+            "deletes are disabled on this registry",
+        ));
     }
     match route {
         Route::Base if is_read => {

@@ -235,7 +235,12 @@ impl Authorizer {
                 "malformed Authorization header: use Basic credentials",
             ))
         })?;
-        let bad = || challenge(ApiError::new(Code::Unauthorized, "invalid username or password"));
+        let bad = || {
+            challenge(ApiError::new(
+                Code::Unauthorized,
+                "invalid username or password",
+            ))
+        };
         let entry = self.users.get(&user).ok_or_else(bad)?;
         let fingerprint: [u8; 32] = sha2::Sha256::new()
             .chain_update(user.as_bytes())
@@ -248,7 +253,10 @@ impl Authorizer {
         let cached = self
             .verified
             .lock()
-            .map(|m| m.get(&fingerprint).is_some_and(|t| t.elapsed() < CREDENTIAL_CACHE_TTL))
+            .map(|m| {
+                m.get(&fingerprint)
+                    .is_some_and(|t| t.elapsed() < CREDENTIAL_CACHE_TTL)
+            })
             .unwrap_or(false);
         if !cached {
             if !bcrypt::verify(&password, &entry.hash).unwrap_or(false) {
@@ -275,7 +283,12 @@ impl Authorizer {
 
     /// `Ok` when allowed; otherwise 401 with a challenge for anonymous callers (so clients
     /// send credentials) and 403 DENIED for users without the right.
-    pub fn require(&self, principal: &Principal, repo: &str, access: Access) -> Result<(), ApiError> {
+    pub fn require(
+        &self,
+        principal: &Principal,
+        repo: &str,
+        access: Access,
+    ) -> Result<(), ApiError> {
         if self.allows(principal, repo, access) {
             return Ok(());
         }
@@ -288,10 +301,9 @@ impl Authorizer {
                 Code::Unauthorized,
                 format!("authentication required to {verb} {repo}"),
             )),
-            Principal::User(name) => ApiError::new(
-                Code::Denied,
-                format!("user {name} may not {verb} {repo}"),
-            ),
+            Principal::User(name) => {
+                ApiError::new(Code::Denied, format!("user {name} may not {verb} {repo}"))
+            }
         })
     }
 
@@ -369,11 +381,18 @@ mod tests {
         let anon = auth.authenticate(&HeaderMap::new()).expect("anonymous");
         assert!(auth.allows(&anon, "public/x", Access::Pull));
         assert!(!auth.allows(&anon, "alice/app", Access::Pull));
-        let denied = auth.require(&alice, "bob/app", Access::Push).expect_err("denied");
+        let denied = auth
+            .require(&alice, "bob/app", Access::Push)
+            .expect_err("denied");
         assert_eq!(denied.code, Code::Denied);
-        let challenged = auth.require(&anon, "alice/app", Access::Push).expect_err("401");
+        let challenged = auth
+            .require(&anon, "alice/app", Access::Push)
+            .expect_err("401");
         assert_eq!(challenged.code, Code::Unauthorized);
-        assert!(challenged.headers.iter().any(|(n, _)| n == header::WWW_AUTHENTICATE));
+        assert!(challenged
+            .headers
+            .iter()
+            .any(|(n, _)| n == header::WWW_AUTHENTICATE));
     }
 
     #[test]

@@ -68,7 +68,9 @@ impl RegistryConfig {
             anonymous_pull: self.anonymous_pull.unwrap_or(false),
             tls,
             limits: Limits {
-                max_manifest_bytes: self.max_manifest_bytes.unwrap_or(defaults.max_manifest_bytes),
+                max_manifest_bytes: self
+                    .max_manifest_bytes
+                    .unwrap_or(defaults.max_manifest_bytes),
                 deletes: self.deletes.unwrap_or(defaults.deletes),
             },
         })

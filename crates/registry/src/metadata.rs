@@ -338,7 +338,9 @@ impl Metadata {
             for child in new.manifests {
                 let child_key = key(new.repo, &child.digest.to_string());
                 if manifests.get(child_key.as_str())?.is_none() {
-                    return Ok(Err(ManifestRejection::MissingManifest(child.digest.clone())));
+                    return Ok(Err(ManifestRejection::MissingManifest(
+                        child.digest.clone(),
+                    )));
                 }
             }
             let digest = new.digest.to_string();
@@ -476,10 +478,8 @@ impl Metadata {
         let mut names = Vec::new();
         let mut more = false;
         let range = match last {
-            Some(last) => table.range::<&str>((
-                std::ops::Bound::Excluded(last),
-                std::ops::Bound::Unbounded,
-            ))?,
+            Some(last) => table
+                .range::<&str>((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded))?,
             None => table.range::<&str>(..)?,
         };
         for entry in range {

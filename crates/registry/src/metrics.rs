@@ -39,20 +39,33 @@ impl Default for Metrics {
     fn default() -> Metrics {
         let mut registry = PromRegistry::with_prefix("berth_registry");
         let requests = Family::<RequestLabels, Counter>::default();
-        let latency =
-            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
         let received = Counter::default();
         let sent = Counter::default();
         let uploads = Gauge::default();
-        registry.register("requests", "API requests by route, method and status", requests.clone());
+        registry.register(
+            "requests",
+            "API requests by route, method and status",
+            requests.clone(),
+        );
         registry.register(
             "request_duration_seconds",
             "API request latency by route (until the response head is ready)",
             latency.clone(),
         );
-        registry.register("received_bytes", "Blob bytes received in uploads", received.clone());
+        registry.register(
+            "received_bytes",
+            "Blob bytes received in uploads",
+            received.clone(),
+        );
         registry.register("sent_bytes", "Blob bytes served", sent.clone());
-        registry.register("uploads_in_progress", "Upload sessions open in this process", uploads.clone());
+        registry.register(
+            "uploads_in_progress",
+            "Upload sessions open in this process",
+            uploads.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -66,7 +79,13 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Records one API request.
-    pub fn observe_request(&self, route: &'static str, method: &str, status: u16, elapsed: Duration) {
+    pub fn observe_request(
+        &self,
+        route: &'static str,
+        method: &str,
+        status: u16,
+        elapsed: Duration,
+    ) {
         self.requests
             .get_or_create(&RequestLabels {
                 route,
@@ -91,7 +110,8 @@ impl Metrics {
 
     /// The text exposition, with the current number of open uploads.
     pub fn render(&self, uploads_in_progress: usize) -> String {
-        self.uploads.set(i64::try_from(uploads_in_progress).unwrap_or(i64::MAX));
+        self.uploads
+            .set(i64::try_from(uploads_in_progress).unwrap_or(i64::MAX));
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

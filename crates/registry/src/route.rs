@@ -156,7 +156,14 @@ mod tests {
 
     #[test]
     fn other_paths_are_not_api_routes() {
-        for path in ["/", "/metrics", "/v2x", "/v2/a", "/v2/manifests/x", "/v3/a/tags/list"] {
+        for path in [
+            "/",
+            "/metrics",
+            "/v2x",
+            "/v2/a",
+            "/v2/manifests/x",
+            "/v3/a/tags/list",
+        ] {
             assert!(Route::parse(path).is_none(), "{path}");
         }
     }

@@ -129,7 +129,10 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish (up to 10 s).
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
         let app = router(self.registry).into_make_service();
         let handle = axum_server::Handle::new();
         let stopper = handle.clone();

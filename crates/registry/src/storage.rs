@@ -61,8 +61,11 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn stat(&self, digest: &Digest) -> StorageResult<Option<u64>>;
 
     /// Reads a committed blob, whole or a range of it; `None` when it is not stored.
-    async fn read(&self, digest: &Digest, range: Option<ByteRange>)
-        -> StorageResult<Option<BlobReader>>;
+    async fn read(
+        &self,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> StorageResult<Option<BlobReader>>;
 
     /// Reads a small committed blob (a manifest) into memory.
     async fn read_all(&self, digest: &Digest) -> StorageResult<Option<Bytes>>;

@@ -66,7 +66,11 @@ pub(crate) fn parse_range(value: &str, size: u64) -> Result<Option<ByteRange>, (
     Ok(Some(range))
 }
 
-async fn linked_size(registry: &Registry, repo: &RepositoryName, digest: &Digest) -> ApiResult<u64> {
+async fn linked_size(
+    registry: &Registry,
+    repo: &RepositoryName,
+    digest: &Digest,
+) -> ApiResult<u64> {
     let (r, d) = (repo.to_string(), digest.clone());
     let size = registry
         .blocking_meta(move |m, ()| m.linked_blob(&r, &d), ())
@@ -92,14 +96,21 @@ pub(super) async fn get(
     let digest = parse_digest(digest)?;
     registry.require(call, repo, Access::Pull)?;
     let size = linked_size(registry, repo, &digest).await?;
-    let range = match call.headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+    let range = match call
+        .headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+    {
         None => None,
         Some(value) => parse_range(value, size).map_err(|()| {
             ApiError::new(
                 Code::RangeInvalid,
                 format!("range {value:?} is outside the blob's {size} bytes"),
             )
-            .header(header::CONTENT_RANGE, header_value(&format!("bytes */{size}")))
+            .header(
+                header::CONTENT_RANGE,
+                header_value(&format!("bytes */{size}")),
+            )
         })?,
     };
     let (status, len) = match range {
@@ -110,7 +121,9 @@ pub(super) async fn get(
         Body::empty()
     } else {
         let reader = registry.store.read(&digest, range).await?.ok_or_else(|| {
-            ApiError::internal(format!("blob {digest} is recorded but missing from storage"))
+            ApiError::internal(format!(
+                "blob {digest} is recorded but missing from storage"
+            ))
         })?;
         registry.metrics.bytes_sent(len);
         Body::from_stream(ReaderStream::with_capacity(reader, STREAM_CHUNK))
@@ -123,7 +136,10 @@ pub(super) async fn get(
         header::HeaderValue::from_static("application/octet-stream"),
     );
     h.insert(CONTENT_DIGEST, header_value(&digest.to_string()));
-    h.insert(header::ACCEPT_RANGES, header::HeaderValue::from_static("bytes"));
+    h.insert(
+        header::ACCEPT_RANGES,
+        header::HeaderValue::from_static("bytes"),
+    );
     h.insert(header::ETAG, header_value(&format!("\"{digest}\"")));
     if let Some(r) = range {
         h.insert(

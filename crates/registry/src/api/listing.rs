@@ -43,16 +43,30 @@ fn with_next_link(mut response: Response, page: &Page, n: usize, base: &str) -> 
 }
 
 /// `GET /v2/<name>/tags/list`
-pub(super) async fn tags(registry: &Registry, call: &Call, repo: &RepositoryName) -> ApiResult<Response> {
+pub(super) async fn tags(
+    registry: &Registry,
+    call: &Call,
+    repo: &RepositoryName,
+) -> ApiResult<Response> {
     registry.require(call, repo, Access::Pull)?;
     let (n, last) = pagination(call)?;
     let r = repo.to_string();
     let page = registry
-        .blocking_meta(move |m, last: &Option<String>| m.tags(&r, last.as_deref(), n), last)
+        .blocking_meta(
+            move |m, last: &Option<String>| m.tags(&r, last.as_deref(), n),
+            last,
+        )
         .await?
-        .ok_or_else(|| ApiError::new(Code::NameUnknown, format!("repository {repo} is not known")))?;
+        .ok_or_else(|| {
+            ApiError::new(Code::NameUnknown, format!("repository {repo} is not known"))
+        })?;
     let response = axum::Json(json!({"name": repo.as_str(), "tags": page.names})).into_response();
-    Ok(with_next_link(response, &page, n, &format!("/v2/{repo}/tags/list")))
+    Ok(with_next_link(
+        response,
+        &page,
+        n,
+        &format!("/v2/{repo}/tags/list"),
+    ))
 }
 
 /// `GET /v2/_catalog`: the repositories the caller may pull.

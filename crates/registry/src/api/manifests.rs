@@ -62,20 +62,27 @@ pub(super) async fn get(
         )
         .await?;
     let Some((digest, record)) = found else {
-        return Err(registry.unknown(repo, manifest_unknown(repo, reference)).await);
+        return Err(registry
+            .unknown(repo, manifest_unknown(repo, reference))
+            .await);
     };
     let body = if call.method == Method::HEAD {
         Body::empty()
     } else {
         let bytes = registry.store.read_all(&digest).await?.ok_or_else(|| {
-            ApiError::internal(format!("manifest {digest} is recorded but missing from storage"))
+            ApiError::internal(format!(
+                "manifest {digest} is recorded but missing from storage"
+            ))
         })?;
         Body::from(bytes)
     };
     let mut response = (StatusCode::OK, body).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, header_value(&record.media_type));
-    h.insert(header::CONTENT_LENGTH, header_value(&record.size.to_string()));
+    h.insert(
+        header::CONTENT_LENGTH,
+        header_value(&record.size.to_string()),
+    );
     h.insert(CONTENT_DIGEST, header_value(&digest.to_string()));
     h.insert(header::ETAG, header_value(&format!("\"{digest}\"")));
     Ok(response)
@@ -148,35 +155,45 @@ pub(super) async fn put(
         Reference::Tag(t) => Some(t.to_string()),
         Reference::Digest(_) => None,
     };
-    let outcome = registry
-        .blocking_meta(
-            move |m, (manifest, record, referrer): &(Manifest, ManifestRecord, Option<Descriptor>)| {
-                m.put_manifest(NewManifest {
-                    repo: &r,
-                    digest: &d,
-                    tag: tag.as_deref(),
-                    record: record.clone(),
-                    blobs: &manifest.blobs,
-                    manifests: &manifest.manifests,
-                    referrer: referrer.clone(),
-                })
-            },
-            (manifest.clone(), record, referrer),
-        )
-        .await?;
+    let outcome =
+        registry
+            .blocking_meta(
+                move |m,
+                      (manifest, record, referrer): &(
+                    Manifest,
+                    ManifestRecord,
+                    Option<Descriptor>,
+                )| {
+                    m.put_manifest(NewManifest {
+                        repo: &r,
+                        digest: &d,
+                        tag: tag.as_deref(),
+                        record: record.clone(),
+                        blobs: &manifest.blobs,
+                        manifests: &manifest.manifests,
+                        referrer: referrer.clone(),
+                    })
+                },
+                (manifest.clone(), record, referrer),
+            )
+            .await?;
     match outcome {
         Ok(()) => {}
         Err(ManifestRejection::MissingBlob(missing)) => {
             return Err(ApiError::new(
                 Code::ManifestBlobUnknown,
-                format!("manifest references blob {missing}, which is not in {repo}; push it first"),
+                format!(
+                    "manifest references blob {missing}, which is not in {repo}; push it first"
+                ),
             )
             .detail(serde_json::json!({"digest": missing.to_string()})))
         }
         Err(ManifestRejection::MissingManifest(missing)) => {
             return Err(ApiError::new(
                 Code::ManifestBlobUnknown,
-                format!("index references manifest {missing}, which is not in {repo}; push it first"),
+                format!(
+                    "index references manifest {missing}, which is not in {repo}; push it first"
+                ),
             )
             .detail(serde_json::json!({"digest": missing.to_string()})))
         }
@@ -223,7 +240,9 @@ pub(super) async fn delete(
         )
         .await?;
     if !removed {
-        return Err(registry.unknown(repo, manifest_unknown(repo, reference)).await);
+        return Err(registry
+            .unknown(repo, manifest_unknown(repo, reference))
+            .await);
     }
     tracing::info!(%repo, reference, "manifest deleted");
     Ok(empty(StatusCode::ACCEPTED, &[]))

@@ -166,7 +166,12 @@ fn content_length(call: &Call) -> Option<u64> {
 }
 
 /// Streams `body` into the upload behind `session`, hashing as it goes.
-async fn receive(registry: &Registry, id: &str, session: &mut Session, body: Body) -> ApiResult<u64> {
+async fn receive(
+    registry: &Registry,
+    id: &str,
+    session: &mut Session,
+    body: Body,
+) -> ApiResult<u64> {
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let writer = registry.store.append(id, rx);
     let mut hasher = session.hasher.take();
@@ -175,7 +180,10 @@ async fn receive(registry: &Registry, id: &str, session: &mut Session, body: Bod
         let mut received = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
-                ApiError::new(Code::BlobUploadInvalid, format!("reading request body: {e}"))
+                ApiError::new(
+                    Code::BlobUploadInvalid,
+                    format!("reading request body: {e}"),
+                )
             })?;
             received += chunk.len() as u64;
             if let Some(h) = hasher.as_mut() {
@@ -225,7 +233,9 @@ async fn commit(
             Code::DigestInvalid,
             format!("uploaded content has digest {actual}, not {digest}; the upload was discarded"),
         )
-        .detail(serde_json::json!({"expected": digest.to_string(), "actual": actual.to_string()})));
+        .detail(
+            serde_json::json!({"expected": digest.to_string(), "actual": actual.to_string()}),
+        ));
     }
     registry
         .store
@@ -243,7 +253,11 @@ async fn commit(
 }
 
 async fn rehash(registry: &Registry, id: &str, algorithm: Algorithm) -> ApiResult<Digest> {
-    let mut reader = registry.store.read_upload(id).await.map_err(storage_error(id))?;
+    let mut reader = registry
+        .store
+        .read_upload(id)
+        .await
+        .map_err(storage_error(id))?;
     let mut hasher = Hasher::new(algorithm);
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -255,7 +269,10 @@ async fn rehash(registry: &Registry, id: &str, algorithm: Algorithm) -> ApiResul
     }
 }
 
-async fn new_session(registry: &Registry, repo: &RepositoryName) -> ApiResult<(String, SessionRef)> {
+async fn new_session(
+    registry: &Registry,
+    repo: &RepositoryName,
+) -> ApiResult<(String, SessionRef)> {
     let id = uuid::Uuid::new_v4().to_string();
     registry.store.create_upload(&id).await?;
     let session = registry.uploads.insert(
@@ -279,9 +296,9 @@ async fn mount(
 ) -> ApiResult<bool> {
     let sources: Vec<String> = match call.param("from") {
         Some(from) => {
-            let from: RepositoryName = from
-                .parse()
-                .map_err(|e: berth_oci::NameError| ApiError::new(Code::NameInvalid, e.to_string()))?;
+            let from: RepositoryName = from.parse().map_err(|e: berth_oci::NameError| {
+                ApiError::new(Code::NameInvalid, e.to_string())
+            })?;
             vec![from.to_string()]
         }
         None => {

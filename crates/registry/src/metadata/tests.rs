@@ -32,12 +32,21 @@ fn record(refs: &[Digest], subject: Option<Digest>) -> ManifestRecord {
     }
 }
 
-fn put(meta: &Metadata, repo: &str, digest: &Digest, tag: Option<&str>, blobs: &[Descriptor]) -> Result<(), ManifestRejection> {
+fn put(
+    meta: &Metadata,
+    repo: &str,
+    digest: &Digest,
+    tag: Option<&str>,
+    blobs: &[Descriptor],
+) -> Result<(), ManifestRejection> {
     meta.put_manifest(NewManifest {
         repo,
         digest,
         tag,
-        record: record(&blobs.iter().map(|b| b.digest.clone()).collect::<Vec<_>>(), None),
+        record: record(
+            &blobs.iter().map(|b| b.digest.clone()).collect::<Vec<_>>(),
+            None,
+        ),
         blobs,
         manifests: &[],
         referrer: None,
@@ -55,7 +64,10 @@ fn links_are_per_repository_and_mounts_copy_them() {
     assert!(!meta.repo_exists("b").expect("exists"));
     assert_eq!(meta.repos_with_blob(&d(1)).expect("repos"), vec!["a"]);
     assert_eq!(meta.mount("b", &d(1), &["c".into()]).expect("mount"), None);
-    assert_eq!(meta.mount("b", &d(1), &["a".into()]).expect("mount"), Some(5));
+    assert_eq!(
+        meta.mount("b", &d(1), &["a".into()]).expect("mount"),
+        Some(5)
+    );
     assert_eq!(meta.linked_blob("b", &d(1)).expect("get"), Some(5));
     assert!(meta.unlink_blob("a", &d(1)).expect("unlink"));
     assert!(!meta.unlink_blob("a", &d(1)).expect("unlink again"));
@@ -73,7 +85,11 @@ fn manifests_need_their_blobs_with_the_right_size() {
     meta.link_blob("r", &d(1), 5).expect("link");
     assert_eq!(
         put(&meta, "r", &m, Some("v1"), &[desc(&d(1), 6)]),
-        Err(ManifestRejection::SizeMismatch { digest: d(1), declared: 6, stored: 5 })
+        Err(ManifestRejection::SizeMismatch {
+            digest: d(1),
+            declared: 6,
+            stored: 5
+        })
     );
     assert_eq!(put(&meta, "r", &m, Some("v1"), &[desc(&d(1), 5)]), Ok(()));
     assert_eq!(meta.tag("r", "v1").expect("tag"), Some(m.clone()));
@@ -109,11 +125,37 @@ fn tags_and_repositories_paginate_in_lexical_order() {
     }
     put(&meta, "r/sub", &d(1), Some("zz"), &[]).expect("put");
     let page = meta.tags("r", None, 2).expect("tags").expect("known");
-    assert_eq!(page, Page { names: vec!["a".into(), "b".into()], more: true });
+    assert_eq!(
+        page,
+        Page {
+            names: vec!["a".into(), "b".into()],
+            more: true
+        }
+    );
     let page = meta.tags("r", Some("b"), 2).expect("tags").expect("known");
-    assert_eq!(page, Page { names: vec!["c".into(), "d".into()], more: false });
-    assert_eq!(meta.tags("r", Some("d"), 2).expect("tags").expect("known").names.len(), 0);
-    assert_eq!(meta.tags("r", None, 0).expect("tags").expect("known").names.len(), 0);
+    assert_eq!(
+        page,
+        Page {
+            names: vec!["c".into(), "d".into()],
+            more: false
+        }
+    );
+    assert_eq!(
+        meta.tags("r", Some("d"), 2)
+            .expect("tags")
+            .expect("known")
+            .names
+            .len(),
+        0
+    );
+    assert_eq!(
+        meta.tags("r", None, 0)
+            .expect("tags")
+            .expect("known")
+            .names
+            .len(),
+        0
+    );
     assert!(meta.tags("nope", None, 2).expect("tags").is_none());
     let repos = meta.repositories(None, 10, |_| true).expect("repos");
     assert_eq!(repos.names, vec!["r", "r/sub"]);
@@ -141,8 +183,14 @@ fn referrers_follow_their_manifests() {
     })
     .expect("db")
     .expect("stored");
-    assert_eq!(meta.referrers("r", &subject).expect("referrers"), vec![descriptor]);
-    assert!(meta.referrers("other", &subject).expect("referrers").is_empty());
+    assert_eq!(
+        meta.referrers("r", &subject).expect("referrers"),
+        vec![descriptor]
+    );
+    assert!(meta
+        .referrers("other", &subject)
+        .expect("referrers")
+        .is_empty());
     meta.delete_manifest("r", &referrer).expect("delete");
     assert!(meta.referrers("r", &subject).expect("referrers").is_empty());
 }

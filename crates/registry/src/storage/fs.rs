@@ -144,7 +144,10 @@ impl BlobStore for FsBlobStore {
             if store.blob_path(&digest).exists() {
                 return Ok(());
             }
-            let staged = store.root.join("tmp").join(uuid::Uuid::new_v4().to_string());
+            let staged = store
+                .root
+                .join("tmp")
+                .join(uuid::Uuid::new_v4().to_string());
             let mut file = std::fs::File::create(&staged)
                 .map_err(StorageError::io(format!("creating {}", staged.display())))?;
             file.write_all(&data)
@@ -247,7 +250,8 @@ impl BlobStore for FsBlobStore {
             let entries = std::fs::read_dir(&dir)
                 .map_err(StorageError::io(format!("listing {}", dir.display())))?;
             for entry in entries {
-                let entry = entry.map_err(StorageError::io(format!("listing {}", dir.display())))?;
+                let entry =
+                    entry.map_err(StorageError::io(format!("listing {}", dir.display())))?;
                 let Some(meta) = not_found_is_none(entry.metadata())
                     .map_err(StorageError::io("stat of an upload"))?
                 else {

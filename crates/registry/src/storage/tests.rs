@@ -73,7 +73,10 @@ async fn compliance(store: &dyn BlobStore) {
     // Committing the same content again keeps one copy and removes the upload.
     store.create_upload("u2").await.expect("create");
     append(store, "u2", &[&data]).await;
-    store.commit_upload("u2", &digest).await.expect("commit dup");
+    store
+        .commit_upload("u2", &digest)
+        .await
+        .expect("commit dup");
     assert_eq!(store.upload_len("u2").await.expect("len"), None);
     assert_eq!(read_to_vec(store, &digest, None).await, data);
 
@@ -81,8 +84,14 @@ async fn compliance(store: &dyn BlobStore) {
     let manifest = Bytes::from_static(b"{\"schemaVersion\":2}");
     let mdigest = Digest::sha256(&manifest);
     store.put(&mdigest, manifest.clone()).await.expect("put");
-    store.put(&mdigest, manifest.clone()).await.expect("put twice");
-    assert_eq!(store.read_all(&mdigest).await.expect("read_all"), Some(manifest));
+    store
+        .put(&mdigest, manifest.clone())
+        .await
+        .expect("put twice");
+    assert_eq!(
+        store.read_all(&mdigest).await.expect("read_all"),
+        Some(manifest)
+    );
 
     // Unknown uploads are reported as such, and hostile ids never touch the filesystem.
     for id in ["nope", "../../etc/passwd", ""] {
@@ -92,7 +101,10 @@ async fn compliance(store: &dyn BlobStore) {
         ));
         assert!(store.read_upload(id).await.is_err());
     }
-    store.delete_upload("u3").await.expect("delete unknown upload");
+    store
+        .delete_upload("u3")
+        .await
+        .expect("delete unknown upload");
 
     store.create_upload("u4").await.expect("create");
     store.delete_upload("u4").await.expect("cancel");
