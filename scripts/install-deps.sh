@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what berth's tests and benchmarks need, from Debian's packages and crates.io.
+# Idempotent: does nothing when everything is already there.
+set -euo pipefail
+
+PACKAGES=(
+    podman buildah skopeo umoci         # real clients for the registry tests
+    busybox-static                      # copied into FROM-scratch test images
+    docker-registry                     # CNCF distribution 2.8: the benchmark peer
+    runc crun containernetworking-plugins uidmap fuse-overlayfs
+    jq curl openssl
+)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "install-deps: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=600 update -q
+    apt-get -o DPkg::Lock::Timeout=600 install -y -q "${missing[@]}"
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "install-deps: installing cargo-nextest"
+    cargo install cargo-nextest --locked
+fi
