@@ -10,6 +10,8 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use axum_server::accept::NoDelayAcceptor;
+use axum_server::tls_rustls::RustlsAcceptor;
 
 use crate::api::{dispatch, Registry, Uploads};
 use crate::auth::{Authorizer, UsersFileError};
@@ -140,16 +142,19 @@ impl Server {
             shutdown.await;
             stopper.graceful_shutdown(Some(Duration::from_secs(10)));
         });
+        // Without TCP_NODELAY a response whose head and body go out in two writes waits for
+        // the client's delayed ACK (~40 ms) on every keep-alive request.
+        let nodelay = NoDelayAcceptor::new();
         let server = axum_server::from_tcp(self.listener).map_err(ServeError::Serve)?;
         match self.tls {
             Some(tls) => {
                 server
-                    .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(tls))
+                    .acceptor(RustlsAcceptor::new(tls).acceptor(nodelay))
                     .handle(handle)
                     .serve(app)
                     .await
             }
-            None => server.handle(handle).serve(app).await,
+            None => server.acceptor(nodelay).handle(handle).serve(app).await,
         }
         .map_err(ServeError::Serve)
     }
