@@ -3,9 +3,9 @@
 //! intact and nothing partial is visible.
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,46 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use reqwest::{Client, StatusCode};
 use sha2::Digest as _;
-
-struct Berth {
-    child: Child,
-    url: String,
-}
-
-impl Berth {
-    fn start(data: &Path) -> Berth {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["registry", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .env("BERTH_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no URL in {line:?}"))
-            .to_owned();
-        Berth { child, url }
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Berth {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::Berth;
 
 /// What the server acknowledged: (repo, digest, content) of blobs, (repo, tag, manifest).
 #[derive(Default, Clone)]
@@ -239,7 +200,7 @@ async fn sigkill_during_uploads_and_after_commits_loses_nothing() {
     let mut rng = rand::rng();
 
     for round in 0..4 {
-        let berth = Berth::start(&data);
+        let berth = Berth::start(&data, &[]);
         let url = berth.url.clone();
         if round > 0 {
             let snapshot = acked.lock().unwrap().clone();
@@ -280,7 +241,7 @@ async fn sigkill_during_uploads_and_after_commits_loses_nothing() {
         }
         trickler.await.unwrap();
 
-        let berth = Berth::start(&data);
+        let berth = Berth::start(&data, &[]);
         let url = berth.url.clone();
         let snapshot = acked.lock().unwrap().clone();
         verify(&client, &url, &snapshot, &partial).await;

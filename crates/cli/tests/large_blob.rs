@@ -1,11 +1,11 @@
 //! Streaming: pushing and pulling a 1 GiB blob keeps the registry's memory flat.
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod support;
 
 use berth_oci::{Algorithm, Hasher};
 use futures::StreamExt;
+use support::Berth;
 
 const GIB: u64 = 1 << 30;
 const CHUNK: usize = 1 << 20;
@@ -31,23 +31,9 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_blob_streams_with_flat_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["registry", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("BERTH_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_owned();
-    let pid = child.id();
+    let berth = Berth::start(dir.path(), &[]);
+    let url = berth.url.clone();
+    let pid = berth.pid();
 
     let mut hasher = Hasher::new(Algorithm::Sha256);
     for i in 0..GIB / CHUNK as u64 {
@@ -85,8 +71,7 @@ async fn one_gib_blob_streams_with_flat_memory() {
     assert_eq!(n, GIB);
     assert_eq!(pulled.finish(), digest);
     let after_pull = peak_rss_kib(pid);
-    let _ = child.kill();
-    let _ = child.wait();
+    berth.kill9();
 
     eprintln!(
         "registry peak RSS: {} MiB at start, {} MiB after a 1 GiB push, {} MiB after a 1 GiB pull",
