@@ -89,10 +89,8 @@ impl Registry {
 
     /// NAME_UNKNOWN for a repository that does not exist, else `otherwise`.
     pub(crate) async fn unknown(&self, repo: &RepositoryName, otherwise: ApiError) -> ApiError {
-        match self
-            .blocking_meta(|m, r| m.repo_exists(r), repo.to_string())
-            .await
-        {
+        let name = repo.to_string();
+        match self.blocking_meta(move |m| m.repo_exists(&name)).await {
             Ok(false) => {
                 ApiError::new(Code::NameUnknown, format!("repository {repo} is not known"))
             }
@@ -102,18 +100,16 @@ impl Registry {
     }
 
     /// Runs a metadata call off the async threads.
-    pub(crate) async fn blocking_meta<A, T, E>(
+    pub(crate) async fn blocking_meta<T, E>(
         &self,
-        f: impl FnOnce(&Metadata, &A) -> Result<T, E> + Send + 'static,
-        arg: A,
+        f: impl FnOnce(&Metadata) -> Result<T, E> + Send + 'static,
     ) -> ApiResult<T>
     where
-        A: Send + 'static,
         T: Send + 'static,
         E: Into<ApiError> + Send + 'static,
     {
         let meta = self.meta.clone();
-        tokio::task::spawn_blocking(move || f(&meta, &arg).map_err(Into::into))
+        tokio::task::spawn_blocking(move || f(&meta).map_err(Into::into))
             .await
             .map_err(ApiError::internal)?
     }

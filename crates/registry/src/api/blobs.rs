@@ -73,7 +73,7 @@ async fn linked_size(
 ) -> ApiResult<u64> {
     let (r, d) = (repo.to_string(), digest.clone());
     let size = registry
-        .blocking_meta(move |m, ()| m.linked_blob(&r, &d), ())
+        .blocking_meta(move |m| m.linked_blob(&r, &d))
         .await?;
     match size {
         Some(size) => Ok(size),
@@ -162,7 +162,7 @@ pub(super) async fn delete(
     registry.require(call, repo, Access::Push)?;
     let (r, d) = (repo.to_string(), digest.clone());
     let removed = registry
-        .blocking_meta(move |m, ()| m.unlink_blob(&r, &d), ())
+        .blocking_meta(move |m| m.unlink_blob(&r, &d))
         .await?;
     if !removed {
         return Err(registry

@@ -52,10 +52,7 @@ pub(super) async fn tags(
     let (n, last) = pagination(call)?;
     let r = repo.to_string();
     let page = registry
-        .blocking_meta(
-            move |m, last: &Option<String>| m.tags(&r, last.as_deref(), n),
-            last,
-        )
+        .blocking_meta(move |m| m.tags(&r, last.as_deref(), n))
         .await?
         .ok_or_else(|| {
             ApiError::new(Code::NameUnknown, format!("repository {repo} is not known"))
@@ -76,14 +73,11 @@ pub(super) async fn catalog(registry: &Registry, call: &Call) -> ApiResult<Respo
     let auth = registry.auth.clone();
     let principal = call.principal.clone();
     let page = registry
-        .blocking_meta(
-            move |m, last: &Option<String>| {
-                m.repositories(last.as_deref(), n, |repo| {
-                    auth.allows(&principal, repo, Access::Pull)
-                })
-            },
-            last,
-        )
+        .blocking_meta(move |m| {
+            m.repositories(last.as_deref(), n, |repo| {
+                auth.allows(&principal, repo, Access::Pull)
+            })
+        })
         .await?;
     let response = axum::Json(json!({"repositories": page.names})).into_response();
     Ok(with_next_link(response, &page, n, "/v2/_catalog"))
@@ -101,7 +95,7 @@ pub(super) async fn referrers(
     registry.require(call, repo, Access::Pull)?;
     let r = repo.to_string();
     let mut found = registry
-        .blocking_meta(move |m, s| m.referrers(&r, s), subject)
+        .blocking_meta(move |m| m.referrers(&r, &subject))
         .await?;
     let filter = call.param("artifactType").filter(|t| !t.is_empty());
     if let Some(wanted) = filter {

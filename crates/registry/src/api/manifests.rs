@@ -45,21 +45,18 @@ pub(super) async fn get(
     registry.require(call, repo, Access::Pull)?;
     let r = repo.to_string();
     let found = registry
-        .blocking_meta(
-            move |m, parsed: &Reference| {
-                let digest = match parsed {
-                    Reference::Digest(d) => Some(d.clone()),
-                    Reference::Tag(t) => m.tag(&r, t.as_str())?,
-                };
-                let Some(digest) = digest else {
-                    return Ok(None);
-                };
-                Ok::<_, crate::metadata::MetadataError>(
-                    m.manifest(&r, &digest)?.map(|record| (digest, record)),
-                )
-            },
-            parsed,
-        )
+        .blocking_meta(move |m| {
+            let digest = match &parsed {
+                Reference::Digest(d) => Some(d.clone()),
+                Reference::Tag(t) => m.tag(&r, t.as_str())?,
+            };
+            let Some(digest) = digest else {
+                return Ok(None);
+            };
+            Ok::<_, crate::metadata::MetadataError>(
+                m.manifest(&r, &digest)?.map(|record| (digest, record)),
+            )
+        })
         .await?;
     let Some((digest, record)) = found else {
         return Err(registry
@@ -155,28 +152,22 @@ pub(super) async fn put(
         Reference::Tag(t) => Some(t.to_string()),
         Reference::Digest(_) => None,
     };
-    let outcome =
-        registry
-            .blocking_meta(
-                move |m,
-                      (manifest, record, referrer): &(
-                    Manifest,
-                    ManifestRecord,
-                    Option<Descriptor>,
-                )| {
-                    m.put_manifest(NewManifest {
-                        repo: &r,
-                        digest: &d,
-                        tag: tag.as_deref(),
-                        record: record.clone(),
-                        blobs: &manifest.blobs,
-                        manifests: &manifest.manifests,
-                        referrer: referrer.clone(),
-                    })
-                },
-                (manifest.clone(), record, referrer),
-            )
-            .await?;
+    let outcome = registry
+        .blocking_meta({
+            let manifest = manifest.clone();
+            move |m| {
+                m.put_manifest(NewManifest {
+                    repo: &r,
+                    digest: &d,
+                    tag: tag.as_deref(),
+                    record,
+                    blobs: &manifest.blobs,
+                    manifests: &manifest.manifests,
+                    referrer,
+                })
+            }
+        })
+        .await?;
     match outcome {
         Ok(()) => {}
         Err(ManifestRejection::MissingBlob(missing)) => {
@@ -231,13 +222,10 @@ pub(super) async fn delete(
     registry.require(call, repo, Access::Push)?;
     let r = repo.to_string();
     let removed = registry
-        .blocking_meta(
-            move |m, parsed: &Reference| match parsed {
-                Reference::Digest(d) => m.delete_manifest(&r, d),
-                Reference::Tag(t) => m.delete_tag(&r, t.as_str()),
-            },
-            parsed,
-        )
+        .blocking_meta(move |m| match &parsed {
+            Reference::Digest(d) => m.delete_manifest(&r, d),
+            Reference::Tag(t) => m.delete_tag(&r, t.as_str()),
+        })
         .await?;
     if !removed {
         return Err(registry

@@ -246,7 +246,7 @@ async fn commit(
     let size = session.len;
     let (repo_name, d) = (repo.to_string(), digest.clone());
     registry
-        .blocking_meta(move |m, ()| m.link_blob(&repo_name, &d, size), ())
+        .blocking_meta(move |m| m.link_blob(&repo_name, &d, size))
         .await?;
     tracing::debug!(%digest, %repo, size, "blob committed");
     Ok(created(repo, digest))
@@ -303,7 +303,10 @@ async fn mount(
         }
         None => {
             registry
-                .blocking_meta(|m, d: &Digest| m.repos_with_blob(d), digest.clone())
+                .blocking_meta({
+                    let digest = digest.clone();
+                    move |m| m.repos_with_blob(&digest)
+                })
                 .await?
         }
     };
@@ -316,7 +319,7 @@ async fn mount(
     }
     let (to, d) = (repo.to_string(), digest.clone());
     let mounted = registry
-        .blocking_meta(move |m, s: &Vec<String>| m.mount(&to, &d, s), sources)
+        .blocking_meta(move |m| m.mount(&to, &d, &sources))
         .await?;
     Ok(mounted.is_some())
 }
