@@ -1,5 +1,6 @@
 //! The `berth` binary: parses the command line and hands off to the library crates.
 
+mod admin_cmd;
 mod config;
 mod registry_cmd;
 

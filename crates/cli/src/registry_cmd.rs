@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use berth_registry::units::HumanDuration;
 use berth_registry::{RegistryConfig, Server};
+
+use crate::admin_cmd::{self, AdminClient};
 use clap::{Args, Subcommand};
 
 use crate::config::ConfigFile;
@@ -23,6 +26,65 @@ pub enum RegistryCommand {
     Serve(ServeArgs),
     /// Read a password on stdin and print its bcrypt hash for the users file.
     HashPassword,
+    /// Collect garbage in a running registry now: retention rules, untagged manifests (with
+    /// --delete-untagged), unreferenced blobs, orphaned files and abandoned uploads.
+    ///
+    /// Runs online: pushes and pulls go on while it works. Content younger than the
+    /// registry's grace period (--gc-grace) and pinned content are never removed.
+    Gc {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Only report what would be removed, and why.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete manifests that have had no tag for the grace period.
+        #[arg(long)]
+        delete_untagged: bool,
+    },
+    /// Show the space each repository uses, split into bytes it shares with other
+    /// repositories and bytes only it holds, with quotas.
+    Du {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Pin a digest: no delete, retention rule or garbage collection removes it (for a
+    /// manifest: nor anything it references).
+    Pin {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The digest to pin (sha256:…).
+        digest: String,
+        /// Why, shown in `pins` and in refusals.
+        #[arg(long, default_value = "pinned with berth registry pin")]
+        reason: String,
+    },
+    /// Remove a pin.
+    Unpin {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The pinned digest.
+        digest: String,
+    },
+    /// List pins.
+    Pins {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How to reach a running registry's admin API.
+#[derive(Args)]
+pub struct AdminArgs {
+    /// The registry's base URL.
+    #[arg(
+        long,
+        env = "BERTH_REGISTRY_URL",
+        default_value = "http://127.0.0.1:5000"
+    )]
+    url: String,
+    /// Admin user (with a users file); the password comes from BERTH_REGISTRY_PASSWORD.
+    #[arg(long, env = "BERTH_REGISTRY_USER")]
+    user: Option<String>,
 }
 
 #[derive(Args)]
@@ -68,6 +130,22 @@ pub struct ServeArgs {
     /// Refuse DELETE of manifests, tags and blobs.
     #[arg(long, env = "BERTH_REGISTRY_NO_DELETES")]
     no_deletes: bool,
+
+    /// Collect garbage this often, e.g. 1h (default: only when asked with `berth registry gc`).
+    #[arg(long, env = "BERTH_REGISTRY_GC_INTERVAL", value_name = "DURATION")]
+    gc_interval: Option<HumanDuration>,
+
+    /// Never collect content younger than this [default: 1h].
+    #[arg(long, env = "BERTH_REGISTRY_GC_GRACE", value_name = "DURATION")]
+    gc_grace: Option<HumanDuration>,
+
+    /// Remove upload sessions idle for longer than this [default: 24h].
+    #[arg(long, env = "BERTH_REGISTRY_UPLOAD_MAX_AGE", value_name = "DURATION")]
+    upload_max_age: Option<HumanDuration>,
+
+    /// Let scheduled collections delete manifests untagged for longer than --gc-grace.
+    #[arg(long, env = "BERTH_REGISTRY_DELETE_UNTAGGED")]
+    delete_untagged: bool,
 }
 
 impl ServeArgs {
@@ -81,6 +159,12 @@ impl ServeArgs {
             tls_key: self.tls_key,
             max_manifest_bytes: self.max_manifest_bytes,
             deletes: self.no_deletes.then_some(false),
+            gc_interval: self.gc_interval,
+            gc_grace: self.gc_grace,
+            upload_max_age: self.upload_max_age,
+            delete_untagged: self.delete_untagged.then_some(true),
+            retention: Vec::new(),
+            quotas: Vec::new(),
         }
     }
 }
@@ -89,6 +173,19 @@ pub fn run(cmd: RegistryCommand, config: Option<&Path>) -> anyhow::Result<()> {
     match cmd {
         RegistryCommand::Serve(args) => serve(args, config),
         RegistryCommand::HashPassword => hash_password(),
+        RegistryCommand::Gc {
+            admin,
+            dry_run,
+            delete_untagged,
+        } => admin_cmd::gc(&admin.client()?, dry_run, delete_untagged),
+        RegistryCommand::Du { admin } => admin_cmd::du(&admin.client()?),
+        RegistryCommand::Pin {
+            admin,
+            digest,
+            reason,
+        } => admin_cmd::pin(&admin.client()?, &digest, &reason),
+        RegistryCommand::Unpin { admin, digest } => admin_cmd::unpin(&admin.client()?, &digest),
+        RegistryCommand::Pins { admin } => admin_cmd::pins(&admin.client()?),
     }
 }
 
@@ -148,4 +245,16 @@ fn hash_password() -> anyhow::Result<()> {
     let hash = berth_registry::auth::hash_password(password).context("hashing")?;
     println!("{hash}");
     Ok(())
+}
+
+impl AdminArgs {
+    fn client(self) -> anyhow::Result<AdminClient> {
+        let password = match &self.user {
+            Some(_) => Some(std::env::var("BERTH_REGISTRY_PASSWORD").map_err(|_| {
+                anyhow::anyhow!("--user needs the password in BERTH_REGISTRY_PASSWORD")
+            })?),
+            None => None,
+        };
+        Ok(AdminClient::new(self.url, self.user.zip(password)))
+    }
 }

@@ -17,11 +17,14 @@ use axum::response::{IntoResponse, Response};
 use berth_oci::{Digest, RepositoryName};
 
 use crate::auth::{Access, Authorizer, Principal};
+use crate::config::{GcSettings, Quota};
 use crate::error::{ApiError, ApiResult, Code};
 use crate::metadata::Metadata;
 use crate::metrics::Metrics;
+use crate::retention::RetentionRule;
 use crate::route::Route;
 use crate::storage::BlobStore;
+use crate::units::human_bytes;
 
 pub(crate) use uploads::Uploads;
 
@@ -43,6 +46,24 @@ pub struct Registry {
     pub(crate) uploads: Uploads,
     pub(crate) metrics: Metrics,
     pub(crate) limits: Limits,
+    pub(crate) policy: Policy,
+    /// Read: installing content and recording it. Write: garbage collection removing it.
+    pub(crate) gc_fence: tokio::sync::RwLock<()>,
+    /// Held by the one collection that may run at a time.
+    pub(crate) gc_running: tokio::sync::Mutex<()>,
+    /// Tag pulls not yet written to the metadata: (repo, tag) -> when.
+    pub(crate) pulls: std::sync::Mutex<HashMap<(String, String), u64>>,
+}
+
+/// Garbage collection, retention and quota settings.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Garbage collection.
+    pub gc: GcSettings,
+    /// Retention rules, first match wins.
+    pub retention: Vec<RetentionRule>,
+    /// Quotas, first match wins.
+    pub quotas: Vec<Quota>,
 }
 
 /// Request size limits.
@@ -97,6 +118,56 @@ impl Registry {
             Ok(true) => otherwise,
             Err(e) => e,
         }
+    }
+
+    /// Remembers that `tag` of `repo` was pulled now (for retention windows).
+    pub(crate) fn note_pull(&self, repo: &str, tag: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if let Ok(mut pulls) = self.pulls.lock() {
+            pulls.insert((repo.to_owned(), tag.to_owned()), now);
+        }
+    }
+
+    /// Writes remembered pulls to the metadata.
+    pub(crate) async fn flush_pulls(&self) {
+        let pulls: Vec<(String, String, u64)> = match self.pulls.lock() {
+            Ok(mut map) => map.drain().map(|((r, t), w)| (r, t, w)).collect(),
+            Err(_) => return,
+        };
+        if let Err(e) = self.blocking_meta(move |m| m.record_pulls(&pulls)).await {
+            tracing::warn!(error = e.message, "could not record tag pulls");
+        }
+    }
+
+    /// DENIED when adding `extra` bytes to `repo` would exceed its quota.
+    pub(crate) async fn check_quota(&self, repo: &RepositoryName, extra: u64) -> ApiResult<()> {
+        let Some(quota) = self
+            .policy
+            .quotas
+            .iter()
+            .find(|q| q.applies_to(repo.as_str()))
+        else {
+            return Ok(());
+        };
+        let name = repo.to_string();
+        let usage = self.blocking_meta(move |m| m.repo_bytes(&name)).await?;
+        if usage.saturating_add(extra) > quota.max_bytes {
+            return Err(ApiError::new(
+                Code::Denied,
+                format!(
+                    "quota exceeded: {repo} may hold {} ({} bytes, rule {:?}) and holds {} ({usage} bytes); this push needs {} more. Delete tags or images and run garbage collection, or raise the quota",
+                    human_bytes(quota.max_bytes),
+                    quota.max_bytes,
+                    quota.pattern,
+                    human_bytes(usage),
+                    human_bytes(extra),
+                ),
+            )
+            .detail(serde_json::json!({"quota": quota.max_bytes, "usage": usage, "requested": extra})));
+        }
+        Ok(())
     }
 
     /// Runs a metadata call off the async threads.

@@ -79,6 +79,9 @@ struct Rights {
 struct UserEntry {
     name: String,
     password: String,
+    /// May use the admin API (garbage collection, pins, usage).
+    #[serde(default)]
+    admin: bool,
     #[serde(default)]
     pull: Vec<String>,
     #[serde(default)]
@@ -136,6 +139,7 @@ impl Grants {
 struct User {
     hash: String,
     grants: Grants,
+    admin: bool,
 }
 
 /// The authenticated party of a request.
@@ -205,6 +209,7 @@ impl Authorizer {
                 User {
                     hash: entry.password,
                     grants,
+                    admin: entry.admin,
                 },
             );
         }
@@ -305,6 +310,24 @@ impl Authorizer {
                 ApiError::new(Code::Denied, format!("user {name} may not {verb} {repo}"))
             }
         })
+    }
+
+    /// For the admin API: without a users file everyone; with one, users marked `admin`.
+    pub fn require_admin(&self, principal: &Principal) -> Result<(), ApiError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        match principal {
+            Principal::Anonymous => Err(challenge(ApiError::new(
+                Code::Unauthorized,
+                "the admin API needs an admin user's credentials",
+            ))),
+            Principal::User(name) if self.users.get(name).is_some_and(|u| u.admin) => Ok(()),
+            Principal::User(name) => Err(ApiError::new(
+                Code::Denied,
+                format!("user {name} is not an admin (set admin = true in the users file)"),
+            )),
+        }
     }
 
     /// For `/v2/`: anonymous callers of an authenticated registry are challenged.

@@ -6,7 +6,13 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use std::time::Duration;
+
+use globset::{Glob, GlobMatcher};
+
 use crate::api::Limits;
+use crate::retention::{RetentionConfig, RetentionRule};
+use crate::units::{ByteSize, HumanDuration};
 
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
@@ -31,6 +37,71 @@ pub struct RegistryConfig {
     pub max_manifest_bytes: Option<usize>,
     /// Allow DELETE of manifests, tags and blobs.
     pub deletes: Option<bool>,
+    /// Run garbage collection this often (`0` or absent: only on request).
+    pub gc_interval: Option<HumanDuration>,
+    /// Content younger than this is never collected (protects pushes in progress).
+    pub gc_grace: Option<HumanDuration>,
+    /// Upload sessions idle for longer than this are removed by garbage collection.
+    pub upload_max_age: Option<HumanDuration>,
+    /// Let every collection delete manifests that have had no tag for `gc_grace`.
+    pub delete_untagged: Option<bool>,
+    /// Retention rules, first match per repository wins.
+    #[serde(default)]
+    pub retention: Vec<RetentionConfig>,
+    /// Per-repository quotas, first match per repository wins.
+    #[serde(default)]
+    pub quotas: Vec<QuotaConfig>,
+}
+
+/// A quota as written in the config file (`[[registry.quotas]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Repositories it applies to (glob; `*` also matches `/`).
+    pub repositories: String,
+    /// Most bytes each matching repository may hold.
+    pub max_bytes: ByteSize,
+}
+
+/// A compiled quota.
+#[derive(Debug, Clone)]
+pub struct Quota {
+    matcher: GlobMatcher,
+    /// The glob as written.
+    pub pattern: String,
+    /// Most bytes a matching repository may hold.
+    pub max_bytes: u64,
+}
+
+impl Quota {
+    /// Whether the quota governs `repo`.
+    pub fn applies_to(&self, repo: &str) -> bool {
+        self.matcher.is_match(repo)
+    }
+}
+
+/// Garbage-collection settings.
+#[derive(Debug, Clone, Copy)]
+pub struct GcSettings {
+    /// Interval of scheduled collections.
+    pub interval: Option<Duration>,
+    /// Content younger than this is kept.
+    pub grace: Duration,
+    /// Idle uploads older than this are removed.
+    pub upload_max_age: Duration,
+    /// Delete manifests untagged for longer than `grace`.
+    pub delete_untagged: bool,
+}
+
+impl Default for GcSettings {
+    fn default() -> GcSettings {
+        GcSettings {
+            interval: None,
+            grace: Duration::from_secs(3600),
+            upload_max_age: Duration::from_secs(24 * 3600),
+            delete_untagged: false,
+        }
+    }
 }
 
 impl RegistryConfig {
@@ -45,6 +116,20 @@ impl RegistryConfig {
             tls_key: over.tls_key.or(self.tls_key),
             max_manifest_bytes: over.max_manifest_bytes.or(self.max_manifest_bytes),
             deletes: over.deletes.or(self.deletes),
+            gc_interval: over.gc_interval.or(self.gc_interval),
+            gc_grace: over.gc_grace.or(self.gc_grace),
+            upload_max_age: over.upload_max_age.or(self.upload_max_age),
+            delete_untagged: over.delete_untagged.or(self.delete_untagged),
+            retention: if over.retention.is_empty() {
+                self.retention
+            } else {
+                over.retention
+            },
+            quotas: if over.quotas.is_empty() {
+                self.quotas
+            } else {
+                over.quotas
+            },
         }
     }
 
@@ -56,6 +141,27 @@ impl RegistryConfig {
             _ => return Err("TLS needs both a certificate (tls_cert) and a key (tls_key)".into()),
         };
         let defaults = Limits::default();
+        let gc_defaults = GcSettings::default();
+        let retention = self
+            .retention
+            .iter()
+            .map(RetentionConfig::compile)
+            .collect::<Result<Vec<_>, _>>()?;
+        let quotas = self
+            .quotas
+            .iter()
+            .map(|q| {
+                Ok(Quota {
+                    matcher: Glob::new(&q.repositories)
+                        .map_err(|e| {
+                            format!("quota: bad repositories glob {:?}: {e}", q.repositories)
+                        })?
+                        .compile_matcher(),
+                    pattern: q.repositories.clone(),
+                    max_bytes: q.max_bytes.0,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         Ok(Settings {
             listen: match self.listen {
                 Some(addr) => addr,
@@ -73,6 +179,16 @@ impl RegistryConfig {
                     .unwrap_or(defaults.max_manifest_bytes),
                 deletes: self.deletes.unwrap_or(defaults.deletes),
             },
+            gc: GcSettings {
+                interval: self.gc_interval.map(|d| d.0).filter(|d| !d.is_zero()),
+                grace: self.gc_grace.map_or(gc_defaults.grace, |d| d.0),
+                upload_max_age: self
+                    .upload_max_age
+                    .map_or(gc_defaults.upload_max_age, |d| d.0),
+                delete_untagged: self.delete_untagged.unwrap_or(false),
+            },
+            retention,
+            quotas,
         })
     }
 }
@@ -101,4 +217,10 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     /// Request limits.
     pub limits: Limits,
+    /// Garbage collection.
+    pub gc: GcSettings,
+    /// Retention rules.
+    pub retention: Vec<RetentionRule>,
+    /// Quotas.
+    pub quotas: Vec<Quota>,
 }

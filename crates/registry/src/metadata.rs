@@ -25,6 +25,18 @@ const TAGS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tags");
 const REFERRERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("referrers");
 /// repo -> created-at.
 const REPOS: TableDefinition<'_, &str, u64> = TableDefinition::new("repos");
+/// "blob\0repo\0manifest" -> (): manifest `manifest` in `repo` references `blob` (its config,
+/// a layer, an index child, or itself). A blob with no entry here is unreferenced.
+const REFS: TableDefinition<'_, &str, ()> = TableDefinition::new("refs");
+/// digest -> `PinRecord`: content no cleanup may remove.
+const PINS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("pins");
+/// "repo\0tag" -> last pulled (unix seconds), for retention windows.
+const TAG_PULLS: TableDefinition<'_, &str, u64> = TableDefinition::new("tag_pulls");
+/// "version" -> schema version of this file.
+const SCHEMA: TableDefinition<'_, &str, u64> = TableDefinition::new("schema");
+
+/// The schema this code writes; older files are migrated on open.
+const SCHEMA_VERSION: u64 = 2;
 
 /// A failure of the metadata database.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +168,10 @@ fn key(a: &str, b: &str) -> String {
     format!("{a}\0{b}")
 }
 
+fn ref_key(blob: &str, repo: &str, manifest: &str) -> String {
+    format!("{blob}\0{repo}\0{manifest}")
+}
+
 /// The key range of every "prefix\0…" key.
 fn under(prefix: &str) -> (String, String) {
     (format!("{prefix}\0"), format!("{prefix}\u{1}"))
@@ -186,9 +202,37 @@ impl Metadata {
             txn.open_table(TAGS)?;
             txn.open_table(REFERRERS)?;
             txn.open_table(REPOS)?;
+            txn.open_table(REFS)?;
+            txn.open_table(PINS)?;
+            txn.open_table(TAG_PULLS)?;
+            let mut schema = txn.open_table(SCHEMA)?;
+            let version = schema.get("version")?.map(|v| v.value()).unwrap_or(1);
+            if version < 2 {
+                Self::rebuild_refs(&txn)?;
+            }
+            schema.insert("version", SCHEMA_VERSION)?;
         }
         txn.commit()?;
         Ok(Metadata { db: Arc::new(db) })
+    }
+
+    /// Version 1 files have no reference index: build it from the manifest records, so
+    /// garbage collection never mistakes referenced content for garbage.
+    fn rebuild_refs(txn: &redb::WriteTransaction) -> MetadataResult<()> {
+        let manifests = txn.open_table(MANIFESTS)?;
+        let mut refs = txn.open_table(REFS)?;
+        for entry in manifests.range::<&str>(..)? {
+            let (k, v) = entry?;
+            let Some((repo, digest)) = k.value().split_once('\0') else {
+                continue;
+            };
+            let record: ManifestRecord = decode(k.value(), v.value())?;
+            refs.insert(ref_key(digest, repo, digest).as_str(), ())?;
+            for reference in &record.references {
+                refs.insert(ref_key(&reference.to_string(), repo, digest).as_str(), ())?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether the repository exists.
@@ -352,7 +396,19 @@ impl Metadata {
                 blobs.insert(digest.as_str(), encode(&record).as_slice())?;
             }
             let manifest_key = key(new.repo, &digest);
-            manifests.insert(manifest_key.as_str(), encode(&new.record).as_slice())?;
+            let record = ManifestRecord {
+                created: now(),
+                ..new.record.clone()
+            };
+            manifests.insert(manifest_key.as_str(), encode(&record).as_slice())?;
+            let mut refs = txn.open_table(REFS)?;
+            refs.insert(ref_key(&digest, new.repo, &digest).as_str(), ())?;
+            for reference in &new.record.references {
+                refs.insert(
+                    ref_key(&reference.to_string(), new.repo, &digest).as_str(),
+                    (),
+                )?;
+            }
             if let Some(tag) = new.tag {
                 let record = TagRecord {
                     digest: new.digest.clone(),
@@ -396,8 +452,27 @@ impl Metadata {
     }
 
     /// Deletes a manifest, every tag pointing at it and its referrer entry; false when absent.
-    pub fn delete_manifest(&self, repo: &str, digest: &Digest) -> MetadataResult<bool> {
+    /// Pinned manifests are not deleted (`Err(Pinned)`).
+    pub fn delete_manifest(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> MetadataResult<Result<bool, Pinned>> {
         let txn = self.db.begin_write()?;
+        if let Some(pin) = Self::pin_in(&txn, digest)? {
+            return Ok(Err(Pinned(pin)));
+        }
+        let removed = Self::remove_manifest(&txn, repo, digest)?;
+        txn.commit()?;
+        Ok(Ok(removed))
+    }
+
+    /// Removes a manifest record with its tags, references and referrer entry.
+    pub(crate) fn remove_manifest(
+        txn: &redb::WriteTransaction,
+        repo: &str,
+        digest: &Digest,
+    ) -> MetadataResult<bool> {
         {
             let digest_str = digest.to_string();
             let removed = txn
@@ -408,6 +483,11 @@ impl Metadata {
             let Some(record) = removed else {
                 return Ok(false);
             };
+            let mut refs = txn.open_table(REFS)?;
+            refs.remove(ref_key(&digest_str, repo, &digest_str).as_str())?;
+            for reference in &record.references {
+                refs.remove(ref_key(&reference.to_string(), repo, &digest_str).as_str())?;
+            }
             let mut tags = txn.open_table(TAGS)?;
             let (start, end) = under(repo);
             let mut pointing = Vec::new();
@@ -425,7 +505,6 @@ impl Metadata {
                     .remove(format!("{repo}\0{subject}\0{digest_str}").as_str())?;
             }
         }
-        txn.commit()?;
         Ok(true)
     }
 
@@ -510,5 +589,8 @@ impl Metadata {
     }
 }
 
+mod gc;
 #[cfg(test)]
 mod tests;
+
+pub use gc::{BlobCandidate, PinRecord, Pinned, RepoUsage, TagInfo};

@@ -33,6 +33,16 @@ pub struct Metrics {
     received: Counter,
     sent: Counter,
     uploads: Gauge,
+    gc_runs: Counter,
+    gc_freed: Counter,
+    gc_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    repo_bytes: Family<RepoLabels, Gauge>,
+    repo_quota: Family<RepoLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RepoLabels {
+    repository: String,
 }
 
 impl Default for Metrics {
@@ -45,6 +55,36 @@ impl Default for Metrics {
         let received = Counter::default();
         let sent = Counter::default();
         let uploads = Gauge::default();
+        let gc_runs = Counter::default();
+        let gc_freed = Counter::default();
+        let gc_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let repo_bytes = Family::<RepoLabels, Gauge>::default();
+        let repo_quota = Family::<RepoLabels, Gauge>::default();
+        registry.register(
+            "gc_runs",
+            "Garbage collections finished (dry runs included)",
+            gc_runs.clone(),
+        );
+        registry.register(
+            "gc_freed_bytes",
+            "Bytes freed by garbage collection",
+            gc_freed.clone(),
+        );
+        registry.register(
+            "gc_last_duration_seconds",
+            "Duration of the last garbage collection",
+            gc_seconds.clone(),
+        );
+        registry.register(
+            "repository_bytes",
+            "Bytes held per repository (blobs and manifests)",
+            repo_bytes.clone(),
+        );
+        registry.register(
+            "repository_quota_bytes",
+            "Quota per repository, where one applies",
+            repo_quota.clone(),
+        );
         registry.register(
             "requests",
             "API requests by route, method and status",
@@ -73,6 +113,11 @@ impl Default for Metrics {
             received,
             sent,
             uploads,
+            gc_runs,
+            gc_freed,
+            gc_seconds,
+            repo_bytes,
+            repo_quota,
         }
     }
 }
@@ -106,6 +151,34 @@ impl Metrics {
     /// Counts served blob bytes.
     pub fn bytes_sent(&self, n: u64) {
         self.sent.inc_by(n);
+    }
+
+    /// Records a finished garbage collection.
+    pub fn gc_finished(&self, report: &crate::gc::GcReport) {
+        self.gc_runs.inc();
+        if !report.dry_run {
+            self.gc_freed.inc_by(report.bytes());
+        }
+        self.gc_seconds.set(report.seconds);
+    }
+
+    /// Sets per-repository usage and quotas (replacing what was there).
+    pub fn set_usage(&self, usage: &[(String, u64, Option<u64>)]) {
+        self.repo_bytes.clear();
+        self.repo_quota.clear();
+        for (repository, bytes, quota) in usage {
+            let labels = RepoLabels {
+                repository: repository.clone(),
+            };
+            self.repo_bytes
+                .get_or_create(&labels)
+                .set(i64::try_from(*bytes).unwrap_or(i64::MAX));
+            if let Some(quota) = quota {
+                self.repo_quota
+                    .get_or_create(&labels)
+                    .set(i64::try_from(*quota).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     /// The text exposition, with the current number of open uploads.

@@ -13,7 +13,7 @@ use axum::Router;
 use axum_server::accept::NoDelayAcceptor;
 use axum_server::tls_rustls::RustlsAcceptor;
 
-use crate::api::{dispatch, Registry, Uploads};
+use crate::api::{dispatch, Policy, Registry, Uploads};
 use crate::auth::{Authorizer, UsersFileError};
 use crate::config::Settings;
 use crate::metadata::{Metadata, MetadataError};
@@ -63,6 +63,14 @@ pub fn open_registry(settings: &Settings) -> Result<Arc<Registry>, ServeError> {
         uploads: Uploads::default(),
         metrics: Metrics::default(),
         limits: settings.limits,
+        policy: Policy {
+            gc: settings.gc,
+            retention: settings.retention.clone(),
+            quotas: settings.quotas.clone(),
+        },
+        gc_fence: tokio::sync::RwLock::new(()),
+        gc_running: tokio::sync::Mutex::new(()),
+        pulls: std::sync::Mutex::default(),
     }))
 }
 
@@ -71,11 +79,23 @@ pub fn router(registry: Arc<Registry>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
+        .merge(crate::admin::routes())
         .fallback(dispatch)
         .with_state(registry)
 }
 
 async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
+    match crate::admin::usage_report(&registry).await {
+        Ok(report) => {
+            let usage: Vec<_> = report
+                .repositories
+                .into_iter()
+                .map(|e| (e.usage.repository, e.usage.bytes, e.quota))
+                .collect();
+            registry.metrics.set_usage(&usage);
+        }
+        Err(e) => tracing::warn!(error = e.message, "usage metrics unavailable"),
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -135,6 +155,9 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
+        if let Some(interval) = self.registry.policy.gc.interval {
+            tokio::spawn(crate::gc::schedule(self.registry.clone(), interval));
+        }
         let app = router(self.registry).into_make_service();
         let handle = axum_server::Handle::new();
         let stopper = handle.clone();

@@ -98,4 +98,18 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Removes a blob; removing an absent blob is not an error.
     async fn delete(&self, digest: &Digest) -> StorageResult<()>;
+
+    /// Every stored blob with its size and its age in seconds since it was written.
+    async fn list_blobs(&self) -> StorageResult<Vec<StoredBlob>>;
+}
+
+/// A blob as the store lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBlob {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Seconds since it was last written.
+    pub age: u64,
 }

@@ -8,7 +8,7 @@ use berth_oci::{Descriptor, Digest, Hasher, Manifest, RepositoryName, Tag};
 use super::{empty, header_value, parse_digest, Call, Registry, CONTENT_DIGEST, OCI_SUBJECT};
 use crate::auth::Access;
 use crate::error::{ApiError, ApiResult, Code};
-use crate::metadata::{ManifestRecord, ManifestRejection, NewManifest};
+use crate::metadata::{ManifestRecord, ManifestRejection, NewManifest, Pinned};
 
 /// A manifest reference: a tag or a digest.
 enum Reference {
@@ -63,6 +63,9 @@ pub(super) async fn get(
             .unknown(repo, manifest_unknown(repo, reference))
             .await);
     };
+    if call.method == Method::GET && !reference.contains(':') {
+        registry.note_pull(repo.as_str(), reference);
+    }
     let body = if call.method == Method::HEAD {
         Body::empty()
     } else {
@@ -129,7 +132,7 @@ pub(super) async fn put(
     let record = ManifestRecord {
         media_type: manifest.media_type.clone(),
         size: bytes.len() as u64,
-        created: 0,
+        created: 0, // set when stored
         subject: manifest.subject.as_ref().map(|s| s.digest.clone()),
         references: manifest
             .blobs
@@ -145,6 +148,15 @@ pub(super) async fn put(
         artifact_type: manifest.artifact_type.clone(),
         annotations: manifest.annotations.clone(),
     });
+    let (r, d) = (repo.to_string(), digest.clone());
+    let exists = registry
+        .blocking_meta(move |m| m.manifest(&r, &d))
+        .await?
+        .is_some();
+    if !exists {
+        registry.check_quota(repo, bytes.len() as u64).await?;
+    }
+    let _fence = registry.gc_fence.read().await;
     registry.store.put(&digest, bytes).await?;
     let r = repo.to_string();
     let d = digest.clone();
@@ -224,9 +236,18 @@ pub(super) async fn delete(
     let removed = registry
         .blocking_meta(move |m| match &parsed {
             Reference::Digest(d) => m.delete_manifest(&r, d),
-            Reference::Tag(t) => m.delete_tag(&r, t.as_str()),
+            Reference::Tag(t) => m.delete_tag(&r, t.as_str()).map(Ok),
         })
-        .await?;
+        .await?
+        .map_err(|Pinned(pin)| {
+            ApiError::new(
+                Code::Denied,
+                format!(
+                    "manifest {reference} is pinned ({}); unpin it before deleting it",
+                    pin.reason
+                ),
+            )
+        })?;
     if !removed {
         return Err(registry
             .unknown(repo, manifest_unknown(repo, reference))

@@ -54,6 +54,11 @@ impl Uploads {
         }
     }
 
+    /// Drops a session from memory (its data is being removed).
+    pub(crate) fn forget(&self, id: &str) {
+        self.remove(id);
+    }
+
     /// Number of sessions in memory.
     pub(crate) fn len(&self) -> usize {
         self.sessions.lock().map_or(0, |m| m.len())
@@ -237,13 +242,26 @@ async fn commit(
             serde_json::json!({"expected": digest.to_string(), "actual": actual.to_string()}),
         ));
     }
+    let size = session.len;
+    let (r, d) = (repo.to_string(), digest.clone());
+    let already_linked = registry
+        .blocking_meta(move |m| m.linked_blob(&r, &d))
+        .await?
+        .is_some();
+    if !already_linked {
+        if let Err(e) = registry.check_quota(repo, size).await {
+            registry.uploads.remove(id);
+            registry.store.delete_upload(id).await?;
+            return Err(e);
+        }
+    }
+    let _fence = registry.gc_fence.read().await;
     registry
         .store
         .commit_upload(id, digest)
         .await
         .map_err(storage_error(id))?;
     registry.uploads.remove(id);
-    let size = session.len;
     let (repo_name, d) = (repo.to_string(), digest.clone());
     registry
         .blocking_meta(move |m| m.link_blob(&repo_name, &d, size))
@@ -321,6 +339,15 @@ async fn mount(
     let mounted = registry
         .blocking_meta(move |m| m.mount(&to, &d, &sources))
         .await?;
+    if mounted.is_some() {
+        if let Err(e) = registry.check_quota(repo, 0).await {
+            let (r, d) = (repo.to_string(), digest.clone());
+            registry
+                .blocking_meta(move |m| m.unlink_blob(&r, &d))
+                .await?;
+            return Err(e);
+        }
+    }
     Ok(mounted.is_some())
 }
 
@@ -332,6 +359,7 @@ pub(super) async fn start(
     body: Body,
 ) -> ApiResult<Response> {
     registry.require(call, repo, Access::Push)?;
+    registry.check_quota(repo, 0).await?;
     if let Some(mount_digest) = call.param("mount") {
         let digest = parse_digest(mount_digest)?;
         if mount(registry, call, repo, &digest).await? {

@@ -111,10 +111,13 @@ fn deleting_by_digest_removes_tags_and_by_tag_only_the_tag() {
     assert!(meta.delete_tag("r", "c").expect("delete tag"));
     assert!(meta.manifest("r", &m2).expect("get").is_some());
     assert!(!meta.delete_tag("r", "c").expect("delete tag again"));
-    assert!(meta.delete_manifest("r", &m1).expect("delete"));
+    assert_eq!(meta.delete_manifest("r", &m1).expect("delete"), Ok(true));
     assert_eq!(meta.tag("r", "a").expect("tag"), None);
     assert_eq!(meta.tag("r", "b").expect("tag"), None);
-    assert!(!meta.delete_manifest("r", &m1).expect("delete again"));
+    assert_eq!(
+        meta.delete_manifest("r", &m1).expect("delete again"),
+        Ok(false)
+    );
 }
 
 #[test]
@@ -191,7 +194,9 @@ fn referrers_follow_their_manifests() {
         .referrers("other", &subject)
         .expect("referrers")
         .is_empty());
-    meta.delete_manifest("r", &referrer).expect("delete");
+    meta.delete_manifest("r", &referrer)
+        .expect("delete")
+        .expect("not pinned");
     assert!(meta.referrers("r", &subject).expect("referrers").is_empty());
 }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 
-use super::{BlobReader, BlobStore, ByteRange, StorageError, StorageResult};
+use super::{BlobReader, BlobStore, ByteRange, StorageError, StorageResult, StoredBlob};
 
 /// Bytes buffered before an upload write reaches the file.
 const WRITE_BUFFER: usize = 1 << 20;
@@ -274,4 +274,58 @@ impl BlobStore for FsBlobStore {
             .map_err(StorageError::io(format!("removing blob {digest}")))?;
         Ok(())
     }
+
+    async fn list_blobs(&self) -> StorageResult<Vec<StoredBlob>> {
+        let root = self.root.join("blobs");
+        blocking(move || {
+            let now = SystemTime::now();
+            let mut out = Vec::new();
+            for algorithm in read_dir_names(&root)? {
+                for prefix in read_dir_names(&root.join(&algorithm))? {
+                    let dir = root.join(&algorithm).join(&prefix);
+                    for name in read_dir_names(&dir)? {
+                        let Ok(digest) = format!("{algorithm}:{name}").parse::<Digest>() else {
+                            continue;
+                        };
+                        let Some(meta) = not_found_is_none(std::fs::metadata(dir.join(&name)))
+                            .map_err(StorageError::io(format!("stat of blob {digest}")))?
+                        else {
+                            continue;
+                        };
+                        let age = meta
+                            .modified()
+                            .ok()
+                            .and_then(|m| now.duration_since(m).ok())
+                            .map_or(0, |d| d.as_secs());
+                        out.push(StoredBlob {
+                            digest,
+                            size: meta.len(),
+                            age,
+                        });
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn read_dir_names(dir: &Path) -> StorageResult<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(StorageError::Io {
+                what: format!("listing {}", dir.display()),
+                source: e,
+            })
+        }
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(StorageError::io(format!("listing {}", dir.display())))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    Ok(names)
 }

@@ -110,6 +110,13 @@ async fn compliance(store: &dyn BlobStore) {
     store.delete_upload("u4").await.expect("cancel");
     assert_eq!(store.upload_len("u4").await.expect("len"), None);
 
+    let listed = store.list_blobs().await.expect("list blobs");
+    let mut listed: Vec<_> = listed.into_iter().map(|b| (b.digest, b.size)).collect();
+    listed.sort();
+    let mut expected = vec![(digest.clone(), 12), (mdigest.clone(), 19)];
+    expected.sort();
+    assert_eq!(listed, expected);
+
     store.delete(&digest).await.expect("delete");
     assert_eq!(store.stat(&digest).await.expect("stat"), None);
     store.delete(&digest).await.expect("delete absent");

@@ -1,0 +1,170 @@
+//! The admin API under `/admin/`: garbage collection, usage, pins. With a users file only
+//! users marked `admin = true` may call it; without one it is as open as the registry.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use berth_oci::Digest;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{parse_digest, Registry};
+use crate::error::{ApiError, ApiResult, Code};
+use crate::gc::{collect, GcError, GcRequest};
+use crate::metadata::{PinRecord, RepoUsage};
+
+/// The admin routes.
+pub fn routes() -> Router<Arc<Registry>> {
+    Router::new()
+        .route("/admin/gc", post(gc))
+        .route("/admin/usage", get(usage))
+        .route("/admin/pins", get(pins))
+        .route("/admin/pins/{digest}", put(pin).delete(unpin))
+}
+
+fn require_admin(registry: &Registry, headers: &HeaderMap) -> ApiResult<()> {
+    let principal = registry.auth.authenticate(headers)?;
+    registry.auth.require_admin(&principal)
+}
+
+async fn gc(
+    State(registry): State<Arc<Registry>>,
+    headers: HeaderMap,
+    Query(request): Query<GcRequest>,
+) -> ApiResult<Response> {
+    require_admin(&registry, &headers)?;
+    match collect(&registry, request).await {
+        Ok(report) => Ok(Json(report).into_response()),
+        Err(GcError::Busy) => Err(ApiError::new(
+            Code::TooManyRequests,
+            "a garbage collection is already running; try again when it has finished",
+        )
+        .status(StatusCode::CONFLICT)),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+/// One repository's usage and quota.
+#[derive(Serialize)]
+pub struct UsageEntry {
+    /// Usage.
+    #[serde(flatten)]
+    pub usage: RepoUsage,
+    /// Quota in bytes, if one applies.
+    pub quota: Option<u64>,
+}
+
+/// The answer of `GET /admin/usage`.
+#[derive(Serialize)]
+pub struct UsageReport {
+    /// Per repository.
+    pub repositories: Vec<UsageEntry>,
+    /// Bytes stored, each blob counted once however many repositories hold it.
+    pub stored_bytes: u64,
+}
+
+/// Usage of every repository, with quotas.
+pub(crate) async fn usage_report(registry: &Registry) -> ApiResult<UsageReport> {
+    let usage = registry.blocking_meta(|m| m.usage()).await?;
+    let stored = registry
+        .store
+        .list_blobs()
+        .await?
+        .iter()
+        .map(|b| b.size)
+        .sum();
+    let repositories = usage
+        .into_iter()
+        .map(|usage| {
+            let quota = registry
+                .policy
+                .quotas
+                .iter()
+                .find(|q| q.applies_to(&usage.repository))
+                .map(|q| q.max_bytes);
+            UsageEntry { usage, quota }
+        })
+        .collect();
+    Ok(UsageReport {
+        repositories,
+        stored_bytes: stored,
+    })
+}
+
+async fn usage(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> ApiResult<Response> {
+    require_admin(&registry, &headers)?;
+    Ok(Json(usage_report(&registry).await?).into_response())
+}
+
+/// A pin as the API lists it.
+#[derive(Serialize)]
+struct PinEntry {
+    digest: Digest,
+    #[serde(flatten)]
+    record: PinRecord,
+}
+
+async fn pins(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> ApiResult<Response> {
+    require_admin(&registry, &headers)?;
+    let pins = registry.blocking_meta(|m| m.pins()).await?;
+    let list: Vec<PinEntry> = pins
+        .into_iter()
+        .map(|(digest, record)| PinEntry { digest, record })
+        .collect();
+    Ok(Json(serde_json::json!({ "pins": list })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinBody {
+    reason: String,
+}
+
+async fn pin(
+    State(registry): State<Arc<Registry>>,
+    headers: HeaderMap,
+    Path(digest): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    require_admin(&registry, &headers)?;
+    let digest = parse_digest(&digest)?;
+    let reason = if body.is_empty() {
+        "pinned through the admin API".to_owned()
+    } else {
+        serde_json::from_slice::<PinBody>(&body)
+            .map_err(|e| {
+                ApiError::new(
+                    Code::Unsupported,
+                    format!("body must be {{\"reason\": \"...\"}}: {e}"),
+                )
+                .status(StatusCode::BAD_REQUEST)
+            })?
+            .reason
+    };
+    let d = digest.clone();
+    registry.blocking_meta(move |m| m.pin(&d, &reason)).await?;
+    tracing::info!(%digest, "pinned");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn unpin(
+    State(registry): State<Arc<Registry>>,
+    headers: HeaderMap,
+    Path(digest): Path<String>,
+) -> ApiResult<Response> {
+    require_admin(&registry, &headers)?;
+    let digest = parse_digest(&digest)?;
+    let d = digest.clone();
+    if registry.blocking_meta(move |m| m.unpin(&d)).await? {
+        tracing::info!(%digest, "unpinned");
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(
+            ApiError::new(Code::ManifestUnknown, format!("{digest} is not pinned"))
+                .status(StatusCode::NOT_FOUND),
+        )
+    }
+}

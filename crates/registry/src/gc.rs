@@ -1,0 +1,295 @@
+//! Online garbage collection: retention, untagged manifests, unreferenced blobs, orphaned
+//! files and abandoned uploads, while pushes and pulls go on.
+//!
+//! berth counts references instead of marking: every manifest record adds a `refs` entry
+//! for each blob and manifest it references (and itself) in the same transaction that
+//! stores it, so "unreferenced" is a lookup, not a walk over every manifest. A blob goes
+//! when it has no reference, no pin, and no record or repository link younger than the
+//! grace period; the decision is re-checked inside the transaction that removes the
+//! record, and redb serialises that with every push. Installing a file and recording it
+//! (uploads, manifests) holds the read side of `gc_fence`; removing records and then
+//! files holds the write side, batch by batch, so a push never records content whose file
+//! is being deleted. A crash between a record's removal and its file's leaves an orphaned
+//! file, which the next collection removes.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::Registry;
+use crate::metadata::{BlobCandidate, MetadataError};
+use crate::retention::Expiry;
+use crate::storage::StorageError;
+
+/// Blobs whose records and files are removed under one hold of the fence.
+const SWEEP_BATCH: usize = 128;
+
+/// Why a collection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    /// Another collection is running.
+    #[error("a garbage collection is already running")]
+    Busy,
+    /// Metadata failed.
+    #[error("{0}")]
+    Metadata(#[from] MetadataError),
+    /// Storage failed.
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    /// A worker thread failed.
+    #[error("garbage collection worker: {0}")]
+    Worker(String),
+}
+
+/// What to collect.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcRequest {
+    /// Report what would go, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Also delete manifests that have had no tag for the grace period.
+    #[serde(default)]
+    pub delete_untagged: bool,
+}
+
+/// An untagged manifest that was (or would be) deleted.
+#[derive(Debug, Clone, Serialize)]
+pub struct UntaggedManifest {
+    /// Its repository.
+    pub repository: String,
+    /// Its digest.
+    pub digest: String,
+    /// Which setting let it go.
+    pub reason: String,
+}
+
+/// What a collection did (or, dry, would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    /// Nothing was changed.
+    pub dry_run: bool,
+    /// Content younger than this many seconds was kept.
+    pub grace_seconds: u64,
+    /// Tags retention let go.
+    pub expired_tags: Vec<Expiry>,
+    /// Untagged manifests deleted.
+    pub untagged_manifests: Vec<UntaggedManifest>,
+    /// Unreferenced blobs removed.
+    pub blobs: u64,
+    /// Their bytes.
+    pub blob_bytes: u64,
+    /// Files with no record (left by crashes or refused pushes) removed.
+    pub orphan_files: u64,
+    /// Their bytes.
+    pub orphan_bytes: u64,
+    /// Abandoned upload sessions removed.
+    pub uploads: u64,
+    /// Pinned digests, all kept.
+    pub pinned: u64,
+    /// How long the collection took.
+    pub seconds: f64,
+}
+
+impl GcReport {
+    /// Bytes freed (or that would be).
+    pub fn bytes(&self) -> u64 {
+        self.blob_bytes + self.orphan_bytes
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn meta<T: Send + 'static>(
+    registry: &Registry,
+    f: impl FnOnce(&crate::metadata::Metadata) -> Result<T, MetadataError> + Send + 'static,
+) -> Result<T, GcError> {
+    let m = registry.meta.clone();
+    tokio::task::spawn_blocking(move || f(&m))
+        .await
+        .map_err(|e| GcError::Worker(e.to_string()))?
+        .map_err(GcError::from)
+}
+
+/// Runs one collection.
+pub async fn collect(registry: &Registry, request: GcRequest) -> Result<GcReport, GcError> {
+    let _running = registry.gc_running.try_lock().map_err(|_| GcError::Busy)?;
+    let started = Instant::now();
+    let policy = &registry.policy;
+    let grace = policy.gc.grace;
+    let cutoff = now().saturating_sub(grace.as_secs());
+    let mut report = GcReport {
+        dry_run: request.dry_run,
+        grace_seconds: grace.as_secs(),
+        ..GcReport::default()
+    };
+    registry.flush_pulls().await;
+    report.pinned = meta(registry, |m| m.pins()).await?.len() as u64;
+
+    // 1. Retention rules and untagged manifests, repository by repository.
+    for repo in meta(registry, |m| m.all_repositories()).await? {
+        let rule = policy
+            .retention
+            .iter()
+            .find(|r| r.applies_to(&repo))
+            .cloned();
+        if let Some(rule) = &rule {
+            let r = repo.clone();
+            let tags = meta(registry, move |m| m.tag_infos(&r)).await?;
+            for expiry in rule.expired(&repo, &tags, now()) {
+                let gone = request.dry_run || {
+                    let (r, t) = (repo.clone(), expiry.tag.clone());
+                    let d = expiry
+                        .digest
+                        .parse()
+                        .map_err(|e| GcError::Worker(format!("{e}")))?;
+                    meta(registry, move |m| m.delete_tag_if(&r, &t, &d)).await?
+                };
+                if gone {
+                    tracing::info!(
+                        repo,
+                        tag = expiry.tag,
+                        reason = expiry.reason,
+                        "tag expired"
+                    );
+                    report.expired_tags.push(expiry);
+                }
+            }
+        }
+        let untagged_after = match (
+            rule.and_then(|r| r.delete_untagged_after),
+            request.delete_untagged,
+        ) {
+            (Some(age), true) => Some((age.min(grace), "untagged (delete_untagged)")),
+            (Some(age), false) => Some((age, "untagged longer than the retention rule allows")),
+            (None, true) => Some((grace, "untagged (delete_untagged)")),
+            (None, false) => None,
+        };
+        if let Some((age, reason)) = untagged_after {
+            let untagged_cutoff = now().saturating_sub(age.as_secs());
+            let (r, dry) = (repo.clone(), request.dry_run);
+            let removed = meta(registry, move |m| {
+                m.remove_untagged(&r, untagged_cutoff, dry)
+            })
+            .await?;
+            for digest in removed {
+                tracing::info!(repo, %digest, reason, "untagged manifest deleted");
+                report.untagged_manifests.push(UntaggedManifest {
+                    repository: repo.clone(),
+                    digest: digest.to_string(),
+                    reason: reason.to_owned(),
+                });
+            }
+        }
+    }
+
+    // 2. Unreferenced blobs.
+    let candidates = meta(registry, move |m| m.unreferenced_blobs(cutoff)).await?;
+    if request.dry_run {
+        report.blobs = candidates.len() as u64;
+        report.blob_bytes = candidates.iter().map(|c| c.size).sum();
+    } else {
+        for batch in candidates.chunks(SWEEP_BATCH) {
+            let removed = sweep(registry, batch.to_vec(), cutoff).await?;
+            report.blobs += removed.len() as u64;
+            report.blob_bytes += removed.iter().map(|c| c.size).sum::<u64>();
+        }
+    }
+
+    // 3. Files with no record, older than the grace period.
+    let stored = registry.store.list_blobs().await?;
+    let old: Vec<_> = stored
+        .into_iter()
+        .filter(|b| b.age >= grace.as_secs())
+        .collect();
+    for batch in old.chunks(1024) {
+        let digests: Vec<_> = batch.iter().map(|b| b.digest.clone()).collect();
+        let known = meta(registry, move |m| m.known_blobs(&digests)).await?;
+        let orphans: Vec<_> = batch
+            .iter()
+            .zip(known)
+            .filter(|(_, known)| !known)
+            .map(|(b, _)| b.clone())
+            .collect();
+        if orphans.is_empty() {
+            continue;
+        }
+        if request.dry_run {
+            report.orphan_files += orphans.len() as u64;
+            report.orphan_bytes += orphans.iter().map(|b| b.size).sum::<u64>();
+            continue;
+        }
+        let _fence = registry.gc_fence.write().await;
+        let digests: Vec<_> = orphans.iter().map(|b| b.digest.clone()).collect();
+        let still_unknown = meta(registry, move |m| m.known_blobs(&digests)).await?;
+        for (orphan, known) in orphans.iter().zip(still_unknown) {
+            if !known {
+                registry.store.delete(&orphan.digest).await?;
+                report.orphan_files += 1;
+                report.orphan_bytes += orphan.size;
+            }
+        }
+    }
+
+    // 4. Abandoned uploads.
+    let max_age = policy.gc.upload_max_age.as_secs();
+    for (id, age) in registry.store.list_uploads().await? {
+        if age < max_age {
+            continue;
+        }
+        if !request.dry_run {
+            registry.uploads.forget(&id);
+            registry.store.delete_upload(&id).await?;
+        }
+        report.uploads += 1;
+    }
+
+    report.seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        dry_run = report.dry_run,
+        blobs = report.blobs,
+        bytes = report.bytes(),
+        tags = report.expired_tags.len(),
+        manifests = report.untagged_manifests.len(),
+        orphans = report.orphan_files,
+        uploads = report.uploads,
+        seconds = report.seconds,
+        "garbage collection finished"
+    );
+    registry.metrics.gc_finished(&report);
+    Ok(report)
+}
+
+/// Removes the records of still-garbage blobs, then their files, holding the fence.
+async fn sweep(
+    registry: &Registry,
+    batch: Vec<BlobCandidate>,
+    cutoff: u64,
+) -> Result<Vec<BlobCandidate>, GcError> {
+    let _fence = registry.gc_fence.write().await;
+    let removed = meta(registry, move |m| m.remove_garbage_blobs(&batch, cutoff)).await?;
+    for blob in &removed {
+        registry.store.delete(&blob.digest).await?;
+    }
+    Ok(removed)
+}
+
+/// Runs a collection every `interval` until the process ends.
+pub async fn schedule(registry: std::sync::Arc<Registry>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let request = GcRequest {
+            dry_run: false,
+            delete_untagged: registry.policy.gc.delete_untagged,
+        };
+        if let Err(e) = collect(&registry, request).await {
+            tracing::warn!(error = %e, "scheduled garbage collection failed");
+        }
+    }
+}
