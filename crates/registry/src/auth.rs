@@ -240,6 +240,11 @@ impl Authorizer {
                 "malformed Authorization header: use Basic credentials",
             ))
         })?;
+        // Clients without stored credentials answer a Basic challenge with an empty user and
+        // password (`Basic Og==`): that is an anonymous request, not a failed login.
+        if user.is_empty() && password.is_empty() {
+            return Ok(Principal::Anonymous);
+        }
         let bad = || {
             challenge(ApiError::new(
                 Code::Unauthorized,
@@ -425,6 +430,12 @@ mod tests {
             let err = auth.authenticate(&basic(u, p)).expect_err("refused");
             assert_eq!(err.code, Code::Unauthorized);
         }
+        // Empty credentials are what clients send when they have none: anonymous.
+        assert_eq!(
+            auth.authenticate(&basic("", "")).expect("anonymous"),
+            Principal::Anonymous
+        );
+        assert!(auth.authenticate(&basic("", "x")).is_err());
         // A cached success does not let another password through.
         auth.authenticate(&basic("alice", "s3cret")).expect("login");
         assert!(auth.authenticate(&basic("alice", "s3cret2")).is_err());

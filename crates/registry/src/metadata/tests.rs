@@ -213,3 +213,39 @@ fn state_survives_reopening() {
     assert_eq!(meta.linked_blob("r", &d(1)).expect("get"), Some(5));
     assert_eq!(meta.tag("r", "v").expect("tag"), Some(d(9)));
 }
+
+#[test]
+fn version_1_files_get_their_reference_index_rebuilt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.redb");
+    {
+        let meta = Metadata::open(&path).expect("open");
+        meta.link_blob("r", &d(1), 5).expect("link");
+        put(&meta, "r", &d(9), Some("v"), &[desc(&d(1), 5)]).expect("put");
+        // Make it look like a file written before the index existed.
+        let txn = meta.db.begin_write().expect("txn");
+        {
+            let mut refs = txn.open_table(REFS).expect("refs");
+            let keys: Vec<String> = refs
+                .range::<&str>(..)
+                .expect("range")
+                .map(|e| e.expect("entry").0.value().to_owned())
+                .collect();
+            for k in keys {
+                refs.remove(k.as_str()).expect("remove");
+            }
+            txn.open_table(SCHEMA)
+                .expect("schema")
+                .insert("version", 1)
+                .expect("v1");
+        }
+        txn.commit().expect("commit");
+        assert_eq!(
+            meta.unreferenced_blobs(u64::MAX).expect("scan").len(),
+            2,
+            "without the index everything looks unreferenced"
+        );
+    }
+    let meta = Metadata::open(&path).expect("reopen");
+    assert!(meta.unreferenced_blobs(u64::MAX).expect("scan").is_empty());
+}
