@@ -1,6 +1,7 @@
 //! `berth-bench`: benchmarks that run berth and a named peer side by side in one run, with
 //! the same clients and the same content, and print the ratio.
 
+mod gc;
 mod registry;
 mod servers;
 
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// berth's registry vs Debian's docker-registry (CNCF distribution 2.8).
     Registry(registry::Options),
+    /// berth's online garbage collection vs docker-registry's offline garbage-collect.
+    Gc(gc::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,5 +30,6 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Registry(options) => runtime.block_on(registry::run(options)),
+        Command::Gc(options) => runtime.block_on(gc::run(options)),
     }
 }

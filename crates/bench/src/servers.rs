@@ -39,6 +39,11 @@ impl Registry {
 
     /// berth's registry from `binary`.
     pub fn berth(binary: &Path, work: &Path) -> anyhow::Result<Registry> {
+        Registry::berth_with(binary, work, &[])
+    }
+
+    /// berth's registry from `binary` with extra `serve` flags.
+    pub fn berth_with(binary: &Path, work: &Path, flags: &[&str]) -> anyhow::Result<Registry> {
         let data = tempfile::tempdir_in(work)?;
         let mut child = Command::new(binary)
             .args([
@@ -51,6 +56,7 @@ impl Registry {
                 "--data-dir",
             ])
             .arg(data.path())
+            .args(flags)
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;

@@ -99,6 +99,14 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Removes a blob; removing an absent blob is not an error.
     async fn delete(&self, digest: &Digest) -> StorageResult<()>;
 
+    /// Removes many blobs at once (garbage collection).
+    async fn delete_many(&self, digests: &[Digest]) -> StorageResult<()> {
+        for digest in digests {
+            self.delete(digest).await?;
+        }
+        Ok(())
+    }
+
     /// Every stored blob with its size and its age in seconds since it was written.
     async fn list_blobs(&self) -> StorageResult<Vec<StoredBlob>>;
 }

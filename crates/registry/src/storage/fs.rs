@@ -275,6 +275,21 @@ impl BlobStore for FsBlobStore {
         Ok(())
     }
 
+    async fn delete_many(&self, digests: &[Digest]) -> StorageResult<()> {
+        let paths: Vec<(Digest, PathBuf)> = digests
+            .iter()
+            .map(|d| (d.clone(), self.blob_path(d)))
+            .collect();
+        blocking(move || {
+            for (digest, path) in paths {
+                not_found_is_none(std::fs::remove_file(&path))
+                    .map_err(StorageError::io(format!("removing blob {digest}")))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn list_blobs(&self) -> StorageResult<Vec<StoredBlob>> {
         let root = self.root.join("blobs");
         blocking(move || {
