@@ -47,8 +47,8 @@ pub struct Registry {
     pub(crate) metrics: Metrics,
     pub(crate) limits: Limits,
     pub(crate) policy: Policy,
-    /// Read: installing content and recording it. Write: garbage collection removing it.
-    pub(crate) gc_fence: tokio::sync::RwLock<()>,
+    /// Held while content is installed and recorded, or found unrecorded and deleted.
+    pub(crate) blob_locks: crate::locks::BlobLocks,
     /// Held by the one collection that may run at a time.
     pub(crate) gc_running: tokio::sync::Mutex<()>,
     /// Tag pulls not yet written to the metadata: (repo, tag) -> when.

@@ -6,24 +6,28 @@
 //! stores it, so "unreferenced" is a lookup, not a walk over every manifest. A blob goes
 //! when it has no reference, no pin, and no record or repository link younger than the
 //! grace period; the decision is re-checked inside the transaction that removes the
-//! record, and redb serialises that with every push. Installing a file and recording it
-//! (uploads, manifests) holds the read side of `gc_fence`; removing records and then
-//! files holds the write side, batch by batch, so a push never records content whose file
-//! is being deleted. A crash between a record's removal and its file's leaves an orphaned
-//! file, which the next collection removes.
+//! record, and redb serialises that with every push. Files go afterwards, each only if it
+//! still has no record, checked under its digest's lock (`locks.rs`), which a push holds
+//! while it installs a file and records it: so a push never records content whose file is
+//! being deleted. A crash between a record's removal and its file's leaves an orphaned file,
+//! which the next collection removes the same way.
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use berth_oci::Digest;
 
 use serde::{Deserialize, Serialize};
 
 use crate::api::Registry;
+use crate::locks::stripe;
 use crate::metadata::{BlobCandidate, MetadataError};
 use crate::retention::Expiry;
 use crate::storage::StorageError;
 
-/// Blobs whose records and files are removed under one hold of the fence: small enough that
-/// a push waiting for the fence waits a few milliseconds at most.
-const SWEEP_BATCH: usize = 64;
+/// Blob records removed per transaction: large enough to amortise a commit over many
+/// removals, small enough that a push's transaction waits only milliseconds behind one.
+const SWEEP_BATCH: usize = 512;
 
 /// Why a collection failed.
 #[derive(Debug, thiserror::Error)]
@@ -224,19 +228,15 @@ pub async fn collect(registry: &Registry, request: GcRequest) -> Result<GcReport
             report.orphan_bytes += orphans.iter().map(|b| b.size).sum::<u64>();
             continue;
         }
-        let _fence = registry.gc_fence.write().await;
-        let digests: Vec<_> = orphans.iter().map(|b| b.digest.clone()).collect();
-        let still_unknown = meta(registry, move |m| m.known_blobs(&digests)).await?;
-        let doomed: Vec<_> = orphans
-            .iter()
-            .zip(still_unknown)
-            .filter(|(_, known)| !known)
-            .map(|(orphan, _)| orphan)
-            .collect();
-        let digests: Vec<_> = doomed.iter().map(|b| b.digest.clone()).collect();
-        registry.store.delete_many(&digests).await?;
-        report.orphan_files += doomed.len() as u64;
-        report.orphan_bytes += doomed.iter().map(|b| b.size).sum::<u64>();
+        let removed = delete_unrecorded(
+            registry,
+            &orphans.iter().map(|b| b.digest.clone()).collect::<Vec<_>>(),
+        )
+        .await?;
+        for orphan in orphans.iter().filter(|o| removed.contains(&o.digest)) {
+            report.orphan_files += 1;
+            report.orphan_bytes += orphan.size;
+        }
     }
 
     // 4. Abandoned uploads.
@@ -268,17 +268,46 @@ pub async fn collect(registry: &Registry, request: GcRequest) -> Result<GcReport
     Ok(report)
 }
 
-/// Removes the records of still-garbage blobs, then their files, holding the fence.
+/// Removes the records of still-garbage blobs, then their files.
 async fn sweep(
     registry: &Registry,
     batch: Vec<BlobCandidate>,
     cutoff: u64,
 ) -> Result<Vec<BlobCandidate>, GcError> {
-    let _fence = registry.gc_fence.write().await;
     let removed = meta(registry, move |m| m.remove_garbage_blobs(&batch, cutoff)).await?;
     let digests: Vec<_> = removed.iter().map(|b| b.digest.clone()).collect();
-    registry.store.delete_many(&digests).await?;
+    delete_unrecorded(registry, &digests).await?;
     Ok(removed)
+}
+
+/// Deletes the files of those `digests` that have no blob record, each checked under its
+/// stripe's lock; returns the digests whose files were deleted.
+async fn delete_unrecorded(
+    registry: &Registry,
+    digests: &[Digest],
+) -> Result<HashSet<Digest>, GcError> {
+    let mut by_stripe: BTreeMap<usize, Vec<Digest>> = BTreeMap::new();
+    for digest in digests {
+        by_stripe
+            .entry(stripe(digest))
+            .or_default()
+            .push(digest.clone());
+    }
+    let mut deleted = HashSet::new();
+    for (index, group) in by_stripe {
+        let _held = registry.blob_locks.lock_stripe(index).await;
+        let check = group.clone();
+        let known = meta(registry, move |m| m.known_blobs(&check)).await?;
+        let unrecorded: Vec<Digest> = group
+            .into_iter()
+            .zip(known)
+            .filter(|(_, known)| !known)
+            .map(|(d, _)| d)
+            .collect();
+        registry.store.delete_many(&unrecorded).await?;
+        deleted.extend(unrecorded);
+    }
+    Ok(deleted)
 }
 
 /// Runs a collection every `interval` until the process ends.

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod gc;
+pub mod locks;
 pub mod metadata;
 pub mod metrics;
 pub mod retention;

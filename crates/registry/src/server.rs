@@ -68,7 +68,7 @@ pub fn open_registry(settings: &Settings) -> Result<Arc<Registry>, ServeError> {
             retention: settings.retention.clone(),
             quotas: settings.quotas.clone(),
         },
-        gc_fence: tokio::sync::RwLock::new(()),
+        blob_locks: crate::locks::BlobLocks::default(),
         gc_running: tokio::sync::Mutex::new(()),
         pulls: std::sync::Mutex::default(),
     }))

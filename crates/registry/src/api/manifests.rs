@@ -156,7 +156,7 @@ pub(super) async fn put(
     if !exists {
         registry.check_quota(repo, bytes.len() as u64).await?;
     }
-    let _fence = registry.gc_fence.read().await;
+    let _installing = registry.blob_locks.lock(&digest).await;
     registry.store.put(&digest, bytes).await?;
     let r = repo.to_string();
     let d = digest.clone();

@@ -255,7 +255,7 @@ async fn commit(
             return Err(e);
         }
     }
-    let _fence = registry.gc_fence.read().await;
+    let _installing = registry.blob_locks.lock(digest).await;
     registry
         .store
         .commit_upload(id, digest)
