@@ -587,3 +587,31 @@ async fn the_admin_api_needs_an_admin() {
         .unwrap();
     expect_error(r, 400, "DIGEST_INVALID").await;
 }
+
+#[tokio::test]
+async fn scheduled_collections_run_on_their_interval() {
+    let reg = TestRegistry::start_with(config("gc_grace = \"0s\"\ngc_interval = \"1s\"")).await;
+    let digest = reg
+        .push_blob("sched/app", b"collected without being asked")
+        .await;
+    let path = format!("/v2/sched/app/blobs/{digest}");
+    for _ in 0..50 {
+        if status(&reg, Method::HEAD, &path).await == 404 {
+            let metrics = reg
+                .req(Method::GET, "/metrics")
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                metrics.contains("berth_registry_gc_runs_total"),
+                "{metrics}"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no scheduled collection removed the blob within 5 s");
+}
