@@ -30,7 +30,7 @@ use crate::storage::StorageError;
 const SWEEP_BATCH: usize = 512;
 
 /// Files checked and deleted under one hold of their stripes' locks.
-const FILE_GROUP: usize = 64;
+const FILE_GROUP: usize = 16;
 
 /// Why a collection failed.
 #[derive(Debug, thiserror::Error)]
