@@ -4,7 +4,7 @@
 //! end every tag that was not deleted pulls and verifies byte for byte, and the store holds
 //! exactly what the live tags reach.
 //!
-//! `BERTH_STRESS_SECONDS` sets the length of each of the two rounds (default 40).
+//! `BERTH_STRESS_SECONDS` sets the length of each of the two rounds (default 60).
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod support;
@@ -397,7 +397,7 @@ async fn gc_under_concurrent_pushes_deletes_and_a_sigkill_loses_nothing_live() {
     let seconds: u64 = std::env::var("BERTH_STRESS_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(40);
+        .unwrap_or(60);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("registry");
     let flags = ["--gc-grace", "2s", "--upload-max-age", "10s"];

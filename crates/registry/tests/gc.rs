@@ -615,3 +615,37 @@ async fn scheduled_collections_run_on_their_interval() {
     }
     panic!("no scheduled collection removed the blob within 5 s");
 }
+
+#[tokio::test]
+async fn keep_within_counts_pulls_recorded_by_the_registry() {
+    let reg = TestRegistry::start_with(config(
+        r#"
+gc_grace = "0s"
+[[retention]]
+repositories = "window/*"
+keep_within = "2s"
+"#,
+    ))
+    .await;
+    reg.push_image("window/app", "pulled", b"layer pulled")
+        .await;
+    reg.push_image("window/app", "idle", b"layer idle").await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Pushed 2.5 s ago, but pulled just now: kept.
+    assert_eq!(
+        status(&reg, Method::GET, "/v2/window/app/manifests/pulled").await,
+        200
+    );
+    let report = gc(&reg, "").await;
+    let expired: Vec<&str> = report["expired_tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["tag"].as_str().unwrap())
+        .collect();
+    assert_eq!(expired, ["idle"], "{report}");
+    assert_eq!(
+        report["expired_tags"][0]["reason"],
+        "not pushed or pulled within 2s"
+    );
+}
