@@ -199,6 +199,7 @@ fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let server = Server::bind(&settings).await?;
+        let shutdown = shutdown_signal()?;
         let url = server.url();
         if settings.users.is_none() && !server.local_addr().ip().is_loopback() {
             tracing::warn!(%url, "no users file: anyone who can reach this address may push and delete");
@@ -212,26 +213,26 @@ fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<()> {
         )?;
         out.flush()?;
         drop(out);
-        server.run(shutdown_signal()).await?;
+        server.run(shutdown).await?;
         tracing::info!("registry stopped");
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// A future that completes on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when the future is first polled, so a signal that arrives right after the
+/// listening line still stops the server gracefully.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutting down: finishing in-flight requests");
+        tracing::info!("shutting down: finishing in-flight requests");
+    })
 }
 
 fn hash_password() -> anyhow::Result<()> {
