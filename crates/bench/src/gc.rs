@@ -213,6 +213,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// How long the load runs without a collection, for the idle percentiles.
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+
 /// Time between one load client's push+pull pairs: 4 clients make 200 pushes and 200 pulls
 /// a second.
 const LOAD_PERIOD: Duration = Duration::from_millis(20);
@@ -366,7 +369,7 @@ pub async fn run(mut o: Options) -> anyhow::Result<()> {
     })
     .await?;
     let (_, idle, idle_requests) = latencies_during(&berth.url, async {
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(IDLE_WINDOW).await;
         Ok(())
     })
     .await?;

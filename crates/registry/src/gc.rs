@@ -27,7 +27,10 @@ use crate::storage::StorageError;
 
 /// Blob records removed per transaction: large enough to amortise a commit over many
 /// removals, small enough that a push's transaction waits only milliseconds behind one.
-const SWEEP_BATCH: usize = 512;
+const SWEEP_BATCH: usize = 256;
+
+/// Pause between file groups while pushes are committing content.
+const GROUP_PAUSE: Duration = Duration::from_millis(1);
 
 /// Files checked and deleted under one hold of their stripes' locks.
 const FILE_GROUP: usize = 16;
@@ -327,6 +330,11 @@ async fn delete_unrecorded(
         registry.store.delete_many(&unrecorded).await?;
         drop(held);
         deleted.extend(unrecorded);
+        // Unlinks fill the filesystem journal that every push's fsync must flush: while
+        // pushes are committing, give them room between groups.
+        if registry.blob_locks.pushes_active() {
+            tokio::time::sleep(GROUP_PAUSE).await;
+        }
     }
     Ok(deleted)
 }

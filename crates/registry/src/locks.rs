@@ -6,6 +6,8 @@
 //! recorded, while pushes of other digests go on. Stripes keep the table small; two digests
 //! sharing one only wait for each other briefly.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use berth_oci::Digest;
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -14,12 +16,38 @@ const STRIPES: usize = 256;
 /// The lock table.
 pub struct BlobLocks {
     stripes: Vec<Mutex<()>>,
+    /// Pushes holding or waiting for a lock right now.
+    installing: AtomicUsize,
+}
+
+/// A push's hold on its digest's stripe.
+pub struct Installing<'a> {
+    _guard: MutexGuard<'a, ()>,
+    _counted: Counted<'a>,
+}
+
+/// One push counted in `installing`, also while it waits for the lock (and uncounted if
+/// the wait is cancelled).
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(count: &'a AtomicUsize) -> Counted<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Default for BlobLocks {
     fn default() -> BlobLocks {
         BlobLocks {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            installing: AtomicUsize::new(0),
         }
     }
 }
@@ -30,12 +58,21 @@ pub fn stripe(digest: &Digest) -> usize {
 }
 
 impl BlobLocks {
-    /// Locks `digest`'s stripe.
-    pub async fn lock(&self, digest: &Digest) -> MutexGuard<'_, ()> {
-        self.stripes[stripe(digest)].lock().await
+    /// Locks `digest`'s stripe for a push installing and recording content.
+    pub async fn lock(&self, digest: &Digest) -> Installing<'_> {
+        let counted = Counted::new(&self.installing);
+        Installing {
+            _guard: self.stripes[stripe(digest)].lock().await,
+            _counted: counted,
+        }
     }
 
-    /// Locks stripe number `index`.
+    /// Whether pushes are installing content right now.
+    pub fn pushes_active(&self) -> bool {
+        self.installing.load(Ordering::Relaxed) > 0
+    }
+
+    /// Locks stripe number `index` (garbage collection).
     pub async fn lock_stripe(&self, index: usize) -> MutexGuard<'_, ()> {
         self.stripes[index % STRIPES].lock().await
     }
