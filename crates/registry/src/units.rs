@@ -7,6 +7,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+/// Splits `90s` into `(90, "s")`; `None` without leading digits.
+fn number_and_unit(s: &str) -> Option<(u64, &str)> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    Some((number.parse().ok()?, unit.trim()))
+}
+
 /// A duration written as a number and a unit: `s`, `m`, `h` or `d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
@@ -16,12 +23,9 @@ impl FromStr for HumanDuration {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (number, unit) = s.split_at(split);
-        let n: u64 = number
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration: write e.g. 90s, 15m, 1h or 7d"))?;
-        let seconds = match unit.trim() {
+        let (n, unit) = number_and_unit(s)
+            .ok_or_else(|| format!("{s:?} is not a duration: write e.g. 90s, 15m, 1h or 7d"))?;
+        let seconds = match unit {
             "s" => 1,
             "m" => 60,
             "h" => 3600,
@@ -64,12 +68,9 @@ impl FromStr for ByteSize {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (number, unit) = s.split_at(split);
-        let n: u64 = number
-            .parse()
-            .map_err(|_| format!("{s:?} is not a size: write e.g. 500MiB or 10GiB"))?;
-        let multiplier: u64 = match unit.trim() {
+        let (n, unit) = number_and_unit(s)
+            .ok_or_else(|| format!("{s:?} is not a size: write e.g. 500MiB or 10GiB"))?;
+        let multiplier: u64 = match unit {
             "" | "B" => 1,
             "KiB" => 1 << 10,
             "MiB" => 1 << 20,

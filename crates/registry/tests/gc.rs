@@ -169,14 +169,7 @@ async fn pins_untagged_manifests_referrers_and_index_children() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let pins: Value = reg
-        .req(Method::GET, "/admin/pins")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pins: Value = reg.json("/admin/pins").await;
     assert_eq!(pins["pins"][0]["digest"], b.to_string());
     assert_eq!(pins["pins"][0]["reason"], "release app#2");
     let report = gc(&reg, "delete_untagged=true").await;
@@ -313,14 +306,7 @@ delete_untagged_after = "0s"
         dry["expired_tags"][0]["reason"],
         "not among the 2 most recently pushed; does not match \"^release-\""
     );
-    let tags: Value = reg
-        .req(Method::GET, "/v2/ret/app/tags/list")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags: Value = reg.json("/v2/ret/app/tags/list").await;
     assert_eq!(
         tags["tags"].as_array().unwrap().len(),
         5,
@@ -334,26 +320,12 @@ delete_untagged_after = "0s"
         2,
         "{report}"
     );
-    let tags: Value = reg
-        .req(Method::GET, "/v2/ret/app/tags/list")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags: Value = reg.json("/v2/ret/app/tags/list").await;
     assert_eq!(
         tags["tags"],
         serde_json::json!(["dev-3", "dev-4", "release-1"])
     );
-    let tags: Value = reg
-        .req(Method::GET, "/v2/other/app/tags/list")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags: Value = reg.json("/v2/other/app/tags/list").await;
     assert_eq!(tags["tags"], serde_json::json!(["dev-1"]));
     for gone in ["layer 1", "layer 2"] {
         let path = format!("/v2/ret/app/blobs/{}", Digest::sha256(gone.as_bytes()));
@@ -436,14 +408,7 @@ max_bytes = "100KiB"
         metrics.contains("berth_registry_repository_quota_bytes{repository=\"quota/app\"} 102400"),
         "{metrics}"
     );
-    let usage: Value = reg
-        .req(Method::GET, "/admin/usage")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage: Value = reg.json("/admin/usage").await;
     let quota_app = usage["repositories"]
         .as_array()
         .unwrap()
@@ -468,14 +433,7 @@ async fn usage_splits_shared_and_exclusive_bytes() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let usage: Value = reg
-        .req(Method::GET, "/admin/usage")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage: Value = reg.json("/admin/usage").await;
     let find = |name: &str| {
         usage["repositories"]
             .as_array()

@@ -62,6 +62,17 @@ impl TestRegistry {
         self.client.request(method, format!("{}{path}", self.url))
     }
 
+    /// GETs `path` and parses the answer as JSON.
+    pub async fn json(&self, path: &str) -> Value {
+        self.req(Method::GET, path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Pushes `data` as a blob of `repo` with one monolithic POST.
     pub async fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
         let digest = Digest::sha256(data);

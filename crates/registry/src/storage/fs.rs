@@ -257,11 +257,7 @@ impl BlobStore for FsBlobStore {
                 else {
                     continue;
                 };
-                let age = meta
-                    .modified()
-                    .ok()
-                    .and_then(|m| now.duration_since(m).ok())
-                    .map_or(0, |d| d.as_secs());
+                let age = age_seconds(&meta, now);
                 uploads.push((entry.file_name().to_string_lossy().into_owned(), age));
             }
             Ok(uploads)
@@ -307,15 +303,10 @@ impl BlobStore for FsBlobStore {
                         else {
                             continue;
                         };
-                        let age = meta
-                            .modified()
-                            .ok()
-                            .and_then(|m| now.duration_since(m).ok())
-                            .map_or(0, |d| d.as_secs());
                         out.push(StoredBlob {
                             digest,
                             size: meta.len(),
-                            age,
+                            age: age_seconds(&meta, now),
                         });
                     }
                 }
@@ -324,6 +315,14 @@ impl BlobStore for FsBlobStore {
         })
         .await
     }
+}
+
+/// Seconds since a file was last written (0 if the clock went backwards).
+fn age_seconds(meta: &std::fs::Metadata, now: SystemTime) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|m| now.duration_since(m).ok())
+        .map_or(0, |d| d.as_secs())
 }
 
 fn read_dir_names(dir: &Path) -> StorageResult<Vec<String>> {
