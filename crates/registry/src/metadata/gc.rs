@@ -10,9 +10,8 @@ use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    decode, encode, key, now, under, BlobRecord, ManifestRecord, Metadata, MetadataError,
-    MetadataResult, TagRecord, BLOBS, BLOB_REPOS, LINKS, MANIFESTS, PINS, REFS, REPOS, TAGS,
-    TAG_PULLS,
+    decode, encode, key, now, under, BlobRecord, ManifestRecord, Metadata, MetadataResult,
+    TagRecord, BLOBS, BLOB_REPOS, LINKS, MANIFESTS, PINS, REFS, REPOS, TAGS, TAG_PULLS,
 };
 
 /// Why content is pinned.
@@ -502,10 +501,4 @@ struct UntaggedTables<'a> {
     manifests: &'a redb::Table<'a, &'static str, &'static [u8]>,
     refs: &'a redb::Table<'a, &'static str, ()>,
     pins: &'a redb::Table<'a, &'static str, &'static [u8]>,
-}
-
-impl From<std::convert::Infallible> for MetadataError {
-    fn from(e: std::convert::Infallible) -> Self {
-        match e {}
-    }
 }
