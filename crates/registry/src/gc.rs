@@ -266,7 +266,7 @@ pub async fn collect(registry: &Registry, request: GcRequest) -> Result<GcReport
             continue;
         }
         if !request.dry_run {
-            registry.uploads.forget(&id);
+            registry.uploads.remove(&id);
             registry.store.delete_upload(&id).await?;
         }
         report.uploads += 1;

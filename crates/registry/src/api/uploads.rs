@@ -48,15 +48,11 @@ impl Uploads {
         session
     }
 
-    fn remove(&self, id: &str) {
+    /// Drops a session from memory.
+    pub(crate) fn remove(&self, id: &str) {
         if let Ok(mut map) = self.sessions.lock() {
             map.remove(id);
         }
-    }
-
-    /// Drops a session from memory (its data is being removed).
-    pub(crate) fn forget(&self, id: &str) {
-        self.remove(id);
     }
 
     /// Number of sessions in memory.
