@@ -1,7 +1,9 @@
 //! OCI building blocks shared by berth's registry, runtime and deployer: content digests,
-//! media types, repository names and tags, and manifest validation. No network I/O here.
+//! media types, repository names and tags, manifest validation, and safe layer unpacking.
+//! No network I/O here.
 
 pub mod digest;
+pub mod layer;
 pub mod manifest;
 pub mod media_type;
 pub mod name;
