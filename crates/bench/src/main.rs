@@ -5,7 +5,9 @@ mod gc;
 mod registry;
 mod servers;
 
+use anyhow::anyhow;
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
 
 /// berth's benchmarks.
 #[derive(Parser)]
@@ -28,8 +30,21 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    match cli.command {
-        Command::Registry(options) => runtime.block_on(registry::run(options)),
-        Command::Gc(options) => runtime.block_on(gc::run(options)),
-    }
+    runtime.block_on(async {
+        let bench = async {
+            match cli.command {
+                Command::Registry(options) => registry::run(options).await,
+                Command::Gc(options) => gc::run(options).await,
+            }
+        };
+        // On SIGINT or SIGTERM the benchmark's future is dropped, and with it the guards
+        // that kill the registries and remove their data.
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        tokio::select! {
+            result = bench => result,
+            _ = interrupt.recv() => Err(anyhow!("interrupted")),
+            _ = terminate.recv() => Err(anyhow!("terminated")),
+        }
+    })
 }

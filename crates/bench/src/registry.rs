@@ -1,478 +1,583 @@
 //! `berth-bench registry`: the same pushes and pulls against berth and against Debian's
-//! docker-registry (CNCF distribution 2.8), both running at once, each measured in turn.
+//! docker-registry (CNCF distribution 2.8), both running at once, with the same clients and
+//! the same content. Every workload runs against both registries after a warm-up, taking
+//! turns at which goes first.
+
+mod blobs;
+mod content;
+mod report;
+mod skopeo;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use berth_oci::{Algorithm, Digest, Hasher};
-use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
-use rand::RngCore;
+use futures::{StreamExt as _, TryStreamExt as _};
+use reqwest::Client;
+use serde::Serialize;
 
+use self::blobs::{Blob, PushMode, Pushed};
+use self::report::{median, Direction, Pair, Report, Row, Section, Summary};
+use self::skopeo::Skopeo;
 use crate::servers::Registry;
 
-/// What to run.
-#[derive(clap::Args)]
+/// Small blobs are spread over this many repositories.
+const SMALL_REPOS: usize = 8;
+
+/// What to run: sizes, counts and where.
+#[derive(clap::Args, Serialize, Debug)]
 pub struct Options {
     /// berth binary to measure.
     #[arg(long, default_value = "target/release/berth")]
     berth_bin: PathBuf,
-    /// Where both registries keep their data (same filesystem for both).
+    /// Measure a second docker-registry in berth's place instead, to see the harness's own
+    /// noise: every ratio should then be near 1.
+    #[arg(long)]
+    peer_only: bool,
+    /// Where to make the temp dir that holds both registries' data (so one filesystem for
+    /// both) and the content; it is removed at the end.
     #[arg(long, default_value = "/var/tmp")]
     work_dir: PathBuf,
-    /// Number of small blobs.
-    #[arg(long, default_value_t = 3000)]
+    /// Small blobs pushed in each push mode (single POST, POST then PUT).
+    #[arg(long, default_value_t = 2000)]
     small_blobs: usize,
-    /// Largest small blob, in KiB (sizes spread from 4 KiB up to this).
+    /// Smallest small blob, in KiB.
+    #[arg(long, default_value_t = 4)]
+    small_min_kib: usize,
+    /// Largest small blob, in KiB.
     #[arg(long, default_value_t = 64)]
     small_max_kib: usize,
-    /// Number of large blobs.
+    /// Requests in flight at once for small blobs.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Small blobs pushed (both modes) and pulled before anything is measured.
+    #[arg(long, default_value_t = 200)]
+    warmup_blobs: usize,
+    /// Large blobs, pushed and pulled one at a time.
     #[arg(long, default_value_t = 4)]
     large_blobs: usize,
     /// Size of each large blob, in MiB.
     #[arg(long, default_value_t = 256)]
     large_mib: usize,
-    /// Parallel requests for small blobs.
-    #[arg(long, default_value_t = 16)]
-    concurrency: usize,
-    /// skopeo copies per direction.
+    /// skopeo copies per direction and registry.
     #[arg(long, default_value_t = 5)]
     skopeo_runs: usize,
-    /// Random data in the skopeo image's layers, in MiB.
-    #[arg(long, default_value_t = 48)]
+    /// Random data in the skopeo image, in MiB (on top of busybox).
+    #[arg(long, default_value_t = 100)]
     image_mib: usize,
-    /// A run of seconds, for checking the benchmark itself.
+    /// Layers the random data of the skopeo image is split into.
+    #[arg(long, default_value_t = 3)]
+    image_layers: usize,
+    /// A run of seconds with tiny sizes, for checking the benchmark itself (overrides the
+    /// sizes and counts).
     #[arg(long)]
     quick: bool,
-    /// Also write the figures as JSON here.
+    /// Also write every figure as JSON to this file.
     #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
     json: Option<PathBuf>,
 }
 
-/// One measured figure for both registries.
-struct Row {
-    workload: String,
-    unit: &'static str,
-    berth: f64,
-    distribution: f64,
-    /// Whether a bigger value is better (throughput) or smaller (time).
-    higher_is_better: bool,
-    direction: &'static str,
-}
-
-impl Row {
-    /// > 1 means berth is better, whichever way the unit goes.
-    fn ratio(&self) -> f64 {
-        if self.higher_is_better {
-            self.berth / self.distribution
-        } else {
-            self.distribution / self.berth
+impl Options {
+    fn resolve(mut self) -> anyhow::Result<Options> {
+        if self.quick {
+            self.small_blobs = 200;
+            self.warmup_blobs = 20;
+            self.large_blobs = 1;
+            self.large_mib = 16;
+            self.skopeo_runs = 1;
+            self.image_mib = 8;
         }
+        if self.small_min_kib == 0 || self.small_min_kib > self.small_max_kib {
+            bail!("--small-min-kib must be at least 1 and at most --small-max-kib");
+        }
+        for (flag, value) in [
+            ("--small-blobs", self.small_blobs),
+            ("--concurrency", self.concurrency),
+            ("--large-blobs", self.large_blobs),
+            ("--large-mib", self.large_mib),
+            ("--skopeo-runs", self.skopeo_runs),
+            ("--image-layers", self.image_layers),
+        ] {
+            if value == 0 {
+                bail!("{flag} must be at least 1");
+            }
+        }
+        Ok(self)
     }
 }
 
-fn random_bytes(len: usize) -> Bytes {
-    let mut v = vec![0u8; len];
-    rand::rng().fill_bytes(&mut v);
-    Bytes::from(v)
-}
-
-/// Resolves an upload `Location` (absolute, or relative as berth sends it) and adds `digest`.
-fn finish_url(base: &str, location: &str, digest: &Digest) -> String {
-    let absolute = if location.starts_with("http") {
-        location.to_owned()
-    } else {
-        format!("{base}{location}")
+/// Runs the benchmark.
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let o = options.resolve()?;
+    let work = tempfile::Builder::new()
+        .prefix("berth-bench-registry-")
+        .tempdir_in(&o.work_dir)
+        .with_context(|| format!("making a temp dir in {}", o.work_dir.display()))?;
+    let servers = start(&o, work.path()).await?;
+    let names = Pair {
+        subject: servers.subject.name,
+        peer: servers.peer.name,
     };
-    let sep = if absolute.contains('?') { '&' } else { '?' };
-    format!("{absolute}{sep}digest={digest}")
-}
+    eprintln!(
+        "{} on {}, {} on {}, data under {}",
+        names.subject,
+        servers.subject.url,
+        names.peer,
+        servers.peer.url,
+        work.path().display()
+    );
+    let client = Client::builder()
+        .pool_max_idle_per_host(o.concurrency)
+        .timeout(Duration::from_secs(600))
+        .build()?;
+    let mut turns = Turns::default();
+    let mut sections = Vec::new();
 
-/// POST + PUT, the way most clients push a blob.
-async fn push_blob(
-    client: &reqwest::Client,
-    reg: &str,
-    repo: &str,
-    data: Bytes,
-    digest: &Digest,
-) -> anyhow::Result<()> {
-    let r = client
-        .post(format!("{reg}/v2/{repo}/blobs/uploads/"))
-        .send()
-        .await?;
-    if r.status() != 202 {
-        bail!("POST upload: {}", r.status());
+    let section = small_blobs(&o, &client, &servers, &mut turns).await?;
+    println!("{}", section.render(names));
+    sections.push(section);
+    let section = large_blobs(&o, work.path(), &client, &servers, &mut turns).await?;
+    println!("{}", section.render(names));
+    sections.push(section);
+    let section = skopeo_copies(&o, work.path(), &servers, &mut turns).await?;
+    println!("{}", section.render(names));
+    sections.push(section);
+
+    let summary = Summary::of(&sections);
+    for line in &summary {
+        println!("{}", line.render(names));
     }
-    let location = r
-        .headers()
-        .get("location")
-        .context("no Location")?
-        .to_str()?
-        .to_owned();
-    let r = client
-        .put(finish_url(reg, &location, digest))
-        .header("content-type", "application/octet-stream")
-        .body(data)
-        .send()
-        .await?;
-    if r.status() != 201 {
-        bail!("PUT upload: {}", r.status());
+    if let Some(path) = &o.json {
+        let report = Report {
+            names,
+            parameters: &o,
+            sections,
+            summary,
+        };
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
 
-async fn small_push(
-    client: &reqwest::Client,
-    reg: &Registry,
-    blobs: &[(Digest, Bytes)],
-    concurrency: usize,
-) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    futures::stream::iter(blobs.iter().enumerate())
-        .map(Ok)
-        .try_for_each_concurrent(concurrency, |(i, (digest, data))| async move {
-            push_blob(
+/// Starts the registry under test and the peer, data under `work`.
+async fn start(o: &Options, work: &Path) -> anyhow::Result<Pair<Registry>> {
+    let subject = if o.peer_only {
+        Registry::distribution("distribution-2", work).await?
+    } else {
+        Registry::berth(&o.berth_bin, work)?
+    };
+    let peer = Registry::distribution("distribution", work).await?;
+    Ok(Pair { subject, peer })
+}
+
+/// Runs each measurement against both registries, taking turns at which goes first, so
+/// neither always meets a colder or a fuller page cache.
+#[derive(Default)]
+struct Turns {
+    peer_first: bool,
+}
+
+impl Turns {
+    async fn both<T>(
+        &mut self,
+        servers: &Pair<Registry>,
+        mut measure: impl AsyncFnMut(&Registry) -> anyhow::Result<T>,
+    ) -> anyhow::Result<Pair<T>> {
+        let peer_first = self.peer_first;
+        self.peer_first = !peer_first;
+        let (first, second) = if peer_first {
+            (&servers.peer, &servers.subject)
+        } else {
+            (&servers.subject, &servers.peer)
+        };
+        settle().await?;
+        let first = measure(first).await?;
+        settle().await?;
+        let second = measure(second).await?;
+        Ok(if peer_first {
+            Pair {
+                subject: second,
+                peer: first,
+            }
+        } else {
+            Pair {
+                subject: first,
+                peer: second,
+            }
+        })
+    }
+}
+
+/// Writes back all dirty pages, so that one measurement's writes are not flushed on the
+/// next one's time (the registries differ in what they sync themselves).
+async fn settle() -> anyhow::Result<()> {
+    let status = tokio::process::Command::new("sync")
+        .status()
+        .await
+        .context("running sync")?;
+    if !status.success() {
+        bail!("sync failed: {status}");
+    }
+    Ok(())
+}
+
+/// Blobs moved in one measured batch.
+#[derive(Clone, Copy)]
+struct Batch {
+    elapsed: Duration,
+    blobs: usize,
+    bytes: usize,
+    /// Single POSTs the registry answered with 202, so the client PUT the content after.
+    fell_back: usize,
+}
+
+impl Batch {
+    fn blobs_per_second(self) -> f64 {
+        self.blobs as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn megabytes_per_second(self) -> f64 {
+        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Workloads 1 and 2: many small blobs pushed in each mode, `concurrency` at a time, then all
+/// of them pulled.
+async fn small_blobs(
+    o: &Options,
+    client: &Client,
+    servers: &Pair<Registry>,
+    turns: &mut Turns,
+) -> anyhow::Result<Section> {
+    let (min, max, n) = (o.small_min_kib, o.small_max_kib, o.concurrency);
+    let warmup = content::small_blobs(o.warmup_blobs, min, max);
+    let single = content::small_blobs(o.small_blobs, min, max);
+    let post_put = content::small_blobs(o.small_blobs, min, max);
+    eprintln!("small blobs: warming up");
+    turns
+        .both(servers, async |reg| {
+            push_all(
                 client,
-                &reg.url,
-                &format!("bench/small{}", i % 8),
-                data.clone(),
-                digest,
+                reg,
+                "bench/warmup",
+                &warmup,
+                PushMode::SinglePost,
+                n,
+            )
+            .await?;
+            push_all(client, reg, "bench/warmup", &warmup, PushMode::PostPut, n).await?;
+            pull_all(client, reg, &[("bench/warmup", &warmup)], n).await
+        })
+        .await?;
+    eprintln!("small blobs: pushing with single POSTs");
+    let single_push = turns
+        .both(servers, async |reg| {
+            push_all(
+                client,
+                reg,
+                "bench/single",
+                &single,
+                PushMode::SinglePost,
+                n,
             )
             .await
         })
         .await?;
-    Ok(blobs.len() as f64 / started.elapsed().as_secs_f64())
+    eprintln!("small blobs: pushing with POST then PUT");
+    let post_put_push = turns
+        .both(servers, async |reg| {
+            push_all(
+                client,
+                reg,
+                "bench/post-put",
+                &post_put,
+                PushMode::PostPut,
+                n,
+            )
+            .await
+        })
+        .await?;
+    eprintln!("small blobs: pulling");
+    let sets = [
+        ("bench/single", &single[..]),
+        ("bench/post-put", &post_put[..]),
+    ];
+    let pull = turns
+        .both(servers, async |reg| pull_all(client, reg, &sets, n).await)
+        .await?;
+
+    let mut section = Section::new(format!(
+        "small blobs: {} per push mode, {min}-{max} KiB, {n} in flight, over {SMALL_REPOS} repos",
+        o.small_blobs
+    ));
+    for (what, batch, direction) in [
+        ("push, single POST", single_push, Direction::Push),
+        ("push, POST then PUT", post_put_push, Direction::Push),
+        ("pull (GET)", pull, Direction::Pull),
+    ] {
+        section.row(Row::throughput(
+            what,
+            "blobs/s",
+            batch.map(Batch::blobs_per_second),
+            Some(direction),
+        ));
+        section.row(Row::throughput(
+            what,
+            "MB/s",
+            batch.map(Batch::megabytes_per_second),
+            None,
+        ));
+    }
+    for (name, batch) in [
+        (servers.subject.name, single_push.subject),
+        (servers.peer.name, single_push.peer),
+    ] {
+        if batch.fell_back > 0 {
+            section.note(format!(
+                "{name} answered {} of {} single POSTs with 202 (no single-POST uploads), \
+                 so the client sent those blobs again in a PUT, as the spec says",
+                batch.fell_back, batch.blobs
+            ));
+        }
+    }
+    Ok(section)
 }
 
-async fn small_pull(
-    client: &reqwest::Client,
+/// Pushes `blobs` spread over [`SMALL_REPOS`] repositories named after `repo`.
+async fn push_all(
+    client: &Client,
     reg: &Registry,
-    blobs: &[(Digest, Bytes)],
+    repo: &str,
+    blobs: &[Blob],
+    mode: PushMode,
     concurrency: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Batch> {
     let started = Instant::now();
-    futures::stream::iter(blobs.iter().enumerate())
-        .map(Ok)
-        .try_for_each_concurrent(concurrency, |(i, (digest, data))| async move {
-            let r = client
-                .get(format!(
-                    "{}/v2/bench/small{}/blobs/{digest}",
-                    reg.url,
-                    i % 8
-                ))
-                .send()
-                .await?;
-            let body = r.bytes().await?;
-            if body.len() != data.len() {
+    let fell_back = futures::stream::iter(blobs.iter().enumerate())
+        .map(|(i, blob)| async move {
+            let repo = format!("{repo}-{}", i % SMALL_REPOS);
+            blobs::push(client, &reg.url, &repo, blob, mode)
+                .await
+                .with_context(|| format!("{}: pushing {} to {repo}", reg.name, blob.digest))
+        })
+        .buffer_unordered(concurrency)
+        .try_fold(0, |n, pushed| async move {
+            Ok(n + usize::from(pushed == Pushed::FellBackToPut))
+        })
+        .await?;
+    Ok(Batch {
+        elapsed: started.elapsed(),
+        blobs: blobs.len(),
+        bytes: blobs.iter().map(|b| b.data.len()).sum(),
+        fell_back,
+    })
+}
+
+/// Pulls every blob of `sets` (pushed by [`push_all`] under each repo name) and checks its
+/// length.
+async fn pull_all(
+    client: &Client,
+    reg: &Registry,
+    sets: &[(&str, &[Blob])],
+    concurrency: usize,
+) -> anyhow::Result<Batch> {
+    let all: Vec<(String, &Blob)> = sets
+        .iter()
+        .flat_map(|(repo, blobs)| {
+            blobs
+                .iter()
+                .enumerate()
+                .map(move |(i, blob)| (format!("{repo}-{}", i % SMALL_REPOS), blob))
+        })
+        .collect();
+    let started = Instant::now();
+    futures::stream::iter(&all)
+        .map(|(repo, blob)| async move {
+            let len = blobs::pull_len(client, &reg.url, repo, &blob.digest)
+                .await
+                .with_context(|| format!("{}: pulling {} from {repo}", reg.name, blob.digest))?;
+            if len != blob.data.len() {
                 bail!(
-                    "{}: blob {digest} came back with {} bytes",
+                    "{}: {} came back with {len} bytes, not {}",
                     reg.name,
-                    body.len()
+                    blob.digest,
+                    blob.data.len()
                 );
             }
             Ok(())
         })
+        .buffer_unordered(concurrency)
+        .try_collect::<()>()
         .await?;
-    Ok(blobs.len() as f64 / started.elapsed().as_secs_f64())
+    Ok(Batch {
+        elapsed: started.elapsed(),
+        blobs: all.len(),
+        bytes: all.iter().map(|(_, b)| b.data.len()).sum(),
+        fell_back: 0,
+    })
 }
 
-async fn large_push(
-    client: &reqwest::Client,
-    reg: &Registry,
-    blobs: &[(Digest, Bytes)],
-) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let mut bytes = 0;
-    for (digest, data) in blobs {
-        bytes += data.len();
-        push_blob(client, &reg.url, "bench/large", data.clone(), digest).await?;
-    }
-    Ok(bytes as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64())
-}
-
-async fn large_pull(
-    client: &reqwest::Client,
-    reg: &Registry,
-    blobs: &[(Digest, Bytes)],
-) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let mut bytes = 0;
-    for (digest, _) in blobs {
-        let r = client
-            .get(format!("{}/v2/bench/large/blobs/{digest}", reg.url))
-            .send()
-            .await?;
-        let mut stream = r.bytes_stream();
-        let mut hasher = Hasher::new(Algorithm::Sha256);
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            bytes += chunk.len();
-            hasher.update(&chunk);
-        }
-        if hasher.finish() != *digest {
-            bail!("{}: large blob {digest} came back different", reg.name);
-        }
-    }
-    Ok(bytes as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64())
-}
-
-fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-/// An OCI layout with busybox-static and `mib` MiB of random files over three layers.
-fn build_layout(dir: &Path, mib: usize) -> anyhow::Result<PathBuf> {
-    let layout = dir.join("layout");
-    let image = format!("{}:img", layout.display());
-    run_cmd(
-        Command::new("umoci")
-            .args(["init", "--layout"])
-            .arg(&layout),
-    )?;
-    run_cmd(Command::new("umoci").args(["new", "--image", &image]))?;
-    let bundle = dir.join("bundle");
-    for layer in 0..3 {
-        run_cmd(
-            Command::new("umoci")
-                .args(["unpack", "--rootless", "--image", &image])
-                .arg(&bundle),
-        )?;
-        let root = bundle.join("rootfs");
-        if layer == 0 {
-            std::fs::create_dir_all(root.join("bin"))?;
-            std::fs::copy("/bin/busybox", root.join("bin/busybox"))?;
-        }
-        std::fs::write(
-            root.join(format!("data{layer}")),
-            random_bytes((mib.max(3) / 3) << 20),
-        )?;
-        run_cmd(
-            Command::new("umoci")
-                .args(["repack", "--image", &image])
-                .arg(&bundle),
-        )?;
-        std::fs::remove_dir_all(&bundle)?;
-    }
-    Ok(layout)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn skopeo(policy: &Path) -> Command {
-    let mut cmd = Command::new("skopeo");
-    cmd.arg("--policy").arg(policy);
-    cmd
-}
-
-/// Median seconds of `runs` skopeo copies layout -> registry (a new repository each time).
-fn skopeo_push(policy: &Path, layout: &Path, reg: &Registry, runs: usize) -> anyhow::Result<f64> {
-    let mut times = Vec::new();
-    for run in 0..runs {
-        let started = Instant::now();
-        run_cmd(
-            skopeo(policy)
-                .args(["copy", "-q", "--dest-tls-verify=false"])
-                .arg(format!("oci:{}:img", layout.display()))
-                .arg(format!("docker://{}/skopeo/run{run}:1", reg.host())),
-        )?;
-        times.push(started.elapsed().as_secs_f64());
-    }
-    Ok(median(times))
-}
-
-/// Median seconds of `runs` skopeo copies registry -> a fresh layout.
-fn skopeo_pull(policy: &Path, work: &Path, reg: &Registry, runs: usize) -> anyhow::Result<f64> {
-    let mut times = Vec::new();
-    for run in 0..runs {
-        let dest = work.join(format!("pull-{}-{run}", reg.name));
-        let started = Instant::now();
-        run_cmd(
-            skopeo(policy)
-                .args(["copy", "-q", "--src-tls-verify=false"])
-                .arg(format!("docker://{}/skopeo/run{run}:1", reg.host()))
-                .arg(format!("oci:{}:img", dest.display())),
-        )?;
-        times.push(started.elapsed().as_secs_f64());
-        std::fs::remove_dir_all(&dest)?;
-    }
-    Ok(median(times))
-}
-
-/// Runs `f` against both registries, berth first when `berth_first`, and records a row.
-macro_rules! measure {
-    ($rows:ident, $regs:expr, $berth_first:expr, $workload:expr, $unit:expr, $higher:expr, $dir:expr, |$reg:ident| $body:expr) => {{
-        let (berth, distribution) = $regs;
-        let (first, second) = if $berth_first {
-            (berth, distribution)
-        } else {
-            (distribution, berth)
-        };
-        let a = {
-            let $reg = first;
-            $body
-        };
-        let b = {
-            let $reg = second;
-            $body
-        };
-        let (b_val, d_val) = if $berth_first { (a, b) } else { (b, a) };
-        let row = Row {
-            workload: $workload.to_string(),
-            unit: $unit,
-            berth: b_val,
-            distribution: d_val,
-            higher_is_better: $higher,
-            direction: $dir,
-        };
-        print_row(&row);
-        $rows.push(row);
-    }};
-}
-
-fn print_row(row: &Row) {
-    let decimals = if row.higher_is_better { 1 } else { 3 };
-    println!(
-        "{:<44} {:>12.decimals$} {:>14.decimals$}  {:<8} {:>6.2}x",
-        row.workload,
-        row.berth,
-        row.distribution,
-        row.unit,
-        row.ratio()
-    );
-}
-
-fn geometric_mean(rows: &[&Row]) -> f64 {
-    let product: f64 = rows.iter().map(|r| r.ratio().ln()).sum();
-    (product / rows.len() as f64).exp()
-}
-
-/// Runs the benchmark.
-pub async fn run(mut o: Options) -> anyhow::Result<()> {
-    if o.quick {
-        o.small_blobs = 300;
-        o.large_blobs = 1;
-        o.large_mib = 32;
-        o.skopeo_runs = 1;
-        o.image_mib = 6;
-    }
-    let work = tempfile::Builder::new()
-        .prefix("berth-bench-")
-        .tempdir_in(&o.work_dir)?;
-    let berth = Registry::berth(&o.berth_bin, work.path())?;
-    let distribution = Registry::distribution(work.path()).await?;
-    let regs = (&berth, &distribution);
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(o.concurrency * 2)
-        .timeout(Duration::from_secs(600))
-        .build()?;
-
+/// Workload 3: a few large blobs streamed from files with POST then PUT, then pulled one at
+/// a time and checked against their sha256 (after the clock stops, so the client's hashing
+/// does not cap the figure). Ends with each registry's peak memory so far.
+async fn large_blobs(
+    o: &Options,
+    work: &Path,
+    client: &Client,
+    servers: &Pair<Registry>,
+    turns: &mut Turns,
+) -> anyhow::Result<Section> {
     eprintln!(
-        "preparing content: {} small blobs, {} x {} MiB large blobs, a {} MiB image",
-        o.small_blobs, o.large_blobs, o.large_mib, o.image_mib
-    );
-    let small: Vec<(Digest, Bytes)> = (0..o.small_blobs)
-        .map(|i| {
-            let len = 4096 + (i * 7919) % (o.small_max_kib.max(5) * 1024 - 4096);
-            let data = random_bytes(len);
-            (Digest::sha256(&data), data)
-        })
-        .collect();
-    let large: Vec<(Digest, Bytes)> = (0..o.large_blobs)
-        .map(|_| {
-            let data = random_bytes(o.large_mib << 20);
-            (Digest::sha256(&data), data)
-        })
-        .collect();
-    let layout = build_layout(work.path(), o.image_mib)?;
-    let policy = work.path().join("policy.json");
-    std::fs::write(
-        &policy,
-        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-    )?;
-
-    println!(
-        "{:<44} {:>12} {:>14}  {:<8} {:>7}",
-        "workload", "berth", "distribution", "unit", "ratio"
-    );
-    let mut rows = Vec::new();
-    let c = &client;
-    let small_name = format!(
-        "push {} small blobs (4-{} KiB), {} parallel",
-        o.small_blobs, o.small_max_kib, o.concurrency
-    );
-    measure!(rows, regs, true, small_name, "blobs/s", true, "push", |r| {
-        small_push(c, r, &small, o.concurrency).await?
-    });
-    let small_name = format!(
-        "pull {} small blobs, {} parallel",
-        o.small_blobs, o.concurrency
-    );
-    measure!(
-        rows,
-        regs,
-        false,
-        small_name,
-        "blobs/s",
-        true,
-        "pull",
-        |r| small_pull(c, r, &small, o.concurrency).await?
-    );
-    let large_name = format!("push {} x {} MiB blobs", o.large_blobs, o.large_mib);
-    measure!(rows, regs, false, large_name, "MiB/s", true, "push", |r| {
-        large_push(c, r, &large).await?
-    });
-    let large_name = format!(
-        "pull {} x {} MiB blobs (sha256 verified)",
+        "large blobs: writing {} x {} MiB of random data",
         o.large_blobs, o.large_mib
     );
-    measure!(rows, regs, true, large_name, "MiB/s", true, "pull", |r| {
-        large_pull(c, r, &large).await?
-    });
-    let runs = o.skopeo_runs;
-    let name = format!("skopeo copy oci: -> registry, {} MiB image", o.image_mib);
-    measure!(rows, regs, true, name, "s median", false, "push", |r| {
-        skopeo_push(&policy, &layout, r, runs)?
-    });
-    let name = format!("skopeo copy registry -> oci:, {} MiB image", o.image_mib);
-    measure!(rows, regs, false, name, "s median", false, "pull", |r| {
-        skopeo_pull(&policy, work.path(), r, runs)?
+    let large = content::large_blobs(work, o.large_blobs, o.large_mib).await?;
+    let bytes: usize = large.iter().map(|b| b.len).sum();
+    let repo = "bench/large";
+    eprintln!("large blobs: pushing");
+    let push = turns
+        .both(servers, async |reg| {
+            let started = Instant::now();
+            for blob in &large {
+                blobs::push_file(client, &reg.url, repo, &blob.path, blob.len, &blob.digest)
+                    .await
+                    .with_context(|| format!("{}: pushing large blob {}", reg.name, blob.digest))?;
+            }
+            Ok(started.elapsed())
+        })
+        .await?;
+    eprintln!("large blobs: pulling");
+    // One buffer for both, written to before the clock starts (zeros would be mapped
+    // lazily), so that neither pays for faulting its pages in.
+    let mut content = vec![1u8; o.large_mib << 20];
+    let pull = turns
+        .both(servers, async |reg| {
+            let mut elapsed = Duration::ZERO;
+            for blob in &large {
+                let started = Instant::now();
+                blobs::pull_into(client, &reg.url, repo, &blob.digest, &mut content)
+                    .await
+                    .with_context(|| format!("{}: pulling large blob {}", reg.name, blob.digest))?;
+                elapsed += started.elapsed();
+                if berth_oci::Digest::sha256(&content) != blob.digest {
+                    bail!(
+                        "{}: large blob {} came back different",
+                        reg.name,
+                        blob.digest
+                    );
+                }
+            }
+            Ok(elapsed)
+        })
+        .await?;
+    let peak_rss = Pair {
+        subject: &servers.subject,
+        peer: &servers.peer,
+    }
+    .map(|reg| {
+        reg.peak_rss_kib()
+            .map_or(f64::NAN, |kib| kib as f64 / 1024.0)
     });
 
-    let push: Vec<&Row> = rows.iter().filter(|r| r.direction == "push").collect();
-    let pull: Vec<&Row> = rows.iter().filter(|r| r.direction == "pull").collect();
-    let (push_ratio, pull_ratio) = (geometric_mean(&push), geometric_mean(&pull));
-    println!();
-    println!("push: berth/distribution = {push_ratio:.2}x (geometric mean of the push rows)");
-    println!("pull: berth/distribution = {pull_ratio:.2}x (geometric mean of the pull rows)");
-    println!(
-        "peak RSS: berth {} MiB, distribution {} MiB",
-        berth.peak_rss_mib(),
-        distribution.peak_rss_mib()
-    );
-    if let Some(path) = &o.json {
-        let figures: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "workload": r.workload, "unit": r.unit, "berth": r.berth,
-                    "distribution": r.distribution, "ratio": r.ratio(), "direction": r.direction,
-                })
-            })
-            .collect();
-        let report = serde_json::json!({
-            "rows": figures, "push_ratio": push_ratio, "pull_ratio": pull_ratio,
-            "peak_rss_mib": {"berth": berth.peak_rss_mib(), "distribution": distribution.peak_rss_mib()},
-        });
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    let megabytes_per_second = |elapsed: Duration| bytes as f64 / 1e6 / elapsed.as_secs_f64();
+    let mut section = Section::new(format!(
+        "large blobs: {} x {} MiB, one at a time, POST then PUT streamed from a file",
+        o.large_blobs, o.large_mib
+    ));
+    section.row(Row::throughput(
+        "push",
+        "MB/s",
+        push.map(megabytes_per_second),
+        Some(Direction::Push),
+    ));
+    section.row(Row::throughput(
+        "pull",
+        "MB/s",
+        pull.map(megabytes_per_second),
+        Some(Direction::Pull),
+    ));
+    section.row(Row::cost("server peak RSS (VmHWM)", "MiB", peak_rss, None));
+    section.note("every pulled blob matched its sha256 (checked outside the timed part)");
+    for blob in &large {
+        tokio::fs::remove_file(&blob.path).await?;
     }
-    Ok(())
+    Ok(section)
+}
+
+/// Workload 4: skopeo copies of a busybox image with random layers from an OCI layout to a
+/// new repository, and back into a new layout; median wall-clock time per copy.
+async fn skopeo_copies(
+    o: &Options,
+    work: &Path,
+    servers: &Pair<Registry>,
+    turns: &mut Turns,
+) -> anyhow::Result<Section> {
+    eprintln!("skopeo: building the image");
+    let layout = content::image_layout(work, o.image_mib, o.image_layers).await?;
+    let source = layout.reference();
+    let mut skopeo = Skopeo::new(work).await?;
+    let pulled = |reg: &Registry, label: &str| work.join(format!("pulled-{}-{label}", reg.name));
+
+    eprintln!("skopeo: warming up");
+    turns
+        .both(servers, async |reg| {
+            skopeo.push(&source, reg, "bench/warmup", "w").await?;
+            let dest = pulled(reg, "warmup");
+            skopeo.pull(reg, "bench/warmup", "w", &dest).await?;
+            tokio::fs::remove_dir_all(&dest).await?;
+            Ok(())
+        })
+        .await?;
+    eprintln!("skopeo: copying, {} times each way", o.skopeo_runs);
+    let mut pushes = Pair {
+        subject: Vec::new(),
+        peer: Vec::new(),
+    };
+    for run in 0..o.skopeo_runs {
+        let repo = format!("bench/img-{run}");
+        let took = turns
+            .both(servers, async |reg| {
+                skopeo.push(&source, reg, &repo, &run.to_string()).await
+            })
+            .await?;
+        pushes.subject.push(took.subject.as_secs_f64());
+        pushes.peer.push(took.peer.as_secs_f64());
+    }
+    let mut pulls = Pair {
+        subject: Vec::new(),
+        peer: Vec::new(),
+    };
+    for run in 0..o.skopeo_runs {
+        let repo = format!("bench/img-{run}");
+        let took = turns
+            .both(servers, async |reg| {
+                let dest = pulled(reg, &run.to_string());
+                let took = skopeo.pull(reg, &repo, &run.to_string(), &dest).await?;
+                tokio::fs::remove_dir_all(&dest).await?;
+                Ok(took)
+            })
+            .await?;
+        pulls.subject.push(took.subject.as_secs_f64());
+        pulls.peer.push(took.peer.as_secs_f64());
+    }
+
+    let mut section = Section::new(format!(
+        "skopeo copy: busybox + {} MiB in {} random layers, each run a new repo, median of {}",
+        o.image_mib, o.image_layers, o.skopeo_runs
+    ));
+    section.row(Row::cost(
+        "push oci: -> docker://",
+        "s",
+        pushes.map(median),
+        Some(Direction::Push),
+    ));
+    section.row(Row::cost(
+        "pull docker:// -> new oci:",
+        "s",
+        pulls.map(median),
+        Some(Direction::Pull),
+    ));
+    Ok(section)
 }
