@@ -97,15 +97,7 @@ pub async fn pull_len(
     repo: &str,
     digest: &Digest,
 ) -> anyhow::Result<usize> {
-    let r = expect(
-        client
-            .get(format!("{base}/v2/{repo}/blobs/{digest}"))
-            .send()
-            .await?,
-        StatusCode::OK,
-        "blob GET",
-    )
-    .await?;
+    let r = get_blob(client, base, repo, digest).await?;
     let mut body = r.bytes_stream();
     let mut len = 0;
     while let Some(chunk) = body.next().await {
@@ -124,15 +116,7 @@ pub async fn pull_into(
     buf: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
     buf.clear();
-    let r = expect(
-        client
-            .get(format!("{base}/v2/{repo}/blobs/{digest}"))
-            .send()
-            .await?,
-        StatusCode::OK,
-        "blob GET",
-    )
-    .await?;
+    let r = get_blob(client, base, repo, digest).await?;
     let mut body = r.bytes_stream();
     while let Some(chunk) = body.next().await {
         buf.extend_from_slice(&chunk?);
@@ -196,6 +180,24 @@ async fn expect(r: Response, want: StatusCode, what: &str) -> anyhow::Result<Res
     let status = r.status();
     let body = r.text().await.unwrap_or_default();
     bail!("{what}: expected {want}, got {status}: {}", body.trim())
+}
+
+/// GETs a blob and checks it answered 200.
+async fn get_blob(
+    client: &Client,
+    base: &str,
+    repo: &str,
+    digest: &Digest,
+) -> anyhow::Result<reqwest::Response> {
+    expect(
+        client
+            .get(format!("{base}/v2/{repo}/blobs/{digest}"))
+            .send()
+            .await?,
+        StatusCode::OK,
+        "blob GET",
+    )
+    .await
 }
 
 #[cfg(test)]
