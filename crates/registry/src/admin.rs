@@ -66,17 +66,10 @@ pub struct UsageReport {
     pub stored_bytes: u64,
 }
 
-/// Usage of every repository, with quotas.
-pub(crate) async fn usage_report(registry: &Registry) -> ApiResult<UsageReport> {
+/// Usage of every repository, with its quota: metadata only, cheap enough for `/metrics`.
+pub(crate) async fn repository_usage(registry: &Registry) -> ApiResult<Vec<UsageEntry>> {
     let usage = registry.blocking_meta(|m| m.usage()).await?;
-    let stored = registry
-        .store
-        .list_blobs()
-        .await?
-        .iter()
-        .map(|b| b.size)
-        .sum();
-    let repositories = usage
+    Ok(usage
         .into_iter()
         .map(|usage| {
             let quota = registry
@@ -87,10 +80,22 @@ pub(crate) async fn usage_report(registry: &Registry) -> ApiResult<UsageReport> 
                 .map(|q| q.max_bytes);
             UsageEntry { usage, quota }
         })
-        .collect();
+        .collect())
+}
+
+/// Usage of every repository plus the bytes on disk (which lists every stored file).
+async fn usage_report(registry: &Registry) -> ApiResult<UsageReport> {
+    let repositories = repository_usage(registry).await?;
+    let stored_bytes = registry
+        .store
+        .list_blobs()
+        .await?
+        .iter()
+        .map(|b| b.size)
+        .sum();
     Ok(UsageReport {
         repositories,
-        stored_bytes: stored,
+        stored_bytes,
     })
 }
 

@@ -85,10 +85,9 @@ pub fn router(registry: Arc<Registry>) -> Router {
 }
 
 async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
-    match crate::admin::usage_report(&registry).await {
-        Ok(report) => {
-            let usage: Vec<_> = report
-                .repositories
+    match crate::admin::repository_usage(&registry).await {
+        Ok(repositories) => {
+            let usage: Vec<_> = repositories
                 .into_iter()
                 .map(|e| (e.usage.repository, e.usage.bytes, e.quota))
                 .collect();
