@@ -2,6 +2,7 @@
 
 mod admin_cmd;
 mod config;
+mod info;
 mod registry_cmd;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -60,6 +61,9 @@ enum Command {
     /// The OCI registry: serve it, manage its users.
     #[command(subcommand)]
     Registry(registry_cmd::RegistryCommand),
+    /// What this host offers containers (cgroups, runc/crun, rlimits) and which OCI runtime
+    /// berth uses, with the reason.
+    Info(info::InfoArgs),
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
@@ -83,6 +87,7 @@ fn main() -> std::process::ExitCode {
     }
     let result = match cli.command {
         Command::Registry(cmd) => registry_cmd::run(cmd, cli.config.as_deref()),
+        Command::Info(args) => info::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,4 @@
+//! berth's node runtime. Today: what the host offers (cgroup layout, OCI runtime binaries,
+//! rlimits) and which OCI runtime berth runs containers with, and why.
+
+pub mod host;
