@@ -167,6 +167,8 @@ pub fn unpack(
         .unwrap_or_default();
     let staging = dest.with_file_name(format!(".{name}.unpacking-{}", std::process::id()));
     if staging.symlink_metadata().is_ok() {
+        // Left by a crash, possibly with read-only directories.
+        let _ = make_writable(&staging);
         fs::remove_dir_all(&staging).map_err(write_err(&staging))?;
     }
     fs::create_dir_all(&staging).map_err(write_err(&staging))?;
