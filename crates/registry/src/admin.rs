@@ -72,12 +72,7 @@ pub(crate) async fn repository_usage(registry: &Registry) -> ApiResult<Vec<Usage
     Ok(usage
         .into_iter()
         .map(|usage| {
-            let quota = registry
-                .policy
-                .quotas
-                .iter()
-                .find(|q| q.applies_to(&usage.repository))
-                .map(|q| q.max_bytes);
+            let quota = registry.quota(&usage.repository).map(|q| q.max_bytes);
             UsageEntry { usage, quota }
         })
         .collect())

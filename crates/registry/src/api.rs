@@ -141,14 +141,14 @@ impl Registry {
         }
     }
 
+    /// The quota governing `repo`, if any (the first matching rule).
+    pub(crate) fn quota(&self, repo: &str) -> Option<&Quota> {
+        self.policy.quotas.iter().find(|q| q.applies_to(repo))
+    }
+
     /// DENIED when adding `extra` bytes to `repo` would exceed its quota.
     pub(crate) async fn check_quota(&self, repo: &RepositoryName, extra: u64) -> ApiResult<()> {
-        let Some(quota) = self
-            .policy
-            .quotas
-            .iter()
-            .find(|q| q.applies_to(repo.as_str()))
-        else {
+        let Some(quota) = self.quota(repo.as_str()) else {
             return Ok(());
         };
         let name = repo.to_string();

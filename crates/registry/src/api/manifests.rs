@@ -148,12 +148,15 @@ pub(super) async fn put(
         artifact_type: manifest.artifact_type.clone(),
         annotations: manifest.annotations.clone(),
     });
-    let (r, d) = (repo.to_string(), digest.clone());
-    let exists = registry
-        .blocking_meta(move |m| m.manifest(&r, &d))
-        .await?
-        .is_some();
-    if !exists {
+    // Only a repository with a quota pays for the lookup; a re-push adds nothing.
+    let counts_against_quota = registry.quota(repo.as_str()).is_some() && {
+        let (r, d) = (repo.to_string(), digest.clone());
+        registry
+            .blocking_meta(move |m| m.manifest(&r, &d))
+            .await?
+            .is_none()
+    };
+    if counts_against_quota {
         registry.check_quota(repo, bytes.len() as u64).await?;
     }
     let _installing = registry.blob_locks.lock(&digest).await;

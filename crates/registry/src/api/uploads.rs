@@ -239,12 +239,15 @@ async fn commit(
         ));
     }
     let size = session.len;
-    let (r, d) = (repo.to_string(), digest.clone());
-    let already_linked = registry
-        .blocking_meta(move |m| m.linked_blob(&r, &d))
-        .await?
-        .is_some();
-    if !already_linked {
+    // Only a repository with a quota pays for the lookup; content it already holds is free.
+    let counts_against_quota = registry.quota(repo.as_str()).is_some() && {
+        let (r, d) = (repo.to_string(), digest.clone());
+        registry
+            .blocking_meta(move |m| m.linked_blob(&r, &d))
+            .await?
+            .is_none()
+    };
+    if counts_against_quota {
         if let Err(e) = registry.check_quota(repo, size).await {
             registry.uploads.remove(id);
             registry.store.delete_upload(id).await?;
