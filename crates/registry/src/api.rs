@@ -179,10 +179,11 @@ impl Registry {
         T: Send + 'static,
         E: Into<ApiError> + Send + 'static,
     {
-        let meta = self.meta.clone();
-        tokio::task::spawn_blocking(move || f(&meta).map_err(Into::into))
+        self.meta
+            .off_thread(f)
             .await
             .map_err(ApiError::internal)?
+            .map_err(Into::into)
     }
 }
 

@@ -121,8 +121,9 @@ async fn meta<T: Send + 'static>(
     registry: &Registry,
     f: impl FnOnce(&crate::metadata::Metadata) -> Result<T, MetadataError> + Send + 'static,
 ) -> Result<T, GcError> {
-    let m = registry.meta.clone();
-    tokio::task::spawn_blocking(move || f(&m))
+    registry
+        .meta
+        .off_thread(f)
         .await
         .map_err(|e| GcError::Worker(e.to_string()))?
         .map_err(GcError::from)

@@ -235,6 +235,20 @@ impl Metadata {
         Ok(())
     }
 
+    /// Runs `f` on a blocking thread: redb calls wait on the disk and must stay off the
+    /// async workers. `Err` only when the thread itself failed.
+    pub async fn off_thread<T, E>(
+        &self,
+        f: impl FnOnce(&Metadata) -> Result<T, E> + Send + 'static,
+    ) -> Result<Result<T, E>, tokio::task::JoinError>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let meta = self.clone();
+        tokio::task::spawn_blocking(move || f(&meta)).await
+    }
+
     /// Whether the repository exists.
     pub fn repo_exists(&self, repo: &str) -> MetadataResult<bool> {
         let txn = self.db.begin_read()?;
