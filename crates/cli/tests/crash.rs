@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use reqwest::{Client, StatusCode};
 use sha2::Digest as _;
-use support::Berth;
+use support::{files, Berth};
 
 /// What the server acknowledged: (repo, digest, content) of blobs, (repo, tag, manifest).
 #[derive(Default, Clone)]
@@ -116,21 +116,6 @@ async fn trickle(client: Client, url: String, digest: Digest) {
         .body(reqwest::Body::wrap_stream(stream))
         .send()
         .await;
-}
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                out.extend(files(&path));
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
 }
 
 async fn verify(client: &Client, url: &str, acked: &Acked, partial: &Digest) {

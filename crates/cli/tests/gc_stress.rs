@@ -327,17 +327,10 @@ async fn verify(url: &str, model: &Model) {
 }
 
 fn stored_digests(data: &Path) -> HashSet<String> {
-    let mut out = HashSet::new();
-    let root = data.join("blobs/sha256");
-    for prefix in std::fs::read_dir(&root).unwrap() {
-        for file in std::fs::read_dir(prefix.unwrap().path()).unwrap() {
-            out.insert(format!(
-                "sha256:{}",
-                file.unwrap().file_name().to_string_lossy()
-            ));
-        }
-    }
-    out
+    support::files(&data.join("blobs/sha256"))
+        .iter()
+        .map(|f| format!("sha256:{}", f.file_name().unwrap().to_string_lossy()))
+        .collect()
 }
 
 fn reachable(model: &Model, base_manifest: &str) -> HashSet<String> {

@@ -8,7 +8,7 @@ use berth_oci::media_type::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OC
 use berth_oci::{Algorithm, Digest};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use support::{expect_error, header, image_manifest, TestRegistry};
+use support::{expect_error, files, header, image_manifest, TestRegistry};
 
 #[tokio::test]
 async fn base_endpoint_answers_with_api_version() {
@@ -416,22 +416,9 @@ async fn concurrent_pushes_of_one_blob_store_it_once() {
             .unwrap();
         assert_eq!(r.bytes().await.unwrap().to_vec(), data);
     }
-    let stored: Vec<_> = walk(&reg.dir().join("data/blobs")).into_iter().collect();
+    let stored = files(&reg.dir().join("data/blobs"));
     assert_eq!(stored.len(), 1, "deduplicated: {stored:?}");
-    assert!(walk(&reg.dir().join("data/uploads")).is_empty());
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
+    assert!(files(&reg.dir().join("data/uploads")).is_empty());
 }
 
 #[tokio::test]

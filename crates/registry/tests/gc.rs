@@ -34,23 +34,10 @@ fn random(len: usize) -> Vec<u8> {
 }
 
 fn stored_bytes(data: &Path) -> u64 {
-    fn walk(dir: &Path) -> u64 {
-        std::fs::read_dir(dir)
-            .map(|entries| {
-                entries
-                    .map(|e| {
-                        let p = e.unwrap().path();
-                        if p.is_dir() {
-                            walk(&p)
-                        } else {
-                            p.metadata().unwrap().len()
-                        }
-                    })
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
-    walk(&data.join("blobs"))
+    support::files(&data.join("blobs"))
+        .iter()
+        .map(|f| f.metadata().unwrap().len())
+        .sum()
 }
 
 async fn status(reg: &TestRegistry, method: Method, path: &str) -> u16 {
