@@ -112,9 +112,7 @@ impl Registry {
     pub(crate) async fn unknown(&self, repo: &RepositoryName, otherwise: ApiError) -> ApiError {
         let name = repo.to_string();
         match self.blocking_meta(move |m| m.repo_exists(&name)).await {
-            Ok(false) => {
-                ApiError::new(Code::NameUnknown, format!("repository {repo} is not known"))
-            }
+            Ok(false) => name_unknown(repo),
             Ok(true) => otherwise,
             Err(e) => e,
         }
@@ -185,6 +183,11 @@ impl Registry {
             .map_err(ApiError::internal)?
             .map_err(Into::into)
     }
+}
+
+/// NAME_UNKNOWN for `repo`.
+pub(crate) fn name_unknown(repo: &RepositoryName) -> ApiError {
+    ApiError::new(Code::NameUnknown, format!("repository {repo} is not known"))
 }
 
 /// Parses a digest from a path or query, answering DIGEST_INVALID when it is not one.

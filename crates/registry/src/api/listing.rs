@@ -6,7 +6,7 @@ use berth_oci::media_type::OCI_INDEX;
 use berth_oci::RepositoryName;
 use serde_json::json;
 
-use super::{header_value, parse_digest, Call, Registry, FILTERS_APPLIED};
+use super::{header_value, name_unknown, parse_digest, Call, Registry, FILTERS_APPLIED};
 use crate::auth::Access;
 use crate::error::{ApiError, ApiResult, Code};
 use crate::metadata::Page;
@@ -54,9 +54,7 @@ pub(super) async fn tags(
     let page = registry
         .blocking_meta(move |m| m.tags(&r, last.as_deref(), n))
         .await?
-        .ok_or_else(|| {
-            ApiError::new(Code::NameUnknown, format!("repository {repo} is not known"))
-        })?;
+        .ok_or_else(|| name_unknown(repo))?;
     let response = axum::Json(json!({"name": repo.as_str(), "tags": page.names})).into_response();
     Ok(with_next_link(
         response,
