@@ -1,4 +1,5 @@
-//! berth's node runtime. Today: what the host offers (cgroup layout, OCI runtime binaries,
-//! rlimits) and which OCI runtime berth runs containers with, and why.
+//! berth's node runtime: what the host offers (cgroup layout, OCI runtime binaries, rlimits),
+//! and containers run through runc or crun with their logs.
 
 pub mod host;
+pub mod logs;
