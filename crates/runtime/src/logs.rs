@@ -222,11 +222,7 @@ pub fn read(dir: &Path, query: &LogQuery) -> io::Result<Vec<LogRecord>> {
 
 /// The matching records of the rotated files and of `current` (the open current file), and
 /// the offset in `current` after the last complete record.
-fn history(
-    dir: &Path,
-    query: &LogQuery,
-    current: &mut File,
-) -> io::Result<(Vec<LogRecord>, u64)> {
+fn history(dir: &Path, query: &LogQuery, current: &mut File) -> io::Result<(Vec<LogRecord>, u64)> {
     let mut records = Vec::new();
     for path in rotated_oldest_first(dir) {
         match File::open(&path) {
@@ -286,7 +282,7 @@ fn rotated_oldest_first(dir: &Path) -> Vec<PathBuf> {
             Some((n.parse().ok()?, entry.path()))
         })
         .collect();
-    rotated.sort_by(|a, b| b.0.cmp(&a.0));
+    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
     rotated.into_iter().map(|(_, p)| p).collect()
 }
 

@@ -13,7 +13,9 @@ fn texts(records: &[LogRecord]) -> Vec<String> {
 fn pump_splits_lines_marks_streams_and_long_lines() {
     let dir = tempfile::tempdir().unwrap();
     let writer = LogWriter::open(dir.path(), LogLimits::default()).unwrap();
-    writer.pump(Stream::Stdout, &b"one\ntwo\nunfinished"[..]).unwrap();
+    writer
+        .pump(Stream::Stdout, &b"one\ntwo\nunfinished"[..])
+        .unwrap();
     let long = vec![b'x'; MAX_LINE + 10];
     writer.pump(Stream::Stderr, &long[..]).unwrap();
     let records = read(dir.path(), &LogQuery::default()).unwrap();
@@ -44,7 +46,10 @@ fn rotation_bounds_the_files_and_keeps_order() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["container.log", "container.log.1", "container.log.2"]);
+    assert_eq!(
+        names,
+        ["container.log", "container.log.1", "container.log.2"]
+    );
     let total: u64 = names
         .iter()
         .map(|n| fs::metadata(dir.path().join(n)).unwrap().len())
@@ -96,7 +101,9 @@ fn follow_sees_new_records_across_rotation_then_stops() {
         max_files: 5,
     };
     let writer = LogWriter::open(dir.path(), limits).unwrap();
-    writer.write_record(Stream::Stdout, false, b"before").unwrap();
+    writer
+        .write_record(Stream::Stdout, false, b"before")
+        .unwrap();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let producer = {
         let writer = writer.clone();
