@@ -16,6 +16,9 @@ mod netns;
 mod ports;
 mod subnet;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs;
@@ -130,7 +133,9 @@ pub enum NetworkError {
         path: PathBuf,
     },
     /// Netns::create found a namespace already mounted at the path.
-    #[error("a network namespace is already mounted at {path}: remove it before creating a new one")]
+    #[error(
+        "a network namespace is already mounted at {path}: remove it before creating a new one"
+    )]
     NetnsExists {
         /// The path.
         path: PathBuf,
@@ -299,10 +304,12 @@ impl Network {
                 *last_result = result;
             }
         }
-        let result = last_result.clone().ok_or_else(|| NetworkError::PluginResult {
-            plugin: "bridge".into(),
-            detail: "ADD printed no result".into(),
-        })?;
+        let result = last_result
+            .clone()
+            .ok_or_else(|| NetworkError::PluginResult {
+                plugin: "bridge".into(),
+                detail: "ADD printed no result".into(),
+            })?;
         cni::attachment_from_result(result)
     }
 
@@ -319,10 +326,11 @@ impl Network {
     ) -> Result<(), NetworkError> {
         check_container_id(container_id)?;
         let live = Netns::is_mounted(netns).then_some(netns);
-        let lost_ip = match (live, attachment) {
-            (Some(_), _) => None,
-            (None, Some(attachment)) => Some(attachment.ip),
-            (None, None) => self.leased_ip(container_id),
+        // With the namespace gone, the lease tells whether the bridge plugin's DEL is still
+        // to run (and on which address); a second detach finds none.
+        let lost_ip = match live {
+            Some(_) => None,
+            None => self.leased_ip(container_id),
         };
         self.del_chain(
             container_id,
@@ -350,9 +358,22 @@ impl Network {
             netns,
             ifname,
         };
+        // portmap's DEL does nothing when handed no mappings, yet removes the container's
+        // rules by container id whatever mappings it is handed. So with the real ones lost,
+        // a stand-in mapping still gets the rules removed.
+        let stand_in_ports = [PortMapping {
+            host_ip: None,
+            host_port: 1,
+            container_port: 1,
+            protocol: Protocol::Tcp,
+        }];
         let portmap = self.run(
             call(CONTAINER_IFNAME, netns),
-            cni::portmap_conf(ports),
+            cni::portmap_conf(if ports.is_empty() {
+                &stand_in_ports
+            } else {
+                ports
+            }),
             prev_result,
         );
         let bridge = match (netns, lost_ip) {
@@ -394,7 +415,15 @@ impl Network {
                 run_tool("nsenter", std::iter::once(net.as_os_str()).chain(args)).map(drop)
             };
             in_ns(&[
-                "ip", "link", "add", CONTAINER_IFNAME, "type", "veth", "peer", "name", "stand-in",
+                "ip",
+                "link",
+                "add",
+                CONTAINER_IFNAME,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "stand-in",
             ])?;
             let address = format!("{ip}/{}", self.config.subnet.prefix_len());
             in_ns(&["ip", "addr", "add", &address, "dev", CONTAINER_IFNAME])?;
@@ -482,7 +511,9 @@ fn validate(config: &NetworkConfig) -> Result<(), NetworkError> {
     {
         return invalid(
             "bridge",
-            format!("{bridge:?} is not an interface name: use 1 to 15 letters, digits, '_', '.' or '-'"),
+            format!(
+                "{bridge:?} is not an interface name: use 1 to 15 letters, digits, '_', '.' or '-'"
+            ),
         );
     }
     if let Some(gateway) = config.gateway {
@@ -510,7 +541,9 @@ fn validate(config: &NetworkConfig) -> Result<(), NetworkError> {
 
 /// CNI's rule for network names and container ids.
 fn is_cni_name(name: &str) -> bool {
-    name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+    name.bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
@@ -537,7 +570,9 @@ fn check_ports(ports: &[PortMapping]) -> Result<(), NetworkError> {
             return unsupported("berth networks are IPv4-only; use an IPv4 host address or none");
         }
         if !seen.insert((port.host_ip, port.host_port, port.protocol)) {
-            return unsupported("the host port is published twice; give each mapping its own host port");
+            return unsupported(
+                "the host port is published twice; give each mapping its own host port",
+            );
         }
     }
     Ok(())

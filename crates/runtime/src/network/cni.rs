@@ -257,7 +257,11 @@ pub(super) fn attachment_from_result(result: Value) -> Result<Attachment, Networ
         .filter(|ip| in_container(ip))
         .find_map(|ip| {
             let (addr, prefix) = ip.address.split_once('/')?;
-            Some((ip, addr.parse::<Ipv4Addr>().ok()?, prefix.parse::<u8>().ok()?))
+            Some((
+                ip,
+                addr.parse::<Ipv4Addr>().ok()?,
+                prefix.parse::<u8>().ok()?,
+            ))
         })
         .ok_or_else(|| bad("it has no IPv4 address for the container".into()))?;
     let gateway = ip_config

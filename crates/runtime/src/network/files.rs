@@ -98,7 +98,9 @@ pub(super) fn check_hostname(name: &str) -> Result<(), NetworkError> {
             || label.len() > 63
             || label.starts_with('-')
             || label.ends_with('-')
-            || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            || !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     }) {
         Some("use dot-separated labels of letters, digits and inner '-' (at most 63 each)")
     } else {

@@ -111,7 +111,11 @@ impl FromStr for PortMapping {
                         .map_err(|_| fail(format!("{ip:?} is not an IP address")))?;
                     (Some(ip), &spec[spec.find(':').map_or(0, |i| i + 1)..])
                 }
-                _ => return Err(fail("too many ':' (bracket IPv6 addresses: [::1]:8080:80)".into())),
+                _ => {
+                    return Err(fail(
+                        "too many ':' (bracket IPv6 addresses: [::1]:8080:80)".into(),
+                    ))
+                }
             }
         };
         let (host_port, container_port) = ports
@@ -119,10 +123,14 @@ impl FromStr for PortMapping {
             .ok_or_else(|| fail("expected HOSTPORT:PORT after the address".into()))?;
         let port = |text: &str, what: &str| -> Result<u16, PortMappingError> {
             if text.contains('-') {
-                return Err(fail(format!("{what} {text:?}: port ranges are not supported")));
+                return Err(fail(format!(
+                    "{what} {text:?}: port ranges are not supported"
+                )));
             }
             match text.parse::<u16>() {
-                Ok(0) | Err(_) => Err(fail(format!("{what} {text:?} is not a port from 1 to 65535"))),
+                Ok(0) | Err(_) => Err(fail(format!(
+                    "{what} {text:?} is not a port from 1 to 65535"
+                ))),
                 Ok(port) => Ok(port),
             }
         };

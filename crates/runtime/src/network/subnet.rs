@@ -46,7 +46,9 @@ impl Ipv4Subnet {
     }
 
     fn mask(&self) -> u32 {
-        u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0)
+        u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0)
     }
 
     fn network(&self) -> Ipv4Addr {
@@ -85,11 +87,10 @@ impl FromStr for Ipv4Subnet {
         let addr: Ipv4Addr = addr
             .parse()
             .map_err(|_| format!("{addr:?} in {s:?} is not an IPv4 address"))?;
-        let prefix_len: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| *p <= 32)
-            .ok_or_else(|| format!("{prefix:?} in {s:?} is not a prefix length from 0 to 32"))?;
+        let prefix_len: u8 =
+            prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(|| {
+                format!("{prefix:?} in {s:?} is not a prefix length from 0 to 32")
+            })?;
         Ipv4Subnet::new(addr, prefix_len)
     }
 }
