@@ -64,8 +64,7 @@ impl Default for NetworkConfig {
         NetworkConfig {
             name: "berth".into(),
             bridge: "berth0".into(),
-            subnet: Ipv4Subnet::new(Ipv4Addr::new(10, 89, 0, 0), 16)
-                .unwrap_or_else(|_| unreachable!("10.89.0.0/16 is a valid subnet")),
+            subnet: subnet::DEFAULT_SUBNET,
             gateway: None,
             cni_bin_dir: "/usr/lib/cni".into(),
             ipam_data_dir: "/var/lib/berth/cni/ipam".into(),

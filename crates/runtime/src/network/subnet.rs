@@ -13,6 +13,12 @@ pub struct Ipv4Subnet {
     prefix_len: u8,
 }
 
+/// berth's default container network.
+pub(super) const DEFAULT_SUBNET: Ipv4Subnet = Ipv4Subnet {
+    addr: Ipv4Addr::new(10, 89, 0, 0),
+    prefix_len: 16,
+};
+
 impl Ipv4Subnet {
     /// The largest prefix that still leaves room for a gateway and one container.
     pub const MAX_PREFIX_LEN: u8 = 30;
