@@ -1,5 +1,6 @@
 //! berth's node runtime: what the host offers (cgroup layout, OCI runtime binaries, rlimits),
-//! and containers run through runc or crun with their logs.
+//! container logs, and container networking through the standard CNI plugins.
 
 pub mod host;
 pub mod logs;
+pub mod network;
