@@ -1,0 +1,1 @@
+//! Unit tests of the pure parts: references, configs, challenges, platforms, prune selection.
