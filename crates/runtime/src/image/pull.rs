@@ -227,7 +227,7 @@ pub(crate) async fn pull(
         .map_err(|e| ImageError::Internal(format!("recording the image: {e}")))??;
     // The use locks protected the snapshots until the image was recorded.
     drop(ensured);
-    tracing::info!(reference = %name, id = %image.id, "image pulled");
+    tracing::debug!(reference = %name, id = %image.id, "image pulled");
     Ok(image)
 }
 

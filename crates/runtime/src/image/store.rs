@@ -357,7 +357,7 @@ impl ImageStore {
                 continue;
             }
             remove_snapshot(&self.snapshot_dir(&layer))?;
-            tracing::info!(%layer, "snapshot removed");
+            tracing::debug!(%layer, "snapshot removed");
             removed.push(layer);
         }
         Ok(removed)
