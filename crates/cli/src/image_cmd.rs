@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -98,12 +99,11 @@ fn open(root: &Path) -> anyhow::Result<ImageStore> {
 
 pub fn pull(args: PullArgs, root: &Path) -> anyhow::Result<()> {
     let store = open(root)?;
-    let progress: Option<Arc<dyn PullProgress>> = if args.quiet {
-        None
-    } else if std::io::stderr().is_terminal() {
-        Some(Arc::new(Bars::default()))
-    } else {
-        Some(Arc::new(Lines))
+    let bars = (!args.quiet && std::io::stderr().is_terminal()).then(|| Arc::new(Bars::default()));
+    let progress: Option<Arc<dyn PullProgress>> = match &bars {
+        Some(bars) => Some(bars.clone()),
+        None if args.quiet => None,
+        None => Some(Arc::new(Lines)),
     };
     let options = PullOptions {
         credentials: args.creds,
@@ -113,8 +113,12 @@ pub fn pull(args: PullArgs, root: &Path) -> anyhow::Result<()> {
         ..PullOptions::default()
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let image = runtime.block_on(store.pull(&args.reference, &options))?;
-    println!("{}", image.id);
+    let image = runtime.block_on(store.pull(&args.reference, &options));
+    if bars.is_some_and(|bars| bars.drawn.load(Ordering::Relaxed)) {
+        // indicatif leaves the cursor at the end of the last bar.
+        eprintln!();
+    }
+    println!("{}", image?.id);
     Ok(())
 }
 
@@ -126,6 +130,7 @@ fn short(digest: &Digest) -> &str {
 #[derive(Default)]
 struct Bars {
     multi: MultiProgress,
+    drawn: AtomicBool,
     bars: Mutex<HashMap<Digest, ProgressBar>>,
 }
 
@@ -138,6 +143,7 @@ impl Bars {
 impl PullProgress for Bars {
     fn resolved(&self, reference: &str, id: &Digest, layers: &[(Digest, u64)]) {
         self.multi.set_draw_target(ProgressDrawTarget::stderr());
+        self.drawn.store(true, Ordering::Relaxed);
         let _ = self
             .multi
             .println(format!("{reference}: image {}", short(id)));
