@@ -112,6 +112,11 @@ impl RegistryClient {
         })
     }
 
+    /// `scheme://host[:port]`.
+    pub(crate) fn base_url(&self) -> &str {
+        &self.base
+    }
+
     pub(crate) fn registry(&self) -> &str {
         &self.registry
     }

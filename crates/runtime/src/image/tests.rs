@@ -152,6 +152,33 @@ fn challenges_parse() {
     assert_eq!(parse_challenge(r#"Bearer realm="unterminated"#), None);
 }
 
+#[test]
+fn plain_http_only_for_loopback_or_when_insecure() {
+    let options = PullOptions {
+        auth_files: Vec::new(),
+        ..PullOptions::default()
+    };
+    let insecure = PullOptions {
+        insecure: true,
+        ..options.clone()
+    };
+    for (reference, opts, base) in [
+        (
+            "registry.example.com/a",
+            &options,
+            "https://registry.example.com",
+        ),
+        ("10.0.0.5:5000/a", &options, "https://10.0.0.5:5000"),
+        ("10.0.0.5:5000/a", &insecure, "http://10.0.0.5:5000"),
+        ("localhost:5000/a", &options, "http://localhost:5000"),
+        ("127.0.0.1:5000/a", &options, "http://127.0.0.1:5000"),
+        ("[::1]:5000/a", &options, "http://[::1]:5000"),
+    ] {
+        let client = super::client::RegistryClient::new(&reference.parse().unwrap(), opts).unwrap();
+        assert_eq!(client.base_url(), base, "{reference}");
+    }
+}
+
 // ---- platforms ----
 
 #[test]
