@@ -450,6 +450,81 @@ async fn resume_within_one_pull_and_servers_that_ignore_range() {
     assert!(store.layer_dirs(&pulled)[0].join("big.bin").is_file());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_killed_mid_download_leaves_nothing_registered_and_resumes() {
+    let (base, ..) = layers();
+    let layer = big_layer();
+    let cut_at = layer.blob.len() / 2;
+    let registry = FakeRegistry::start(FakeBehaviour {
+        cut: Some((layer.digest(), cut_at)),
+        stall: true,
+        ..FakeBehaviour::default()
+    })
+    .await;
+    let image = TestImage::oci("killed", vec![base.clone(), layer.clone()]);
+    registry.add("v1", &image);
+    let (_dir, store) = store();
+    let reference = format!("{}/app:v1", registry.host);
+    let partial = store
+        .root()
+        .join(format!("downloads/{}.partial", layer.digest().hex()));
+
+    let pulling = {
+        let store = store.clone();
+        let reference = reference.clone();
+        tokio::spawn(async move { store.pull(&reference, &options()).await })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < cut_at as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download never got to the cut"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The base layer is small: wait until it is unpacked, so the kill leaves a snapshot
+    // that no image records.
+    while !store.snapshot_dir(&base.digest()).is_dir() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the base layer never got unpacked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    pulling.abort();
+    assert!(pulling.await.unwrap_err().is_cancelled());
+
+    assert!(store.list().unwrap().is_empty(), "nothing registered");
+    assert!(
+        !store.snapshot_dir(&layer.digest()).exists(),
+        "no half-unpacked snapshot"
+    );
+    // An unregistered snapshot of a killed pull is garbage for the next prune.
+    let report = store
+        .prune(&PrunePolicy::default(), &HashSet::new())
+        .unwrap();
+    assert_eq!(
+        report.snapshots_removed,
+        std::slice::from_ref(&base.digest())
+    );
+
+    let pulled = store.pull(&reference, &options()).await.unwrap();
+    assert_eq!(pulled.id, image.id());
+    let ranges: Vec<_> = registry
+        .state
+        .blob_requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(d, _)| d == &layer.digest().to_string())
+        .map(|(_, r)| r.clone())
+        .collect();
+    assert_eq!(ranges, [None, Some(format!("bytes={cut_at}-"))]);
+    for dir in store.layer_dirs(&pulled) {
+        assert!(dir.is_dir());
+    }
+}
+
 #[test]
 fn concurrent_pulls_of_one_image_share_the_work() {
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -455,6 +455,8 @@ pub struct FakeBehaviour {
     pub cut: Option<(Digest, usize)>,
     /// Answer 200 with the whole blob even when a Range is asked for.
     pub ignore_range: bool,
+    /// At the cut, hang instead of closing the connection (a pull that is killed there).
+    pub stall: bool,
 }
 
 #[derive(Default)]
@@ -668,10 +670,16 @@ async fn blob(
             // short of Content-Length.
             let first = bytes::Bytes::from(data[start..at.max(start)].to_vec());
             // The pause lets hyper flush the headers and the first bytes before the cut.
-            let stream = futures::stream::iter([Ok(first)]).chain(futures::stream::once(async {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                Err(std::io::Error::other("cut by the test"))
-            }));
+            let pause = if behaviour.stall {
+                Duration::from_secs(3600)
+            } else {
+                Duration::from_millis(100)
+            };
+            let stream =
+                futures::stream::iter([Ok(first)]).chain(futures::stream::once(async move {
+                    tokio::time::sleep(pause).await;
+                    Err(std::io::Error::other("cut by the test"))
+                }));
             Body::from_stream(stream)
         }
         None => Body::from(data[start..].to_vec()),
