@@ -128,7 +128,7 @@ impl RegistryClient {
             message = format!("{message}: {inner}");
             source = inner.source();
         }
-        if self.base.starts_with("https") {
+        if self.base_url().starts_with("https") {
             message.push_str(
                 " (if the registry speaks plain HTTP, pass --insecure; if its certificate is \
                  not from a public CA, that is not supported yet)",
