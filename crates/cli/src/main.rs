@@ -2,6 +2,7 @@
 
 mod admin_cmd;
 mod config;
+mod image_cmd;
 mod info;
 mod registry_cmd;
 
@@ -44,6 +45,17 @@ struct Cli {
     )]
     log: String,
 
+    /// The node's state directory: images under <root>/images, containers under
+    /// <root>/containers.
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_ROOT",
+        default_value = "/var/lib/berth",
+        value_name = "DIR"
+    )]
+    root: std::path::PathBuf,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -64,6 +76,13 @@ enum Command {
     /// What this host offers containers (cgroups, runc/crun, rlimits) and which OCI runtime
     /// berth uses, with the reason.
     Info(info::InfoArgs),
+    /// Pull an image from an OCI registry into this node's image store; prints its id.
+    Pull(image_cmd::PullArgs),
+    /// List the images in this node's image store.
+    Images(image_cmd::ImagesArgs),
+    /// Manage this node's images: prune, remove, pin.
+    #[command(subcommand)]
+    Image(image_cmd::ImageCommand),
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
@@ -88,6 +107,9 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Registry(cmd) => registry_cmd::run(cmd, cli.config.as_deref()),
         Command::Info(args) => info::run(args),
+        Command::Pull(args) => image_cmd::pull(args, &cli.root),
+        Command::Images(args) => image_cmd::images(args, &cli.root),
+        Command::Image(cmd) => image_cmd::run(cmd, &cli.root),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,6 +1,6 @@
-//! berth's node runtime: what the host offers (cgroup layout, OCI runtime binaries, rlimits),
-//! container logs, and container networking through the standard CNI plugins.
+//! berth's node runtime.
 
 pub mod host;
+pub mod image;
 pub mod logs;
 pub mod network;
