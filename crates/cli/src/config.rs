@@ -12,6 +12,59 @@ pub struct ConfigFile {
     /// `[registry]`
     #[serde(default)]
     pub registry: berth_registry::RegistryConfig,
+    /// `[node]`: containers on this host.
+    #[serde(default)]
+    pub node: NodeSection,
+}
+
+/// `[node]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// `runc` or `crun`; detected when absent (see `berth info`).
+    #[serde(default)]
+    pub runtime: Option<RuntimeName>,
+    /// `[node.network]`: the bridge, its subnet, DNS; host-local's lease directory defaults to
+    /// `<root>/cni/ipam`.
+    #[serde(default)]
+    pub network: Option<toml::Table>,
+}
+
+/// An OCI runtime by name.
+#[derive(Debug, Clone, Copy, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeName {
+    /// runc
+    Runc,
+    /// crun
+    Crun,
+}
+
+impl From<RuntimeName> for berth_runtime::host::RuntimeKind {
+    fn from(name: RuntimeName) -> Self {
+        match name {
+            RuntimeName::Runc => berth_runtime::host::RuntimeKind::Runc,
+            RuntimeName::Crun => berth_runtime::host::RuntimeKind::Crun,
+        }
+    }
+}
+
+impl NodeSection {
+    /// The network config, with the lease directory under `root` unless the file names one.
+    pub fn network_config(
+        &self,
+        root: &Path,
+    ) -> anyhow::Result<berth_runtime::network::NetworkConfig> {
+        let table = self.network.clone().unwrap_or_default();
+        let explicit_ipam = table.contains_key("ipam_data_dir");
+        let mut config: berth_runtime::network::NetworkConfig = table
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("config [node.network]: {e}"))?;
+        if !explicit_ipam {
+            config.ipam_data_dir = root.join("cni/ipam");
+        }
+        Ok(config)
+    }
 }
 
 impl ConfigFile {

@@ -99,27 +99,54 @@ fn open(root: &Path) -> anyhow::Result<ImageStore> {
 
 pub fn pull(args: PullArgs, root: &Path) -> anyhow::Result<()> {
     let store = open(root)?;
-    let bars = (!args.quiet && std::io::stderr().is_terminal()).then(|| Arc::new(Bars::default()));
+    let image = pull_into(
+        &store,
+        &args.reference,
+        args.creds,
+        args.insecure,
+        args.quiet,
+    )?;
+    println!("{}", image.id);
+    Ok(())
+}
+
+/// `berth run` of an image the node does not have yet: pulled with progress on stderr.
+pub fn pull_for_run(store: &ImageStore, reference: &str) -> anyhow::Result<Image> {
+    let credentials = std::env::var("BERTH_REGISTRY_CREDS")
+        .ok()
+        .map(|c| c.parse::<Credentials>())
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("BERTH_REGISTRY_CREDS: {e}"))?;
+    pull_into(store, reference, credentials, false, false)
+}
+
+fn pull_into(
+    store: &ImageStore,
+    reference: &str,
+    credentials: Option<Credentials>,
+    insecure: bool,
+    quiet: bool,
+) -> anyhow::Result<Image> {
+    let bars = (!quiet && std::io::stderr().is_terminal()).then(|| Arc::new(Bars::default()));
     let progress: Option<Arc<dyn PullProgress>> = match &bars {
         Some(bars) => Some(bars.clone()),
-        None if args.quiet => None,
+        None if quiet => None,
         None => Some(Arc::new(Lines)),
     };
     let options = PullOptions {
-        credentials: args.creds,
+        credentials,
         auth_files: default_auth_files(),
-        insecure: args.insecure,
+        insecure,
         progress,
         ..PullOptions::default()
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let image = runtime.block_on(store.pull(&args.reference, &options));
+    let image = runtime.block_on(store.pull(reference, &options));
     if bars.is_some_and(|bars| bars.drawn.load(Ordering::Relaxed)) {
         // indicatif leaves the cursor at the end of the last bar.
         eprintln!();
     }
-    println!("{}", image?.id);
-    Ok(())
+    Ok(image?)
 }
 
 fn short(digest: &Digest) -> &str {

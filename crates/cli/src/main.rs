@@ -2,6 +2,7 @@
 
 mod admin_cmd;
 mod config;
+mod container_cmd;
 mod image_cmd;
 mod info;
 mod registry_cmd;
@@ -83,6 +84,14 @@ enum Command {
     /// Manage this node's images: prune, remove, pin.
     #[command(subcommand)]
     Image(image_cmd::ImageCommand),
+    #[command(flatten)]
+    Node(container_cmd::NodeCommand),
+    /// The per-container monitor (started by berth itself).
+    #[command(hide = true)]
+    InternalMonitor {
+        /// The container's directory.
+        dir: std::path::PathBuf,
+    },
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
@@ -104,15 +113,18 @@ fn main() -> std::process::ExitCode {
         eprintln!("berth: {e:#}");
         return std::process::ExitCode::from(2);
     }
+    let ok = |result: anyhow::Result<()>| result.map(|()| std::process::ExitCode::SUCCESS);
     let result = match cli.command {
-        Command::Registry(cmd) => registry_cmd::run(cmd, cli.config.as_deref()),
-        Command::Info(args) => info::run(args),
-        Command::Pull(args) => image_cmd::pull(args, &cli.root),
-        Command::Images(args) => image_cmd::images(args, &cli.root),
-        Command::Image(cmd) => image_cmd::run(cmd, &cli.root),
+        Command::Registry(cmd) => ok(registry_cmd::run(cmd, cli.config.as_deref())),
+        Command::Info(args) => ok(info::run(args)),
+        Command::Pull(args) => ok(image_cmd::pull(args, &cli.root)),
+        Command::Images(args) => ok(image_cmd::images(args, &cli.root)),
+        Command::Image(cmd) => ok(image_cmd::run(cmd, &cli.root)),
+        Command::Node(cmd) => container_cmd::run_command(cmd, cli.config.as_deref(), &cli.root),
+        Command::InternalMonitor { dir } => container_cmd::monitor(&dir),
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("berth: {e:#}");
             std::process::ExitCode::FAILURE

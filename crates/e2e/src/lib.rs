@@ -19,6 +19,7 @@
 
 pub mod api;
 mod berth;
+pub mod busybox;
 mod distribution;
 mod images;
 mod podman;

@@ -72,17 +72,18 @@ impl FromStr for ByteSize {
             .ok_or_else(|| format!("{s:?} is not a size: write e.g. 500MiB or 10GiB"))?;
         let multiplier: u64 = match unit {
             "" | "B" => 1,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            "TiB" => 1 << 40,
+            // Binary units, also as Kubernetes (`Mi`) and docker (`m`) write them.
+            "KiB" | "Ki" | "k" => 1 << 10,
+            "MiB" | "Mi" | "m" => 1 << 20,
+            "GiB" | "Gi" | "g" => 1 << 30,
+            "TiB" | "Ti" => 1 << 40,
             "KB" => 1_000,
             "MB" => 1_000_000,
             "GB" => 1_000_000_000,
             "TB" => 1_000_000_000_000,
             other => {
                 return Err(format!(
-                    "{s:?}: unknown size unit {other:?} (use KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+                    "{s:?}: unknown size unit {other:?} (use KiB, MiB, GiB, TiB (or Mi, m, ...), KB, MB, GB, TB)"
                 ))
             }
         };

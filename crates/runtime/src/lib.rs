@@ -1,6 +1,14 @@
-//! berth's node runtime.
+//! berth's node runtime: the image store (pull, snapshots, cleanup), containers run through
+//! runc or crun on an overlay root filesystem with CNI networking, their logs, the
+//! per-container monitor, and what the host offers (cgroup layout, OCI runtimes, rlimits).
 
+pub mod container;
 pub mod host;
 pub mod image;
 pub mod logs;
+pub mod monitor;
 pub mod network;
+pub mod node;
+pub mod oci_runtime;
+pub mod rootfs;
+pub mod spec;

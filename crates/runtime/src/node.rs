@@ -1,0 +1,628 @@
+//! The node: containers created from the image store, wired to the network, run and watched
+//! by a per-container monitor, stopped, removed. Everything a container is lives in
+//! `<root>/containers/<id>/`, so any berth process (or a restarted one) finds it again.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::container::{
+    process_for, read_json, resolve_user, write_json, ContainerRecord, ContainerRequest,
+    ContainerState, NetworkMode, Status, RECORD_FILE, STATE_FILE, STOP_FILE,
+};
+use crate::host::RuntimeKind;
+use crate::image::{ImageError, ImageStore};
+use crate::network::{self, Netns, Network, NetworkConfig, NetworkError};
+use crate::oci_runtime::{DriverError, OciRuntime, RuntimeConfig};
+use crate::rootfs::Rootfs;
+use crate::spec::{self, Bind, BundleSpec};
+
+/// What went wrong, for people.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// No such container.
+    #[error("no container named or with id {0:?} (see berth ps -a)")]
+    NotFound(String),
+    /// A prefix matches several.
+    #[error("{0:?} matches several containers: give more of the id or the name")]
+    Ambiguous(String),
+    /// The name is taken.
+    #[error("the name {0:?} is already used by container {1}: remove it or choose another name")]
+    NameInUse(String, String),
+    /// The request cannot be run.
+    #[error("{0}")]
+    Invalid(String),
+    /// The image is not on this node.
+    #[error("image {0:?} is not on this node: berth pull it first")]
+    ImageMissing(String),
+    /// Image store trouble.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// Network trouble.
+    #[error("network: {0}")]
+    Network(#[from] NetworkError),
+    /// The OCI runtime failed.
+    #[error(transparent)]
+    Runtime(#[from] DriverError),
+    /// The container is running and must not be.
+    #[error("container {0} is running: stop it first, or force")]
+    Running(String),
+    /// The container could not start.
+    #[error("container {name} did not start: {message}")]
+    Start {
+        /// Its name.
+        name: String,
+        /// Why.
+        message: String,
+    },
+    /// Files.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let what = what.into();
+    move |source| NodeError::Io { what, source }
+}
+
+/// How the node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Everything berth keeps on this node.
+    pub root: PathBuf,
+    /// The OCI runtime to use (detected when `None`).
+    pub runtime: Option<RuntimeKind>,
+    /// The bridge network.
+    pub network: NetworkConfig,
+    /// The command that runs a monitor: the container directory is appended
+    /// (`berth internal-monitor`).
+    pub monitor: Vec<OsString>,
+}
+
+/// A container: what was asked and what it is doing.
+#[derive(Debug, Clone)]
+pub struct Container {
+    /// Fixed at creation.
+    pub record: ContainerRecord,
+    /// Current.
+    pub state: ContainerState,
+    /// Its directory.
+    pub dir: PathBuf,
+}
+
+impl Container {
+    /// The directory holding its log files.
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    /// Whether its process runs, or will run again.
+    pub fn is_active(&self) -> bool {
+        matches!(self.state.status, Status::Running | Status::Restarting)
+    }
+}
+
+/// The node's containers.
+pub struct Node {
+    config: NodeConfig,
+    images: ImageStore,
+    network: Network,
+}
+
+impl Node {
+    /// Opens the node's directories.
+    pub fn open(config: NodeConfig) -> Result<Node, NodeError> {
+        for dir in ["containers", "netns"] {
+            fs::create_dir_all(config.root.join(dir))
+                .map_err(io(format!("creating {}", config.root.join(dir).display())))?;
+        }
+        Ok(Node {
+            images: ImageStore::open(&config.root.join("images"))?,
+            network: Network::new(config.network.clone())?,
+            config,
+        })
+    }
+
+    /// The image store.
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    /// The network.
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    fn containers_dir(&self) -> PathBuf {
+        self.config.root.join("containers")
+    }
+
+    /// Every container, oldest first.
+    pub fn list(&self) -> Result<Vec<Container>, NodeError> {
+        let mut containers = Vec::new();
+        let entries = fs::read_dir(self.containers_dir()).map_err(io("listing containers"))?;
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let Ok(record) = read_json::<ContainerRecord>(&dir.join(RECORD_FILE)) else {
+                continue;
+            };
+            containers.push(self.load(record, dir));
+        }
+        containers.sort_by(|a, b| {
+            (a.record.created, &a.record.id).cmp(&(b.record.created, &b.record.id))
+        });
+        Ok(containers)
+    }
+
+    fn load(&self, record: ContainerRecord, dir: PathBuf) -> Container {
+        let mut state: ContainerState = read_json(&dir.join(STATE_FILE)).unwrap_or_default();
+        reconcile(&record, &mut state, &dir);
+        Container { record, state, dir }
+    }
+
+    /// The container with this name, id or unique id prefix.
+    pub fn get(&self, name_or_id: &str) -> Result<Container, NodeError> {
+        let all = self.list()?;
+        if let Some(c) = all.iter().find(|c| c.record.name == name_or_id) {
+            return Ok(c.clone());
+        }
+        let mut matches = all
+            .into_iter()
+            .filter(|c| !name_or_id.is_empty() && c.record.id.starts_with(name_or_id));
+        match (matches.next(), matches.next()) {
+            (Some(c), None) => Ok(c),
+            (Some(_), Some(_)) => Err(NodeError::Ambiguous(name_or_id.to_owned())),
+            _ => Err(NodeError::NotFound(name_or_id.to_owned())),
+        }
+    }
+
+    /// The image ids existing containers use (they must stay on the node).
+    pub fn images_in_use(&self) -> Result<HashSet<String>, NodeError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .map(|c| c.record.image_id)
+            .collect())
+    }
+
+    /// Creates a container (root filesystem, network, bundle) without starting it. On failure
+    /// everything set up so far is taken down again.
+    pub fn create(&self, request: ContainerRequest) -> Result<Container, NodeError> {
+        let image = self
+            .images
+            .get(&request.image)?
+            .ok_or_else(|| NodeError::ImageMissing(request.image.clone()))?;
+        let process = process_for(&image.config, &request).map_err(NodeError::Invalid)?;
+        let runtime = RuntimeConfig::detect(self.config.runtime, &self.config.root.join("run"))?;
+        let id = new_id();
+        let lock = self.lock_names()?;
+        let name = match &request.name {
+            Some(name) => {
+                validate_name(name)?;
+                if let Some(other) = self.list()?.iter().find(|c| &c.record.name == name) {
+                    return Err(NodeError::NameInUse(name.clone(), short(&other.record.id)));
+                }
+                name.clone()
+            }
+            None => generated_name(&request.image, &id),
+        };
+        let dir = self.containers_dir().join(&id);
+        fs::create_dir_all(&dir).map_err(io("creating the container directory"))?;
+        let mut record = ContainerRecord {
+            id: id.clone(),
+            name: name.clone(),
+            image: request.image.clone(),
+            image_id: image.id.to_string(),
+            created: unix_now(),
+            netns: (request.network == NetworkMode::Bridge)
+                .then(|| self.config.root.join("netns").join(&id)),
+            network: None,
+            process,
+            runtime,
+            request,
+        };
+        write_json(&dir.join(RECORD_FILE), &record).map_err(io("writing the container record"))?;
+        drop(lock);
+        match self.set_up(&mut record, &dir, &image) {
+            Ok(()) => {
+                self.images.touch(&image.id)?;
+                Ok(self.load(record, dir))
+            }
+            Err(e) => {
+                if let Err(undo) = self.tear_down(&record, &dir) {
+                    tracing::warn!(error = %undo, id = %record.id, "cleaning up a failed create");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn set_up(
+        &self,
+        record: &mut ContainerRecord,
+        dir: &Path,
+        image: &crate::image::Image,
+    ) -> Result<(), NodeError> {
+        let rootfs = Rootfs::at(dir);
+        rootfs
+            .mount(&self.images.layer_dirs(image))
+            .map_err(io("mounting the root filesystem"))?;
+        let user = resolve_user(
+            &record.process.user,
+            &read_image_file(&rootfs.merged, "etc/passwd"),
+            &read_image_file(&rootfs.merged, "etc/group"),
+        )
+        .map_err(NodeError::Invalid)?;
+        let hostname = record
+            .request
+            .hostname
+            .clone()
+            .unwrap_or_else(|| record.name.replace(['_', '.'], "-"));
+        let etc = dir.join("etc");
+        fs::create_dir_all(&etc).map_err(io("creating the container's /etc files"))?;
+        if let Some(netns) = &record.netns {
+            Netns::create(netns)?;
+            let attachment = self
+                .network
+                .attach(&record.id, netns, &record.request.ports)?;
+            record.network = Some(attachment);
+            write_json(&dir.join(RECORD_FILE), record)
+                .map_err(io("writing the container record"))?;
+        }
+        let ip = record
+            .network
+            .as_ref()
+            .map_or(Ipv4Addr::LOCALHOST, |a| a.ip);
+        network::write_hosts(&etc, &hostname, IpAddr::V4(ip), &[])?;
+        network::write_hostname(&etc, &hostname)?;
+        network::write_resolv_conf(&etc, &self.network.nameservers(), &[])?;
+        let mut binds: Vec<Bind> = ["hosts", "hostname", "resolv.conf"]
+            .into_iter()
+            .map(|file| Bind {
+                source: etc.join(file),
+                destination: format!("/etc/{file}"),
+                read_only: false,
+            })
+            .collect();
+        for volume in &record.request.volumes {
+            if !volume.source.is_absolute() || !volume.destination.starts_with('/') {
+                return Err(NodeError::Invalid(format!(
+                    "volume {}:{} must use absolute paths",
+                    volume.source.display(),
+                    volume.destination
+                )));
+            }
+            if !volume.source.exists() {
+                return Err(NodeError::Invalid(format!(
+                    "volume source {} does not exist",
+                    volume.source.display()
+                )));
+            }
+            binds.push(volume.clone());
+        }
+        let spec = BundleSpec {
+            args: record.process.args.clone(),
+            env: record
+                .process
+                .env
+                .iter()
+                .cloned()
+                .chain(std::iter::once(format!("HOSTNAME={hostname}")))
+                .collect(),
+            cwd: record.process.cwd.clone(),
+            user,
+            hostname,
+            rootfs: rootfs.merged.clone(),
+            read_only: record.request.read_only,
+            binds,
+            netns: record.netns.clone(),
+            cgroups_path: spec::cgroup_path(&record.id),
+            resources: record.request.resources,
+            host_nofile_hard: crate::host::nofile_limits().map(|(_, hard)| hard),
+        };
+        write_json(&dir.join("bundle/config.json"), &spec::config_json(&spec))
+            .map_err(io("writing the bundle's config.json"))?;
+        write_json(&dir.join(STATE_FILE), &ContainerState::default())
+            .map_err(io("writing the container state"))?;
+        Ok(())
+    }
+
+    /// Starts a created or exited container: spawns its monitor and waits until the process
+    /// runs (or failed to start).
+    pub fn start(&self, name_or_id: &str) -> Result<Container, NodeError> {
+        let container = self.get(name_or_id)?;
+        if container.is_active() {
+            return Err(NodeError::Running(container.record.name));
+        }
+        let (program, args) = self
+            .config
+            .monitor
+            .split_first()
+            .ok_or_else(|| NodeError::Invalid("no monitor command configured".into()))?;
+        let monitor_log = fs::File::create(container.dir.join("monitor.log"))
+            .map_err(io("creating the monitor log"))?;
+        let mut child = Command::new(program)
+            .args(args)
+            .arg(&container.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(monitor_log)
+            .spawn()
+            .map_err(io(format!(
+                "starting the monitor {}",
+                Path::new(program).display()
+            )))?;
+        let mut line = String::new();
+        if let Some(stdout) = child.stdout.take() {
+            let _ = BufReader::new(stdout).read_line(&mut line);
+        }
+        // The monitor runs until the container is gone for good; don't leave a zombie in a
+        // long-running caller.
+        std::thread::spawn(move || child.wait());
+        let name = container.record.name.clone();
+        match line.trim_end().split_once(' ') {
+            Some(("running", _)) => self.get(&container.record.id),
+            Some(("error", message)) => Err(NodeError::Start {
+                name,
+                message: message.to_owned(),
+            }),
+            _ => Err(NodeError::Start {
+                name,
+                message: format!(
+                    "the monitor exited early: {}",
+                    fs::read_to_string(container.dir.join("monitor.log"))
+                        .unwrap_or_default()
+                        .trim()
+                ),
+            }),
+        }
+    }
+
+    /// Asks the container to stop (its stop signal, then SIGKILL after `timeout`) and waits
+    /// until it has. The restart policy does not apply to a stop.
+    pub fn stop(&self, name_or_id: &str, timeout: Duration) -> Result<Container, NodeError> {
+        let container = self.get(name_or_id)?;
+        fs::write(container.dir.join(STOP_FILE), b"").map_err(io("requesting the stop"))?;
+        if !container.is_active() {
+            return Ok(container);
+        }
+        let runtime = container.record.runtime.driver();
+        let id = &container.record.id;
+        if container.state.status == Status::Running {
+            let _ = runtime.kill(id, &container.record.process.stop_signal);
+        }
+        if let Some(stopped) = self.wait_inactive(id, timeout)? {
+            return Ok(stopped);
+        }
+        tracing::info!(%id, ?timeout, "stop timeout passed: killing");
+        let _ = runtime.kill(id, "KILL");
+        match self.wait_inactive(id, Duration::from_secs(10))? {
+            Some(stopped) => Ok(stopped),
+            None => Err(NodeError::Invalid(format!(
+                "container {} did not exit after SIGKILL",
+                container.record.name
+            ))),
+        }
+    }
+
+    fn wait_inactive(&self, id: &str, timeout: Duration) -> Result<Option<Container>, NodeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let container = self.get(id)?;
+            if !container.is_active() {
+                return Ok(Some(container));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the container has exited for good (no restart pending).
+    pub fn wait(&self, name_or_id: &str) -> Result<Container, NodeError> {
+        let id = self.get(name_or_id)?.record.id;
+        loop {
+            if let Some(done) = self.wait_inactive(&id, Duration::from_secs(3600))? {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Sends `signal` to the container's process. The restart policy still applies.
+    pub fn kill(&self, name_or_id: &str, signal: &str) -> Result<Container, NodeError> {
+        let container = self.get(name_or_id)?;
+        if container.state.status != Status::Running {
+            return Err(NodeError::Invalid(format!(
+                "container {} is not running",
+                container.record.name
+            )));
+        }
+        container
+            .record
+            .runtime
+            .driver()
+            .kill(&container.record.id, signal)?;
+        Ok(container)
+    }
+
+    /// Removes a container and everything it holds on the node (root filesystem, network
+    /// namespace and address, cgroup, logs). A running container needs `force` (it is killed).
+    pub fn remove(&self, name_or_id: &str, force: bool) -> Result<(), NodeError> {
+        let container = self.get(name_or_id)?;
+        if container.is_active() {
+            if !force {
+                return Err(NodeError::Running(container.record.name));
+            }
+            self.stop(&container.record.id, Duration::ZERO)?;
+        }
+        self.tear_down(&container.record, &container.dir)
+    }
+
+    /// Undoes whatever of a container exists; safe to repeat.
+    fn tear_down(&self, record: &ContainerRecord, dir: &Path) -> Result<(), NodeError> {
+        record.runtime.driver().delete(&record.id)?;
+        let rootfs = Rootfs::at(dir);
+        rootfs
+            .unmount()
+            .map_err(io("unmounting the root filesystem"))?;
+        if let Some(netns) = &record.netns {
+            self.network.detach(
+                &record.id,
+                netns,
+                record.network.as_ref(),
+                &record.request.ports,
+            )?;
+            Netns::remove(netns)?;
+        }
+        if crate::rootfs::is_mount_point(&rootfs.merged) {
+            return Err(NodeError::Invalid(format!(
+                "{} is still mounted; not removing the container directory",
+                rootfs.merged.display()
+            )));
+        }
+        match fs::remove_dir_all(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(format!("removing {}", dir.display()))(e)),
+        }
+    }
+
+    /// A command running `args` in the container (with its environment and working
+    /// directory, plus `env`), attached to the caller's stdio.
+    pub fn exec_command(
+        &self,
+        name_or_id: &str,
+        args: &[String],
+        env: &[String],
+    ) -> Result<Command, NodeError> {
+        let container = self.get(name_or_id)?;
+        if container.state.status != Status::Running {
+            return Err(NodeError::Invalid(format!(
+                "container {} is not running",
+                container.record.name
+            )));
+        }
+        let process = &container.record.process;
+        let env: Vec<String> = process.env.iter().chain(env).cloned().collect();
+        Ok(container.record.runtime.driver().exec_command(
+            &container.record.id,
+            &env,
+            &process.cwd,
+            args,
+        ))
+    }
+
+    fn lock_names(&self) -> Result<nix::fcntl::Flock<fs::File>, NodeError> {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.containers_dir().join(".lock"))
+            .map_err(io("opening the containers lock"))?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| io("locking the containers directory")(e.into()))
+    }
+}
+
+/// A monitor that died leaves `state.json` saying running: say what is really known.
+fn reconcile(record: &ContainerRecord, state: &mut ContainerState, dir: &Path) {
+    if !matches!(state.status, Status::Running | Status::Restarting) {
+        return;
+    }
+    let alive = state.monitor_pid.is_some_and(|pid| monitor_alive(pid, dir));
+    if alive {
+        return;
+    }
+    match record.runtime.driver().state(&record.id) {
+        Ok(Some(s)) if s.status == "running" => {
+            state.error = Some("its monitor is gone: the exit code will not be recorded".into());
+        }
+        _ => {
+            state.status = Status::Exited;
+            state.pid = None;
+            state.error = Some("its monitor died; the exit code is unknown".into());
+        }
+    }
+}
+
+fn monitor_alive(pid: u32, dir: &Path) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let wanted = dir.as_os_str().as_encoded_bytes();
+    cmdline.split(|b| *b == 0).any(|arg| arg == wanted)
+}
+
+/// Reads a small file of the image (like /etc/passwd) without following symlinks out of it.
+fn read_image_file(rootfs: &Path, relative: &str) -> String {
+    let mut path = rootfs.to_path_buf();
+    for part in relative.split('/') {
+        path.push(part);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if !meta.file_type().is_symlink() => {}
+            _ => return String::new(),
+        }
+    }
+    fs::read_to_string(path).unwrap_or_default()
+}
+
+fn validate_name(name: &str) -> Result<(), NodeError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(NodeError::Invalid(format!(
+            "invalid container name {name:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit"
+        )))
+    }
+}
+
+fn generated_name(image: &str, id: &str) -> String {
+    let repo = image.split('@').next().unwrap_or(image);
+    let last = repo.rsplit('/').next().unwrap_or(repo);
+    let base: String = last
+        .split(':')
+        .next()
+        .unwrap_or(last)
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        .collect();
+    let base = if base.is_empty() {
+        "container".into()
+    } else {
+        base
+    };
+    format!("{base}-{}", &id[..6])
+}
+
+/// The first 12 characters of an id.
+pub fn short(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+fn new_id() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
