@@ -276,6 +276,134 @@ async fn pulls_from_docker_registry_with_basic_auth() {
     assert!(matches!(err, ImageError::NotFound(_)), "{err}");
 }
 
+/// Runs skopeo with its own policy and auth file, so the machine's config plays no part.
+fn skopeo(dir: &std::path::Path, args: &[&str]) -> String {
+    let policy = dir.join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new("skopeo")
+        .arg("--policy")
+        .arg(&policy)
+        .args(args)
+        .env("REGISTRY_AUTH_FILE", dir.join("skopeo-auth.json"))
+        .env("TMPDIR", dir)
+        .output()
+        .expect("skopeo (scripts/install-deps.sh installs it)");
+    assert!(
+        out.status.success(),
+        "skopeo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_what_skopeo_wrote_as_docker_schema2_and_oci() {
+    let source = BerthRegistry::start().await;
+    let target = DockerRegistry::start("carol", "pw");
+    let (base, upper, _) = layers();
+    let srv = Layer::new(
+        LAYER_TAR,
+        tar(&[
+            Entry::Dir("srv/"),
+            Entry::File("srv/index.html", b"<h1>plain</h1>\n"),
+        ]),
+    );
+    let image = TestImage::oci("skopeo", vec![base, upper, srv]);
+    Pusher::new(&source.url, None)
+        .image("src/app", "v1", &image)
+        .await;
+    let work = tempfile::tempdir().unwrap();
+    let from = format!("docker://{}/src/app:v1", source.host);
+    // Rewritten by a real client: as Docker schema 2, and as OCI, every layer gzip.
+    for (tag, extra) in [
+        (
+            "v2s2",
+            &[
+                "--format",
+                "v2s2",
+                "--dest-compress-format",
+                "gzip",
+                "--dest-compress",
+            ][..],
+        ),
+        (
+            "oci",
+            &[
+                "--format",
+                "oci",
+                "--dest-compress-format",
+                "gzip",
+                "--dest-compress",
+            ][..],
+        ),
+    ] {
+        let to = format!("docker://{}/dst/app:{tag}", target.host);
+        let mut args = vec![
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "carol:pw",
+        ];
+        args.extend_from_slice(extra);
+        args.extend([from.as_str(), to.as_str()]);
+        skopeo(work.path(), &args);
+    }
+    let (_dir, store) = store();
+    let opts = PullOptions {
+        credentials: Some("carol:pw".parse().unwrap()),
+        ..options()
+    };
+    for tag in ["v2s2", "oci"] {
+        let reference = format!("{}/dst/app:{tag}", target.host);
+        let inspected = skopeo(
+            work.path(),
+            &[
+                "inspect",
+                "--tls-verify=false",
+                "--creds",
+                "carol:pw",
+                &format!("docker://{reference}"),
+            ],
+        );
+        let inspected: serde_json::Value = serde_json::from_str(&inspected).unwrap();
+        let wanted = match tag {
+            "v2s2" => DOCKER_LAYER,
+            _ => LAYER_GZIP,
+        };
+        let raw = skopeo(
+            work.path(),
+            &[
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                "--creds",
+                "carol:pw",
+                &format!("docker://{reference}"),
+            ],
+        );
+        let raw: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        for layer in raw["layers"].as_array().unwrap() {
+            assert_eq!(layer["mediaType"], wanted, "{raw}");
+        }
+        let pulled = store.pull(&reference, &opts).await.unwrap();
+        assert_eq!(pulled.id.to_string(), inspected["Digest"], "{tag}");
+        assert_eq!(pulled.config.cmd, ["skopeo"]);
+        let dirs = store.layer_dirs(&pulled);
+        assert_eq!(
+            std::fs::read_to_string(dirs[0].join("etc/os-release")).unwrap(),
+            "ID=berth-test\n"
+        );
+        let whiteout = std::fs::symlink_metadata(dirs[1].join("etc/obsolete")).unwrap();
+        assert!(whiteout.file_type().is_char_device(), "{tag}");
+        assert!(dirs[2].join("srv/index.html").is_file(), "{tag}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_token_flow() {
     let registry = FakeRegistry::start(FakeBehaviour {
