@@ -197,6 +197,36 @@ async fn index_picks_the_host_platform() {
         "the image id is the platform manifest's digest"
     );
 
+    // A Docker manifest list of Docker images works the same way.
+    let docker_amd64 = TestImage::docker("docker-amd64", vec![base.clone()]);
+    let docker_arm64 = TestImage::docker("docker-arm64", vec![upper.clone()]);
+    pusher.image("multi", "docker-amd64", &docker_amd64).await;
+    pusher.image("multi", "docker-arm64", &docker_arm64).await;
+    let list = index_of(
+        DOCKER_MANIFEST_LIST,
+        &[("arm64", &docker_arm64), ("amd64", &docker_amd64)],
+    );
+    pusher
+        .manifest("multi", "docker-list", DOCKER_MANIFEST_LIST, &list)
+        .await;
+    let image = store
+        .pull(&format!("{}/multi:docker-list", registry.host), &options())
+        .await
+        .unwrap();
+    let host = match std::env::consts::ARCH {
+        "aarch64" => &docker_arm64,
+        _ => &docker_amd64,
+    };
+    assert_eq!(image.id, host.id());
+    assert_eq!(
+        image.config.cmd,
+        [if std::env::consts::ARCH == "aarch64" {
+            "docker-arm64"
+        } else {
+            "docker-amd64"
+        }]
+    );
+
     let err = store
         .pull(&format!("{}/multi:s390x", registry.host), &options())
         .await

@@ -187,8 +187,15 @@ impl TestImage {
     }
 }
 
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
 /// An OCI index of `(architecture, image)`.
 pub fn index(entries: &[(&str, &TestImage)]) -> Vec<u8> {
+    index_of(OCI_INDEX, entries)
+}
+
+/// An index or Docker manifest list of `(architecture, image)`.
+pub fn index_of(media_type: &str, entries: &[(&str, &TestImage)]) -> Vec<u8> {
     let manifests: Vec<_> = entries
         .iter()
         .map(|(arch, image)| {
@@ -198,7 +205,7 @@ pub fn index(entries: &[(&str, &TestImage)]) -> Vec<u8> {
             })
         })
         .collect();
-    serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})
+    serde_json::json!({"schemaVersion": 2, "mediaType": media_type, "manifests": manifests})
         .to_string()
         .into_bytes()
 }
