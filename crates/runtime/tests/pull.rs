@@ -517,6 +517,26 @@ async fn corrupt_blob_is_a_clear_error_and_leaves_nothing() {
     assert!(store.list().unwrap().is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_are_refused_before_anything_is_downloaded() {
+    let registry = FakeRegistry::start(FakeBehaviour::default()).await;
+    let chart = Layer::new(
+        "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
+        gzip(&tar(&[Entry::File("Chart.yaml", b"name: x\n")])),
+    );
+    let artifact = TestImage::artifact("application/vnd.cncf.helm.config.v1+json", vec![chart]);
+    registry.add("chart", &artifact);
+    let (_dir, store) = store();
+    let err = store
+        .pull(&format!("{}/app:chart", registry.host), &options())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ImageError::Manifest { .. }), "{err}");
+    assert!(err.to_string().contains("not a container image"), "{err}");
+    assert!(registry.state.blob_requests.lock().unwrap().is_empty());
+    assert!(store.list().unwrap().is_empty());
+}
+
 fn big_layer() -> Layer {
     let data = noise(600_000, 7);
     Layer::new(LAYER_GZIP, gzip(&tar(&[Entry::File("big.bin", &data)])))

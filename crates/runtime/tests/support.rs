@@ -135,6 +135,11 @@ impl TestImage {
         Self::build(cmd, layers, DOCKER_MANIFEST, DOCKER_CONFIG)
     }
 
+    /// An OCI artifact: a manifest whose config is not an image config.
+    pub fn artifact(config_type: &str, layers: Vec<Layer>) -> TestImage {
+        Self::build("artifact", layers, OCI_MANIFEST, config_type)
+    }
+
     fn build(
         cmd: &str,
         layers: Vec<Layer>,
