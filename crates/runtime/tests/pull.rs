@@ -197,6 +197,36 @@ async fn index_picks_the_host_platform() {
         "the image id is the platform manifest's digest"
     );
 
+    // A Docker manifest list of Docker images works the same way.
+    let docker_amd64 = TestImage::docker("docker-amd64", vec![base.clone()]);
+    let docker_arm64 = TestImage::docker("docker-arm64", vec![upper.clone()]);
+    pusher.image("multi", "docker-amd64", &docker_amd64).await;
+    pusher.image("multi", "docker-arm64", &docker_arm64).await;
+    let list = index_of(
+        DOCKER_MANIFEST_LIST,
+        &[("arm64", &docker_arm64), ("amd64", &docker_amd64)],
+    );
+    pusher
+        .manifest("multi", "docker-list", DOCKER_MANIFEST_LIST, &list)
+        .await;
+    let image = store
+        .pull(&format!("{}/multi:docker-list", registry.host), &options())
+        .await
+        .unwrap();
+    let host = match std::env::consts::ARCH {
+        "aarch64" => &docker_arm64,
+        _ => &docker_amd64,
+    };
+    assert_eq!(image.id, host.id());
+    assert_eq!(
+        image.config.cmd,
+        [if std::env::consts::ARCH == "aarch64" {
+            "docker-arm64"
+        } else {
+            "docker-amd64"
+        }]
+    );
+
     let err = store
         .pull(&format!("{}/multi:s390x", registry.host), &options())
         .await
@@ -274,6 +304,134 @@ async fn pulls_from_docker_registry_with_basic_auth() {
         .await
         .unwrap_err();
     assert!(matches!(err, ImageError::NotFound(_)), "{err}");
+}
+
+/// Runs skopeo with its own policy and auth file, so the machine's config plays no part.
+fn skopeo(dir: &std::path::Path, args: &[&str]) -> String {
+    let policy = dir.join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new("skopeo")
+        .arg("--policy")
+        .arg(&policy)
+        .args(args)
+        .env("REGISTRY_AUTH_FILE", dir.join("skopeo-auth.json"))
+        .env("TMPDIR", dir)
+        .output()
+        .expect("skopeo (scripts/install-deps.sh installs it)");
+    assert!(
+        out.status.success(),
+        "skopeo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_what_skopeo_wrote_as_docker_schema2_and_oci() {
+    let source = BerthRegistry::start().await;
+    let target = DockerRegistry::start("carol", "pw");
+    let (base, upper, _) = layers();
+    let srv = Layer::new(
+        LAYER_TAR,
+        tar(&[
+            Entry::Dir("srv/"),
+            Entry::File("srv/index.html", b"<h1>plain</h1>\n"),
+        ]),
+    );
+    let image = TestImage::oci("skopeo", vec![base, upper, srv]);
+    Pusher::new(&source.url, None)
+        .image("src/app", "v1", &image)
+        .await;
+    let work = tempfile::tempdir().unwrap();
+    let from = format!("docker://{}/src/app:v1", source.host);
+    // Rewritten by a real client: as Docker schema 2, and as OCI, every layer gzip.
+    for (tag, extra) in [
+        (
+            "v2s2",
+            &[
+                "--format",
+                "v2s2",
+                "--dest-compress-format",
+                "gzip",
+                "--dest-compress",
+            ][..],
+        ),
+        (
+            "oci",
+            &[
+                "--format",
+                "oci",
+                "--dest-compress-format",
+                "gzip",
+                "--dest-compress",
+            ][..],
+        ),
+    ] {
+        let to = format!("docker://{}/dst/app:{tag}", target.host);
+        let mut args = vec![
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "carol:pw",
+        ];
+        args.extend_from_slice(extra);
+        args.extend([from.as_str(), to.as_str()]);
+        skopeo(work.path(), &args);
+    }
+    let (_dir, store) = store();
+    let opts = PullOptions {
+        credentials: Some("carol:pw".parse().unwrap()),
+        ..options()
+    };
+    for tag in ["v2s2", "oci"] {
+        let reference = format!("{}/dst/app:{tag}", target.host);
+        let inspected = skopeo(
+            work.path(),
+            &[
+                "inspect",
+                "--tls-verify=false",
+                "--creds",
+                "carol:pw",
+                &format!("docker://{reference}"),
+            ],
+        );
+        let inspected: serde_json::Value = serde_json::from_str(&inspected).unwrap();
+        let wanted = match tag {
+            "v2s2" => DOCKER_LAYER,
+            _ => LAYER_GZIP,
+        };
+        let raw = skopeo(
+            work.path(),
+            &[
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                "--creds",
+                "carol:pw",
+                &format!("docker://{reference}"),
+            ],
+        );
+        let raw: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        for layer in raw["layers"].as_array().unwrap() {
+            assert_eq!(layer["mediaType"], wanted, "{raw}");
+        }
+        let pulled = store.pull(&reference, &opts).await.unwrap();
+        assert_eq!(pulled.id.to_string(), inspected["Digest"], "{tag}");
+        assert_eq!(pulled.config.cmd, ["skopeo"]);
+        let dirs = store.layer_dirs(&pulled);
+        assert_eq!(
+            std::fs::read_to_string(dirs[0].join("etc/os-release")).unwrap(),
+            "ID=berth-test\n"
+        );
+        let whiteout = std::fs::symlink_metadata(dirs[1].join("etc/obsolete")).unwrap();
+        assert!(whiteout.file_type().is_char_device(), "{tag}");
+        assert!(dirs[2].join("srv/index.html").is_file(), "{tag}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,6 +514,26 @@ async fn corrupt_blob_is_a_clear_error_and_leaves_nothing() {
         ),
         "{err}"
     );
+    assert!(store.list().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_are_refused_before_anything_is_downloaded() {
+    let registry = FakeRegistry::start(FakeBehaviour::default()).await;
+    let chart = Layer::new(
+        "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
+        gzip(&tar(&[Entry::File("Chart.yaml", b"name: x\n")])),
+    );
+    let artifact = TestImage::artifact("application/vnd.cncf.helm.config.v1+json", vec![chart]);
+    registry.add("chart", &artifact);
+    let (_dir, store) = store();
+    let err = store
+        .pull(&format!("{}/app:chart", registry.host), &options())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ImageError::Manifest { .. }), "{err}");
+    assert!(err.to_string().contains("not a container image"), "{err}");
+    assert!(registry.state.blob_requests.lock().unwrap().is_empty());
     assert!(store.list().unwrap().is_empty());
 }
 

@@ -135,6 +135,11 @@ impl TestImage {
         Self::build(cmd, layers, DOCKER_MANIFEST, DOCKER_CONFIG)
     }
 
+    /// An OCI artifact: a manifest whose config is not an image config.
+    pub fn artifact(config_type: &str, layers: Vec<Layer>) -> TestImage {
+        Self::build("artifact", layers, OCI_MANIFEST, config_type)
+    }
+
     fn build(
         cmd: &str,
         layers: Vec<Layer>,
@@ -187,8 +192,15 @@ impl TestImage {
     }
 }
 
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
 /// An OCI index of `(architecture, image)`.
 pub fn index(entries: &[(&str, &TestImage)]) -> Vec<u8> {
+    index_of(OCI_INDEX, entries)
+}
+
+/// An index or Docker manifest list of `(architecture, image)`.
+pub fn index_of(media_type: &str, entries: &[(&str, &TestImage)]) -> Vec<u8> {
     let manifests: Vec<_> = entries
         .iter()
         .map(|(arch, image)| {
@@ -198,7 +210,7 @@ pub fn index(entries: &[(&str, &TestImage)]) -> Vec<u8> {
             })
         })
         .collect();
-    serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})
+    serde_json::json!({"schemaVersion": 2, "mediaType": media_type, "manifests": manifests})
         .to_string()
         .into_bytes()
 }

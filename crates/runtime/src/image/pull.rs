@@ -22,6 +22,13 @@ use super::{
     unix_now, Image, ImageConfig, ImageError, ImageStore, LayerOutcome, PullOptions, PullProgress,
 };
 
+/// Config media types of container images (anything else is an artifact: a chart, a
+/// signature, an SBOM).
+const IMAGE_CONFIG_TYPES: [&str; 2] = [
+    berth_oci::media_type::OCI_CONFIG,
+    "application/vnd.docker.container.image.v1+json",
+];
+
 /// Largest manifest or config accepted, in bytes.
 const MAX_METADATA: u64 = 8 << 20;
 
@@ -133,6 +140,12 @@ pub(crate) async fn pull(
     let Some((config, layers)) = manifest.blobs.split_first() else {
         return Err(manifest_error("it has no config".to_owned()));
     };
+    if !IMAGE_CONFIG_TYPES.contains(&config.media_type.as_str()) {
+        return Err(manifest_error(format!(
+            "it is an artifact of type {:?}, not a container image; berth runs container images only",
+            config.media_type
+        )));
+    }
     if let Some(odd) = layers.iter().find(|l| !l.media_type.contains("tar")) {
         return Err(manifest_error(format!(
             "layer {} has media type {:?}, which is not a filesystem layer; berth runs container images only",

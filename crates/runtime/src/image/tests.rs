@@ -639,3 +639,151 @@ fn containers_in_use_are_read_from_their_records() {
     assert_eq!(in_use_by_containers(dir.path()), in_use(&[1, 2]));
     assert!(in_use_by_containers(&dir.path().join("nowhere")).is_empty());
 }
+
+// ---- prune selection, properties ----
+
+mod properties {
+    use std::collections::{BTreeMap, HashSet};
+    use std::time::Duration;
+
+    use berth_oci::Digest;
+    use proptest::prelude::*;
+
+    use super::{image, DAY, NOW};
+    use crate::image::{select_for_prune, Image, PrunePolicy};
+
+    /// Layer `l` always has the same size, as a real snapshot would.
+    fn layer_size(l: u8) -> u64 {
+        (u64::from(l) + 1) * 100
+    }
+
+    /// Bytes of the distinct layers of `images`: what the snapshots take on disk.
+    fn usage<'a>(images: impl IntoIterator<Item = &'a Image>) -> u64 {
+        let mut layers = BTreeMap::new();
+        for image in images {
+            for (layer, size) in image.layers.iter().zip(&image.layer_sizes) {
+                layers.insert(layer.clone(), *size);
+            }
+        }
+        layers.values().sum()
+    }
+
+    fn images() -> impl Strategy<Value = (Vec<Image>, HashSet<Digest>)> {
+        let one = (
+            0..30 * DAY,
+            prop::option::of(0..30 * DAY),
+            any::<bool>(),
+            any::<bool>(),
+            prop::collection::vec(0u8..8, 1..4),
+        );
+        prop::collection::vec(one, 0..10).prop_map(|specs| {
+            let mut in_use = HashSet::new();
+            let images = specs
+                .into_iter()
+                .enumerate()
+                .map(|(n, (age, used_ago, pinned, used, layers))| {
+                    let layers: Vec<(u8, u64)> = layers
+                        .into_iter()
+                        .map(|l| (l + 100, layer_size(l)))
+                        .collect();
+                    let mut image = image(n as u8 + 1, NOW - age, &layers);
+                    image.last_used = used_ago.map_or(0, |ago| NOW - ago);
+                    image.pinned = pinned;
+                    if used {
+                        in_use.insert(image.id.clone());
+                    }
+                    image
+                })
+                .collect();
+            (images, in_use)
+        })
+    }
+
+    fn policy() -> impl Strategy<Value = PrunePolicy> {
+        (
+            any::<bool>(),
+            prop::option::of(0..40 * DAY),
+            prop::option::of(0u64..4000),
+            prop::option::of(0u64..4000),
+        )
+            .prop_map(
+                |(all_unused, unused_for, high_water, low_water)| PrunePolicy {
+                    all_unused,
+                    unused_for: unused_for.map(Duration::from_secs),
+                    high_water,
+                    low_water: high_water.and(low_water),
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn never_protected_never_twice_oldest_first(
+            (images, in_use) in images(),
+            policy in policy(),
+        ) {
+            let selected = select_for_prune(&images, &policy, &in_use, NOW, usage(&images));
+            let unique: HashSet<&Digest> = selected.iter().collect();
+            prop_assert_eq!(unique.len(), selected.len());
+            let mut last = 0;
+            for id in &selected {
+                let image = images.iter().find(|i| &i.id == id).expect("selected ids are images");
+                prop_assert!(!image.pinned && !in_use.contains(id));
+                prop_assert!(image.last_activity() >= last);
+                last = image.last_activity();
+            }
+        }
+
+        #[test]
+        fn rules_select_exactly_what_they_say(
+            (images, in_use) in images(),
+            policy in policy(),
+        ) {
+            let usage_before = usage(&images);
+            let selected: HashSet<Digest> =
+                select_for_prune(&images, &policy, &in_use, NOW, usage_before).into_iter().collect();
+            let unprotected: Vec<&Image> =
+                images.iter().filter(|i| !i.pinned && !in_use.contains(&i.id)).collect();
+            // Every image the age and all rules name is selected.
+            for image in &unprotected {
+                let stale = policy
+                    .unused_for
+                    .is_some_and(|d| NOW - image.last_activity() >= d.as_secs());
+                if policy.all_unused || stale {
+                    prop_assert!(selected.contains(&image.id));
+                }
+            }
+            let kept = images.iter().filter(|i| !selected.contains(&i.id));
+            let usage_after = usage(kept);
+            match policy.high_water {
+                None => {
+                    // Without water marks, nothing beyond what the rules name.
+                    for id in &selected {
+                        let image = images.iter().find(|i| &i.id == id).expect("an image");
+                        let stale = policy
+                            .unused_for
+                            .is_some_and(|d| NOW - image.last_activity() >= d.as_secs());
+                        prop_assert!(policy.all_unused || stale);
+                    }
+                }
+                Some(high) if usage_before > high => {
+                    let low = policy.low_water.unwrap_or(high).min(high);
+                    // Down to the low mark, or nothing unprotected is left to remove.
+                    prop_assert!(
+                        usage_after <= low || unprotected.iter().all(|i| selected.contains(&i.id)),
+                        "usage {} -> {} with low {}", usage_before, usage_after, low
+                    );
+                    // And no further: without the last image chosen, usage was above low.
+                    if !policy.all_unused && policy.unused_for.is_none() {
+                        let order = select_for_prune(&images, &policy, &in_use, NOW, usage_before);
+                        if let Some((_, before_last)) = order.split_last() {
+                            let kept = images.iter().filter(|i| !before_last.contains(&i.id));
+                            prop_assert!(usage(kept) > low);
+                        }
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
