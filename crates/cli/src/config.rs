@@ -28,6 +28,38 @@ pub struct NodeSection {
     /// `<root>/cni/ipam`.
     #[serde(default)]
     pub network: Option<toml::Table>,
+    /// `[node.images]`: automatic image cleanup after every pull.
+    #[serde(default)]
+    pub images: ImageCleanup,
+}
+
+/// `[node.images]`: after every pull, images that no container uses and that are not pinned
+/// are removed when they were not used for `prune_unused_for`, and least recently used first
+/// while the store is above `prune_high` (down to `prune_low`). Nothing is set by default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageCleanup {
+    /// E.g. `30d`.
+    pub prune_unused_for: Option<berth_registry::units::HumanDuration>,
+    /// E.g. `20GiB`.
+    pub prune_high: Option<berth_registry::units::ByteSize>,
+    /// E.g. `15GiB` (the high mark when unset).
+    pub prune_low: Option<berth_registry::units::ByteSize>,
+}
+
+impl ImageCleanup {
+    /// The policy, if any rule is set.
+    pub fn policy(&self) -> Option<berth_runtime::image::PrunePolicy> {
+        if self.prune_unused_for.is_none() && self.prune_high.is_none() {
+            return None;
+        }
+        Some(berth_runtime::image::PrunePolicy {
+            all_unused: false,
+            unused_for: self.prune_unused_for.map(|d| d.0),
+            high_water: self.prune_high.map(|s| s.0),
+            low_water: self.prune_low.map(|s| s.0),
+        })
+    }
 }
 
 /// An OCI runtime by name.

@@ -17,6 +17,8 @@ use clap::{Args, Subcommand};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::config::ImageCleanup;
+
 /// The container commands.
 #[derive(Subcommand)]
 pub enum NodeCommand {
@@ -52,9 +54,10 @@ pub fn run_command(
     config: Option<&Path>,
     root: &Path,
 ) -> anyhow::Result<ExitCode> {
-    let node = open_node(config, root)?;
+    let file = crate::config::ConfigFile::load(config)?;
+    let node = open_node(&file, root)?;
     match command {
-        NodeCommand::Run(args) => run(&node, *args),
+        NodeCommand::Run(args) => run(&node, *args, &file.node.images),
         NodeCommand::Ps(args) => ps(&node, args),
         NodeCommand::Start(args) => start(&node, args),
         NodeCommand::Stop(args) => stop(&node, args),
@@ -68,8 +71,7 @@ pub fn run_command(
 }
 
 /// The node at `root`.
-pub fn open_node(config: Option<&Path>, root: &Path) -> anyhow::Result<Node> {
-    let file = crate::config::ConfigFile::load(config)?;
+pub fn open_node(file: &crate::config::ConfigFile, root: &Path) -> anyhow::Result<Node> {
     let monitor = std::env::current_exe().context("finding the berth binary")?;
     Ok(Node::open(NodeConfig {
         root: root.to_owned(),
@@ -288,10 +290,10 @@ pub struct NamesArgs {
 }
 
 /// `berth run`: create, start, and unless detached show the output and return the exit code.
-fn run(node: &Node, args: RunArgs) -> anyhow::Result<ExitCode> {
+fn run(node: &Node, args: RunArgs, cleanup: &ImageCleanup) -> anyhow::Result<ExitCode> {
     let request = args.request()?;
     if node.images().get(&request.image)?.is_none() {
-        crate::image_cmd::pull_for_run(node.images(), &request.image)?;
+        crate::image_cmd::pull_for_run(node.images(), node.root(), &request.image, cleanup)?;
     }
     let created = node.create(request)?;
     let id = created.record.id.clone();

@@ -14,6 +14,8 @@ use berth_runtime::image::{
     PrunePolicy, PullOptions, PullProgress,
 };
 use clap::{Args, Subcommand};
+
+use crate::config::ImageCleanup;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Args)]
@@ -97,7 +99,7 @@ fn open(root: &Path) -> anyhow::Result<ImageStore> {
         .context("opening the image store (choose another node root with --root or BERTH_ROOT)")
 }
 
-pub fn pull(args: PullArgs, root: &Path) -> anyhow::Result<()> {
+pub fn pull(args: PullArgs, root: &Path, cleanup: &ImageCleanup) -> anyhow::Result<()> {
     let store = open(root)?;
     let image = pull_into(
         &store,
@@ -106,18 +108,44 @@ pub fn pull(args: PullArgs, root: &Path) -> anyhow::Result<()> {
         args.insecure,
         args.quiet,
     )?;
+    auto_prune(&store, root, cleanup, &image.id);
     println!("{}", image.id);
     Ok(())
 }
 
+/// The configured automatic cleanup, after pulling `pulled` grew the store (that image is
+/// kept: it was just asked for). A failure is reported, not fatal: the pull succeeded.
+pub fn auto_prune(store: &ImageStore, root: &Path, cleanup: &ImageCleanup, pulled: &Digest) {
+    let Some(policy) = cleanup.policy() else {
+        return;
+    };
+    let mut keep = in_use_by_containers(root);
+    keep.insert(pulled.clone());
+    match store.prune(&policy, &keep) {
+        Ok(report) => {
+            for (id, references) in &report.images {
+                tracing::info!(image = %id, ?references, "automatic cleanup removed an unused image");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "automatic image cleanup failed"),
+    }
+}
+
 /// `berth run` of an image the node does not have yet: pulled with progress on stderr.
-pub fn pull_for_run(store: &ImageStore, reference: &str) -> anyhow::Result<Image> {
+pub fn pull_for_run(
+    store: &ImageStore,
+    root: &Path,
+    reference: &str,
+    cleanup: &ImageCleanup,
+) -> anyhow::Result<Image> {
     let credentials = std::env::var("BERTH_REGISTRY_CREDS")
         .ok()
         .map(|c| c.parse::<Credentials>())
         .transpose()
         .map_err(|e| anyhow::anyhow!("BERTH_REGISTRY_CREDS: {e}"))?;
-    pull_into(store, reference, credentials, false, false)
+    let image = pull_into(store, reference, credentials, false, false)?;
+    auto_prune(store, root, cleanup, &image.id);
+    Ok(image)
 }
 
 fn pull_into(

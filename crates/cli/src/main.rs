@@ -117,7 +117,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Registry(cmd) => ok(registry_cmd::run(cmd, cli.config.as_deref())),
         Command::Info(args) => ok(info::run(args)),
-        Command::Pull(args) => ok(image_cmd::pull(args, &cli.root)),
+        Command::Pull(args) => ok(config::ConfigFile::load(cli.config.as_deref())
+            .and_then(|file| image_cmd::pull(args, &cli.root, &file.node.images))),
         Command::Images(args) => ok(image_cmd::images(args, &cli.root)),
         Command::Image(cmd) => ok(image_cmd::run(cmd, &cli.root)),
         Command::Node(cmd) => container_cmd::run_command(cmd, cli.config.as_deref(), &cli.root),

@@ -84,12 +84,51 @@ pub fn busybox_layer() -> (Vec<u8>, String) {
 }
 
 /// Pushes the busybox image to `registry` (a base URL like `http://127.0.0.1:PORT`) as
-/// `repo:tag`, with `cmd` as its CMD and `env` in its config.
+/// `repo:tag`, with `cmd` as its CMD.
 #[track_caller]
 pub fn push_busybox_image(registry: &str, repo: &str, tag: &str, cmd: &[&str]) -> BusyboxImage {
+    push_image(registry, repo, tag, &[busybox_layer()], cmd)
+}
+
+/// A gzipped tar layer with one regular file at `path`, written as is (no path checks: for
+/// hostile layers), and its diff id.
+pub fn raw_layer(path: &str, content: &[u8]) -> (Vec<u8>, String) {
+    let mut header = tar::Header::new_old();
+    header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o644);
+    header.set_size(content.len() as u64);
+    header.set_cksum();
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.append(&header, content).expect("tar entry");
+    let tar = builder.into_inner().expect("finishing the tar");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).expect("gzip");
+    (gz.finish().expect("gzip"), sha256_digest(&tar))
+}
+
+/// Pushes an image of `layers` (gzipped tars with their diff ids, bottom first) as
+/// `repo:tag` with `cmd` as its CMD.
+#[track_caller]
+pub fn push_image(
+    registry: &str,
+    repo: &str,
+    tag: &str,
+    layers: &[(Vec<u8>, String)],
+    cmd: &[&str],
+) -> BusyboxImage {
     let client = Client::new(registry);
-    let (layer, diff_id) = busybox_layer();
-    let layer_digest = client.push_blob(repo, &layer);
+    let descriptors: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|(layer, _)| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": client.push_blob(repo, layer),
+                "size": layer.len(),
+            })
+        })
+        .collect();
+    let diff_ids: Vec<&String> = layers.iter().map(|(_, id)| id).collect();
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -104,7 +143,7 @@ pub fn push_busybox_image(registry: &str, repo: &str, tag: &str, cmd: &[&str]) -
             "WorkingDir": "/",
             "ExposedPorts": {"80/tcp": {}},
         },
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
     });
     let config = serde_json::to_vec(&config).expect("config json");
     let config_digest = client.push_blob(repo, &config);
@@ -116,11 +155,7 @@ pub fn push_busybox_image(registry: &str, repo: &str, tag: &str, cmd: &[&str]) -
             "digest": config_digest,
             "size": config.len(),
         },
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": layer_digest,
-            "size": layer.len(),
-        }],
+        "layers": descriptors,
     });
     let manifest = serde_json::to_vec(&manifest).expect("manifest json");
     let response = client.put_manifest(

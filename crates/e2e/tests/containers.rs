@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_e2e::busybox::{push_busybox_image, BusyboxImage};
+use berth_e2e::busybox::{push_busybox_image, push_image, raw_layer, BusyboxImage};
 use berth_e2e::{berth_binary, BerthOptions, BerthRegistry, Registry};
 
 /// One node: its own root, bridge and /24, a registry holding the busybox image (pulled).
@@ -684,5 +684,81 @@ fn crun_runs_containers_where_plain_crun_would_refuse() {
     assert_eq!(
         node.inspect("crun-oom")["record"]["runtime"]["kind"],
         "crun"
+    );
+}
+
+#[test]
+fn run_pulls_a_missing_image_and_cleanup_spares_used_pinned_and_new_images() {
+    let node = Node::new();
+    let config = node.dir.path().join("berth.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[node.images]\nprune_high = \"1B\"\n");
+    std::fs::write(&config, text).unwrap();
+    let registry = node.image.reference.split('/').next().unwrap().to_owned();
+    let url = format!("http://{registry}");
+    let pinned = push_busybox_image(&url, "test/pinned", "1", &["echo", "pinned"]);
+    let first = push_busybox_image(&url, "test/first", "1", &["echo", "first"]);
+    let second = push_busybox_image(&url, "test/second", "1", &["echo", "second"]);
+    // The busybox image is used by a container; `berth run` pulls what is missing.
+    node.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "user",
+        &node.image.reference,
+        "sleep",
+        "1000",
+    ]);
+    node.ok(&["pull", "--quiet", &pinned.reference]);
+    node.ok(&["image", "pin", &pinned.reference]);
+    let out = node.output(&["run", "--rm", &first.reference]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "first\n", "{out:?}");
+    let images = node.ok(&["images"]);
+    for kept in [&node.image.reference, &pinned.reference, &first.reference] {
+        assert!(images.contains(kept.as_str()), "{kept} kept: {images}");
+    }
+    // Above the high mark, the next pull removes the unused, unpinned image (not the new one).
+    node.ok(&["pull", "--quiet", &second.reference]);
+    let images = node.ok(&["images"]);
+    assert!(!images.contains(&first.reference), "{images}");
+    for kept in [&node.image.reference, &pinned.reference, &second.reference] {
+        assert!(images.contains(kept.as_str()), "{kept} kept: {images}");
+    }
+}
+
+#[test]
+fn a_hostile_layer_fails_the_pull_clearly_and_writes_nothing_outside_the_store() {
+    let node = Node::new();
+    let registry = node.image.reference.split('/').next().unwrap().to_owned();
+    let url = format!("http://{registry}");
+    let marker = format!("berth-escaped-{}", hex::encode(rand_bytes::<4>()));
+    let snapshots_before = std::fs::read_dir(node.root().join("images/snapshots"))
+        .unwrap()
+        .count();
+    // Deep enough to leave any store directory.
+    let path = format!("{}tmp/{marker}", "../".repeat(12));
+    let hostile = push_image(
+        &url,
+        "test/hostile",
+        "1",
+        &[
+            berth_e2e::busybox::busybox_layer(),
+            raw_layer(&path, b"gotcha"),
+        ],
+        &["true"],
+    );
+    let out = node.output(&["pull", "--quiet", &hostile.reference]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&marker) && err.contains(".."), "{err}");
+    assert!(!Path::new("/tmp").join(&marker).exists(), "escaped to /tmp");
+    assert!(walk(node.dir.path()).iter().all(|p| !p.ends_with(&marker)));
+    assert!(!node.ok(&["images"]).contains("hostile"));
+    let snapshots_after = std::fs::read_dir(node.root().join("images/snapshots"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        snapshots_before, snapshots_after,
+        "no snapshot registered or left"
     );
 }

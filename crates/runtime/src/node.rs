@@ -133,6 +133,11 @@ impl Node {
         })
     }
 
+    /// Everything berth keeps on this node.
+    pub fn root(&self) -> &Path {
+        &self.config.root
+    }
+
     /// The image store.
     pub fn images(&self) -> &ImageStore {
         &self.images
