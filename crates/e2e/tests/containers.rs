@@ -298,6 +298,20 @@ fn a_detached_container_lives_through_ps_logs_exec_stop_and_rm() {
     assert_eq!(state["status"], "exited");
     assert_eq!(state["exit"]["code"], 0, "{state}");
     assert!(node.logs("web").ends_with("bye"));
+    // Started again: same filesystem and address.
+    let exec = node.output(&["exec", "web", "true"]);
+    assert!(
+        String::from_utf8_lossy(&exec.stderr).contains("not running"),
+        "{exec:?}"
+    );
+    node.ok(&["start", "web"]);
+    assert_eq!(node.status("web"), "running");
+    assert_eq!(node.inspect("web")["record"]["network"]["ip"], ip.as_str());
+    assert_eq!(
+        http_get(&format!("http://{ip}/")).unwrap(),
+        "hello from berth\n"
+    );
+    node.ok(&["stop", "web"]);
     assert!(node.ok(&["ps"]).lines().count() == 1, "only the header");
     assert!(node.ok(&["ps", "-a"]).contains("exited"));
     assert!(node
@@ -761,4 +775,31 @@ fn a_hostile_layer_fails_the_pull_clearly_and_writes_nothing_outside_the_store()
         snapshots_before, snapshots_after,
         "no snapshot registered or left"
     );
+}
+
+#[test]
+fn logs_are_bounded_by_rotation_and_selected_by_tail() {
+    let node = Node::new();
+    let out = node.output(&[
+        "run",
+        "--name",
+        "chatty",
+        "--log-max-size",
+        "4KiB",
+        "--log-max-files",
+        "2",
+        &node.image.reference,
+        "seq",
+        "1",
+        "5000",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let dir = node.inspect("chatty")["dir"].as_str().unwrap().to_owned();
+    let files: Vec<PathBuf> = walk(&Path::new(&dir).join("logs"));
+    assert_eq!(files.len(), 2, "{files:?}");
+    let total: u64 = files.iter().map(|f| f.metadata().unwrap().len()).sum();
+    assert!(total <= 8 * 1024, "{total} bytes kept");
+    assert_eq!(node.ok(&["logs", "--tail", "2", "chatty"]), "4999\n5000");
+    let stamped = node.ok(&["logs", "-t", "--tail", "1", "chatty"]);
+    assert!(stamped.ends_with("Z 5000"), "{stamped}");
 }
