@@ -3,23 +3,20 @@
 use std::path::Path;
 
 use berth_runtime::host::{choose, nofile_limits, CgroupLayout, RuntimeBinary, RuntimeKind};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde::Serialize;
+
+use crate::config::RuntimeName;
 
 #[derive(Args)]
 pub struct InfoArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
-    /// Show the choice as if this runtime were configured.
+    /// Show the choice as if this runtime were configured (else the config file's
+    /// `[node] runtime`).
     #[arg(long, value_enum, env = "BERTH_RUNTIME")]
-    runtime: Option<RuntimeArg>,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum RuntimeArg {
-    Runc,
-    Crun,
+    runtime: Option<RuntimeName>,
 }
 
 #[derive(Serialize)]
@@ -32,16 +29,14 @@ struct Info {
     nofile_hard_limit: Option<u64>,
 }
 
-pub fn run(args: InfoArgs) -> anyhow::Result<()> {
+pub fn run(args: InfoArgs, config: Option<&Path>) -> anyhow::Result<()> {
+    let configured = crate::config::ConfigFile::load(config)?.node.runtime;
     let search = std::env::var("PATH").unwrap_or_default();
     let search = format!("{search}:/usr/sbin:/usr/bin:/sbin:/bin");
     let cgroups = CgroupLayout::detect(Path::new("/sys/fs/cgroup"));
     let runc = RuntimeBinary::find(RuntimeKind::Runc, &search);
     let crun = RuntimeBinary::find(RuntimeKind::Crun, &search);
-    let preferred = args.runtime.map(|r| match r {
-        RuntimeArg::Runc => RuntimeKind::Runc,
-        RuntimeArg::Crun => RuntimeKind::Crun,
-    });
+    let preferred = args.runtime.or(configured).map(RuntimeKind::from);
     let selection = choose(&cgroups, runc.clone(), crun.clone(), preferred);
     let info = Info {
         version: env!("CARGO_PKG_VERSION"),

@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand, ValueEnum};
     max_term_width = 100
 )]
 struct Cli {
-    /// Config file (TOML) with a [registry] table; unknown keys are rejected.
+    /// Config file (TOML) with [registry] and [node] tables; unknown keys are rejected.
     #[arg(long, global = true, env = "BERTH_CONFIG", value_name = "FILE")]
     config: Option<std::path::PathBuf>,
 
@@ -116,7 +116,7 @@ fn main() -> std::process::ExitCode {
     let ok = |result: anyhow::Result<()>| result.map(|()| std::process::ExitCode::SUCCESS);
     let result = match cli.command {
         Command::Registry(cmd) => ok(registry_cmd::run(cmd, cli.config.as_deref())),
-        Command::Info(args) => ok(info::run(args)),
+        Command::Info(args) => ok(info::run(args, cli.config.as_deref())),
         Command::Pull(args) => ok(config::ConfigFile::load(cli.config.as_deref())
             .and_then(|file| image_cmd::pull(args, &cli.root, &file.node.images))),
         Command::Images(args) => ok(image_cmd::images(args, &cli.root)),
