@@ -347,6 +347,22 @@ fn stop_kills_after_the_grace_period_and_rm_needs_force() {
     let state = node.inspect("stubborn")["state"].clone();
     assert_eq!(state["exit"]["code"], 137, "{state}");
     assert_eq!(state["exit"]["signal"], 9);
+    // A reboot takes the overlay mount and the netns away; start puts them back.
+    let dir = node.inspect("stubborn")["dir"].as_str().unwrap().to_owned();
+    let netns = node.root().join("netns").join(&id);
+    for mount in [format!("{dir}/bundle/rootfs"), netns.display().to_string()] {
+        let out = Command::new("umount").arg(&mount).output().unwrap();
+        assert!(out.status.success(), "umount {mount}: {out:?}");
+    }
+    std::fs::remove_file(&netns).unwrap();
+    node.ok(&["start", "stubborn"]);
+    let gateway = node.inspect("stubborn")["record"]["network"]["gateway"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ping = node.output(&["exec", "stubborn", "ping", "-c", "1", "-W", "2", &gateway]);
+    assert!(ping.status.success(), "{ping:?}");
+    node.ok(&["stop", "-t", "0", "stubborn"]);
     node.ok(&["rm", "stubborn"]);
     assert_eq!(node.leftovers(&id), Vec::<String>::new());
     // rm -f of a running container.

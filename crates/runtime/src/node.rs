@@ -345,10 +345,11 @@ impl Node {
     /// Starts a created or exited container: spawns its monitor and waits until the process
     /// runs (or failed to start).
     pub fn start(&self, name_or_id: &str) -> Result<Container, NodeError> {
-        let container = self.get(name_or_id)?;
+        let mut container = self.get(name_or_id)?;
         if container.is_active() {
             return Err(NodeError::Running(container.record.name));
         }
+        self.restore_after_reboot(&mut container)?;
         let (program, args) = self
             .config
             .monitor
@@ -391,6 +392,45 @@ impl Node {
                 ),
             }),
         }
+    }
+
+    /// A reboot takes the root filesystem mount and the network namespace away (both live
+    /// in memory) but leaves the container's directory: put them back before a start.
+    fn restore_after_reboot(&self, container: &mut Container) -> Result<(), NodeError> {
+        let rootfs = Rootfs::at(&container.dir);
+        if !crate::rootfs::is_mount_point(&rootfs.merged) {
+            let image = self
+                .images
+                .get(&container.record.image_id)?
+                .ok_or_else(|| NodeError::ImageMissing(container.record.image.clone()))?;
+            rootfs
+                .mount(&self.images.layer_dirs(&image))
+                .map_err(io("mounting the root filesystem"))?;
+        }
+        let Some(netns) = container.record.netns.clone() else {
+            return Ok(());
+        };
+        if Netns::is_mounted(&netns) {
+            return Ok(());
+        }
+        tracing::info!(id = %container.record.id, "network namespace gone (reboot?): wiring it again");
+        let record = &mut container.record;
+        self.network.detach(
+            &record.id,
+            &netns,
+            record.network.as_ref(),
+            &record.request.ports,
+        )?;
+        Netns::create(&netns)?;
+        let attachment = self
+            .network
+            .attach(&record.id, &netns, &record.request.ports)?;
+        let etc = container.dir.join("etc");
+        let hostname = fs::read_to_string(etc.join("hostname")).unwrap_or_default();
+        network::write_hosts(&etc, hostname.trim(), IpAddr::V4(attachment.ip), &[])?;
+        record.network = Some(attachment);
+        write_json(&container.dir.join(RECORD_FILE), record)
+            .map_err(io("writing the container record"))
     }
 
     /// Asks the container to stop (its stop signal, then SIGKILL after `timeout`) and waits
