@@ -213,10 +213,26 @@ pub struct LogQuery {
 
 /// Reads the records in `dir` (oldest file first) that match `query`.
 pub fn read(dir: &Path, query: &LogQuery) -> io::Result<Vec<LogRecord>> {
-    match File::open(dir.join(LOG_FILE)) {
+    match open_current(dir) {
         Ok(mut current) => Ok(history(dir, query, &mut current)?.0),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e),
+    }
+}
+
+/// Opens the current file. A rotation renames it away a moment before it creates the new
+/// one: a missing file is retried for a while before it counts as missing.
+fn open_current(dir: &Path) -> io::Result<File> {
+    let path = dir.join(LOG_FILE);
+    let mut attempts = 0;
+    loop {
+        match File::open(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return result,
+        }
     }
 }
 
@@ -224,8 +240,11 @@ pub fn read(dir: &Path, query: &LogQuery) -> io::Result<Vec<LogRecord>> {
 /// the offset in `current` after the last complete record.
 fn history(dir: &Path, query: &LogQuery, current: &mut File) -> io::Result<(Vec<LogRecord>, u64)> {
     let mut records = Vec::new();
+    let current_inode = current.metadata()?.ino();
     for path in rotated_oldest_first(dir) {
         match File::open(&path) {
+            // Rotated since we opened it: it is read below, as the current file.
+            Ok(file) if file.metadata()?.ino() == current_inode => {}
             Ok(file) => {
                 read_records(BufReader::new(file), query, &mut records)?;
             }
@@ -295,7 +314,7 @@ pub fn follow(
     mut sink: impl FnMut(&LogRecord) -> io::Result<()>,
 ) -> io::Result<()> {
     let path = dir.join(LOG_FILE);
-    let mut file = File::open(&path)?;
+    let mut file = open_current(dir)?;
     let mut inode = file.metadata()?.ino();
     let (history, mut offset) = history(dir, query, &mut file)?;
     for record in &history {

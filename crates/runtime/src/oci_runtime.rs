@@ -125,8 +125,8 @@ impl RuntimeConfig {
         let layout = host::CgroupLayout::detect(Path::new("/sys/fs/cgroup"));
         let selection = host::choose(
             &layout,
-            host::RuntimeBinary::find(RuntimeKind::Runc, &search),
-            host::RuntimeBinary::find(RuntimeKind::Crun, &search),
+            host::RuntimeBinary::locate(RuntimeKind::Runc, &search),
+            host::RuntimeBinary::locate(RuntimeKind::Crun, &search),
             preferred,
         );
         let binary = selection
