@@ -8,6 +8,7 @@ PACKAGES=(
     busybox-static                      # copied into FROM-scratch test images
     docker-registry                     # CNCF distribution 2.8: the benchmark peer
     runc crun containernetworking-plugins uidmap fuse-overlayfs
+    iptables iproute2 util-linux        # CNI portmap/bridge rules, ip, unshare/nsenter/umount
     jq curl openssl
 )
 missing=()

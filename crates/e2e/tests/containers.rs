@@ -274,6 +274,10 @@ fn a_detached_container_lives_through_ps_logs_exec_stop_and_rm() {
         node.logs("web").contains("started")
     });
     assert_eq!(node.ok(&["exec", "web", "cat", "/etc/hostname"]), "web");
+    assert_eq!(
+        node.inspect("web")["record"]["process"]["exposed_ports"][0],
+        "80/tcp"
+    );
     let ip = node.inspect("web")["record"]["network"]["ip"]
         .as_str()
         .unwrap()

@@ -202,6 +202,9 @@ pub struct Process {
     pub user: String,
     /// The signal that asks it to stop.
     pub stop_signal: String,
+    /// The ports the image says it listens on, as `80/tcp`.
+    #[serde(default)]
+    pub exposed_ports: Vec<String>,
 }
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -263,6 +266,11 @@ pub fn process_for(image: &ImageConfig, request: &ContainerRequest) -> Result<Pr
             .clone()
             .map(|s| s.trim_start_matches("SIG").to_owned())
             .unwrap_or_else(|| "TERM".to_owned()),
+        exposed_ports: image
+            .exposed_ports
+            .iter()
+            .map(|(port, protocol)| format!("{port}/{protocol}"))
+            .collect(),
     })
 }
 

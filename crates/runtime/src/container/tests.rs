@@ -10,6 +10,7 @@ fn image() -> ImageConfig {
         working_dir: Some("/srv".into()),
         user: Some("www".into()),
         stop_signal: Some("SIGQUIT".into()),
+        exposed_ports: vec![(80, "tcp".into())],
         ..ImageConfig::default()
     }
 }
@@ -29,6 +30,7 @@ fn the_image_config_gives_the_process() {
     assert_eq!(p.cwd, "/srv");
     assert_eq!(p.user, "www");
     assert_eq!(p.stop_signal, "QUIT");
+    assert_eq!(p.exposed_ports, ["80/tcp"]);
 }
 
 #[test]
