@@ -3,6 +3,7 @@
 
 mod gc;
 mod registry;
+mod runtime;
 mod servers;
 
 use anyhow::anyhow;
@@ -23,6 +24,8 @@ enum Command {
     Registry(registry::Options),
     /// berth's online garbage collection vs docker-registry's offline garbage-collect.
     Gc(gc::Options),
+    /// berth's node: container starts vs bare runc and podman, pulls vs skopeo + umoci.
+    Runtime(runtime::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +38,7 @@ fn main() -> anyhow::Result<()> {
             match cli.command {
                 Command::Registry(options) => registry::run(options).await,
                 Command::Gc(options) => gc::run(options).await,
+                Command::Runtime(options) => runtime::run(options).await,
             }
         };
         // On SIGINT or SIGTERM the benchmark's future is dropped, and with it the guards

@@ -3,7 +3,7 @@
 //! the same content. Every workload runs against both registries after a warm-up, taking
 //! turns at which goes first.
 
-mod blobs;
+pub(crate) mod blobs;
 mod content;
 mod report;
 mod skopeo;
