@@ -97,10 +97,7 @@ pub(crate) fn encode_lease(lease: &LeaseRecord) -> Vec<u8> {
 
 pub(crate) fn decode_lease(id: LeaseId, bytes: &[u8]) -> Result<LeaseRecord> {
     let what = format!("lease {id}");
-    let mut reader = Reader {
-        bytes,
-        what: &what,
-    };
+    let mut reader = Reader { bytes, what: &what };
     Ok(LeaseRecord {
         ttl_millis: reader.u64()?,
         expires_at: reader.u64()?,
@@ -126,10 +123,7 @@ pub(crate) fn encode_events(events: &[WatchEvent]) -> Vec<u8> {
 
 pub(crate) fn decode_events(revision: u64, bytes: &[u8]) -> Result<Vec<WatchEvent>> {
     let what = format!("change log at revision {revision}");
-    let mut reader = Reader {
-        bytes,
-        what: &what,
-    };
+    let mut reader = Reader { bytes, what: &what };
     let mut events = Vec::new();
     while !reader.bytes.is_empty() {
         let kind = match reader.u8()? {

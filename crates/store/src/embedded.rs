@@ -6,9 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{
-    Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
-};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use tokio::task::AbortHandle;
 
 use crate::clock::unix_millis;
@@ -43,9 +41,8 @@ impl<T, E: Into<redb::Error>> OrBackend<T> for std::result::Result<T, E> {
 }
 
 fn read_meta(table: &impl ReadableTable<&'static str, u64>) -> Result<Meta> {
-    let counter = |name: &str| -> Result<u64> {
-        Ok(table.get(name).or_backend()?.map_or(0, |v| v.value()))
-    };
+    let counter =
+        |name: &str| -> Result<u64> { Ok(table.get(name).or_backend()?.map_or(0, |v| v.value())) };
     Ok(Meta {
         revision: counter("revision")?,
         compacted: counter("compacted")?,
@@ -53,7 +50,10 @@ fn read_meta(table: &impl ReadableTable<&'static str, u64>) -> Result<Meta> {
     })
 }
 
-fn read_entry(table: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<Option<Entry>> {
+fn read_entry(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<Entry>> {
     table
         .get(key)
         .or_backend()?
@@ -133,7 +133,9 @@ impl Tables for WriteTables<'_> {
         self.dirty = true;
         self.meta.insert("revision", meta.revision).or_backend()?;
         self.meta.insert("compacted", meta.compacted).or_backend()?;
-        self.meta.insert("next_lease", meta.next_lease).or_backend()?;
+        self.meta
+            .insert("next_lease", meta.next_lease)
+            .or_backend()?;
         Ok(())
     }
 
@@ -198,7 +200,9 @@ impl Tables for WriteTables<'_> {
     fn append_changes(&mut self, revision: u64, events: &[WatchEvent]) -> Result<()> {
         self.dirty = true;
         let record = codec::encode_events(events);
-        self.changes.insert(revision, record.as_slice()).or_backend()?;
+        self.changes
+            .insert(revision, record.as_slice())
+            .or_backend()?;
         Ok(())
     }
 

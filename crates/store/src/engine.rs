@@ -191,6 +191,20 @@ pub(crate) fn delete_prefix(tables: &mut dyn Tables, prefix: &str, history: u64)
     Ok(txn(tables, 0, &[], ops, history)?.1)
 }
 
+/// Drops the change log up to and including `revision` (clamped to the current one).
+pub(crate) fn compact(tables: &mut dyn Tables, revision: u64) -> Result<()> {
+    let mut meta = tables.meta()?;
+    let through = revision.min(meta.revision);
+    if through > meta.compacted {
+        for dropped in meta.compacted + 1..=through {
+            tables.remove_changes(dropped)?;
+        }
+        meta.compacted = through;
+        tables.set_meta(&meta)?;
+    }
+    Ok(())
+}
+
 /// A new lease of `ttl_millis` from `now`.
 pub(crate) fn grant(tables: &mut dyn Tables, now: u64, ttl_millis: u64) -> Result<LeaseId> {
     let mut meta = tables.meta()?;

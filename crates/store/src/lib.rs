@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 mod clock;
 mod codec;
+pub mod compliance;
 mod embedded;
 mod engine;
 mod local;
@@ -256,6 +257,11 @@ pub trait Store: Send + Sync {
     /// changes made after this call, in revision order. If the history since
     /// `from_revision` is gone, the first item is [`StoreError::Compacted`].
     async fn watch(&self, prefix: &str, from_revision: Option<u64>) -> Result<Watch>;
+
+    /// Forgets the changes up to and including `revision` (at most the current one):
+    /// watches from before it get [`StoreError::Compacted`]. Local stores also compact on
+    /// their own, keeping a bounded number of revisions.
+    async fn compact(&self, revision: u64) -> Result<()>;
 
     /// A new lease that expires `ttl` from now unless kept alive.
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId>;

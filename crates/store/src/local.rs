@@ -225,6 +225,11 @@ impl<B: Backend> Local<B> {
         Ok(Watch::new(receiver))
     }
 
+    pub(crate) async fn compact(self: &Arc<Self>, revision: u64) -> Result<()> {
+        self.write(move |tables, _, _| engine::compact(tables, revision))
+            .await
+    }
+
     pub(crate) async fn grant_lease(self: &Arc<Self>, ttl: Duration) -> Result<LeaseId> {
         let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         self.write(move |tables, now, _| engine::grant(tables, now, ttl))
@@ -369,10 +374,19 @@ macro_rules! forward_store {
             ) -> $crate::Result<$crate::Watch> {
                 self.local.watch(prefix, from_revision).await
             }
-            async fn grant_lease(&self, ttl: std::time::Duration) -> $crate::Result<$crate::LeaseId> {
+            async fn compact(&self, revision: u64) -> $crate::Result<()> {
+                self.local.compact(revision).await
+            }
+            async fn grant_lease(
+                &self,
+                ttl: std::time::Duration,
+            ) -> $crate::Result<$crate::LeaseId> {
                 self.local.grant_lease(ttl).await
             }
-            async fn keep_alive(&self, lease: $crate::LeaseId) -> $crate::Result<std::time::Duration> {
+            async fn keep_alive(
+                &self,
+                lease: $crate::LeaseId,
+            ) -> $crate::Result<std::time::Duration> {
                 self.local.keep_alive(lease).await
             }
             async fn revoke(&self, lease: $crate::LeaseId) -> $crate::Result<()> {

@@ -33,7 +33,9 @@ impl Tables for MemoryTables {
     }
 
     fn entries(&self, prefix: &str) -> Result<Vec<Entry>> {
-        Ok(under(&self.entries, prefix).map(|(_, e)| e.clone()).collect())
+        Ok(under(&self.entries, prefix)
+            .map(|(_, e)| e.clone())
+            .collect())
     }
 
     fn put_entry(&mut self, entry: &Entry) -> Result<()> {
