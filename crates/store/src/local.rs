@@ -256,7 +256,10 @@ impl<B: Backend> Local<B> {
     /// Starts expiring leases every `expiry_interval` until the store is dropped.
     pub(crate) fn spawn_reaper(self: &Arc<Self>) -> AbortHandle {
         let local = Arc::downgrade(self);
-        let mut ticks = tokio::time::interval(self.options.expiry_interval);
+        // Nothing has expired at open (RedbStore::open just ran a pass): the first pass is due
+        // one interval from now, and an immediate one cannot keep a just-dropped file open.
+        let interval = self.options.expiry_interval;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::spawn(async move {
             loop {
