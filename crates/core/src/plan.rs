@@ -1,0 +1,1 @@
+//! The deploy planner (placeholder while the spec lands).
