@@ -7,5 +7,5 @@ pub mod plan;
 pub mod spec;
 pub mod units;
 
-pub use spec::{AppSpec, ServiceSpec, SpecError, SpecErrors};
 pub use plan::{plan, Action, Desired, DesiredService, Instance, InstanceState, Observed};
+pub use spec::{AppSpec, ServiceSpec, SpecError, SpecErrors};

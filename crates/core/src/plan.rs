@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Add;
 use std::time::Duration;
 
-pub use crate::spec::{DependencyCondition as Condition, RestartPolicy};
 use crate::spec::{AppSpec, CanaryStep, Pause, ServiceSpec, Strategy};
+pub use crate::spec::{DependencyCondition as Condition, RestartPolicy};
 
 /// An app release: immutable, with every image pinned by digest (`shop#7` is release 7).
 pub type ReleaseId = u64;
@@ -224,12 +224,21 @@ pub enum InstanceState {
 impl Instance {
     /// Not exited or failed: it holds resources and volumes.
     pub fn is_live(&self) -> bool {
-        !matches!(self.state, InstanceState::Exited { .. } | InstanceState::Failed)
+        !matches!(
+            self.state,
+            InstanceState::Exited { .. } | InstanceState::Failed
+        )
     }
 
     /// Running and healthy: it can take traffic.
     pub fn is_ready(&self) -> bool {
-        matches!(self.state, InstanceState::Running { healthy: Some(true), .. })
+        matches!(
+            self.state,
+            InstanceState::Running {
+                healthy: Some(true),
+                ..
+            }
+        )
     }
 
     /// Running, healthy or not.
@@ -240,9 +249,10 @@ impl Instance {
     /// Since when it has been ready, if it is.
     pub fn ready_since(&self) -> Option<Timestamp> {
         match self.state {
-            InstanceState::Running { healthy: Some(true), since } => {
-                Some(self.healthy_since.unwrap_or(since))
-            }
+            InstanceState::Running {
+                healthy: Some(true),
+                since,
+            } => Some(self.healthy_since.unwrap_or(since)),
             _ => None,
         }
     }
@@ -390,13 +400,24 @@ pub fn plan(desired: &Desired, observed: &Observed, now: Timestamp) -> Vec<Actio
         {
             actions.push(Action::Stop {
                 instance: instance.id.clone(),
-                reason: format!("service `{}` is no longer part of the app", instance.service),
+                reason: format!(
+                    "service `{}` is no longer part of the app",
+                    instance.service
+                ),
             });
         }
     }
     let mut names: BTreeSet<String> = observed.instances.iter().map(|i| i.id.clone()).collect();
     for (name, service) in &desired.services {
-        service::plan_service(name, service, desired, observed, now, &mut names, &mut actions);
+        service::plan_service(
+            name,
+            service,
+            desired,
+            observed,
+            now,
+            &mut names,
+            &mut actions,
+        );
     }
     actions
 }
@@ -414,7 +435,10 @@ fn dependency_unmet(
     if wanted.replicas == 0 {
         return None;
     }
-    let mut instances = observed.instances.iter().filter(|i| i.service == dependency);
+    let mut instances = observed
+        .instances
+        .iter()
+        .filter(|i| i.service == dependency);
     let met = match condition {
         Condition::Started => instances.any(Instance::is_running),
         Condition::Healthy => instances.any(Instance::is_ready),

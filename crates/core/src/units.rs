@@ -21,7 +21,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             return Err(format!("expected a number at `{rest}`"));
         }
         let (number, tail) = rest.split_at(digits);
-        let value: u64 = number.parse().map_err(|_| format!("`{number}` is too large"))?;
+        let value: u64 = number
+            .parse()
+            .map_err(|_| format!("`{number}` is too large"))?;
         let unit_len = tail.chars().take_while(char::is_ascii_alphabetic).count();
         let (unit, tail) = tail.split_at(unit_len);
         let part = match unit {
@@ -48,7 +50,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         return Err("expected a number".into());
     }
     let (number, unit) = text.split_at(digits);
-    let value: u64 = number.parse().map_err(|_| format!("`{number}` is too large"))?;
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("`{number}` is too large"))?;
     let unit = unit.strip_suffix('B').unwrap_or(unit);
     let shift = match unit {
         "" => 0,

@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::{
-    dependency_unmet, instance_name, Action, DeployState, DeployStrategy, Desired,
-    DesiredService, Instance, InstanceState, Observed, ReleaseId, RestartPolicy, Timestamp,
+    dependency_unmet, instance_name, Action, DeployState, DeployStrategy, Desired, DesiredService,
+    Instance, InstanceState, Observed, ReleaseId, RestartPolicy, Timestamp,
 };
 
 /// The limits one plan of a service works within.
@@ -38,7 +38,11 @@ pub(super) fn plan_service(
 ) {
     let target = service.release;
     let replicas = service.replicas;
-    let instances: Vec<&Instance> = observed.instances.iter().filter(|i| i.service == name).collect();
+    let instances: Vec<&Instance> = observed
+        .instances
+        .iter()
+        .filter(|i| i.service == name)
+        .collect();
     let live: Vec<&Instance> = instances.iter().copied().filter(|i| i.is_live()).collect();
 
     let state = match observed.deploys.get(name) {
@@ -61,7 +65,9 @@ pub(super) fn plan_service(
         actions.push(Action::Wait {
             service: name.to_string(),
             until: None,
-            reason: format!("the deploy of release {target} failed; waiting for a rollback or a new release"),
+            reason: format!(
+                "the deploy of release {target} failed; waiting for a rollback or a new release"
+            ),
         });
         return;
     }
@@ -73,7 +79,10 @@ pub(super) fn plan_service(
     for instance in &live {
         match instance.state {
             InstanceState::Stopping => {}
-            InstanceState::Running { healthy: Some(false), .. } => {
+            InstanceState::Running {
+                healthy: Some(false),
+                ..
+            } => {
                 actions.push(Action::Stop {
                     instance: instance.id.clone(),
                     reason: format!("{} is unhealthy; a replacement will start", instance.id),
@@ -82,12 +91,14 @@ pub(super) fn plan_service(
             _ => active.push(instance),
         }
     }
-    let (new, old): (Vec<&Instance>, Vec<&Instance>) = active.iter().partition(|i| i.release == target);
+    let (new, old): (Vec<&Instance>, Vec<&Instance>) =
+        active.iter().partition(|i| i.release == target);
     let settled = settled(service, &instances).min(replicas);
     let limits = limits(service, &state, first_deploy, now);
     let new_ready = count(new.iter().filter(|i| i.is_ready()));
     let new_stable = count(new.iter().filter(|i| {
-        i.ready_since().is_some_and(|since| now.since(since) >= limits.min_healthy_time)
+        i.ready_since()
+            .is_some_and(|since| now.since(since) >= limits.min_healthy_time)
     }));
     let total = count(live.iter());
 
@@ -121,7 +132,9 @@ pub(super) fn plan_service(
 
     // Starts: as many new instances as wanted, within the cap, once dependencies allow.
     let mut waits: Vec<(Option<Timestamp>, String)> = Vec::new();
-    let want = limits.start_target.saturating_sub(count(new.iter()) + settled);
+    let want = limits
+        .start_target
+        .saturating_sub(count(new.iter()) + settled);
     let room = limits.cap.saturating_sub(total);
     if let Some(gate) = &limits.gate {
         waits.push(gate.clone());
@@ -131,7 +144,9 @@ pub(super) fn plan_service(
         let unmet: Vec<String> = service
             .depends_on
             .iter()
-            .filter_map(|(dependency, condition)| dependency_unmet(dependency, *condition, desired, observed))
+            .filter_map(|(dependency, condition)| {
+                dependency_unmet(dependency, *condition, desired, observed)
+            })
             .collect();
         if !unmet.is_empty() {
             waits.push((None, unmet.join("; ")));
@@ -140,9 +155,16 @@ pub(super) fn plan_service(
             for index in 0..want.min(room) {
                 let instance = instance_name(name, target, names);
                 let reason = if state.finished || first_deploy && state.from_release.is_none() {
-                    format!("{} of {replicas} instances of release {target} running; starting one more", running + index)
+                    format!(
+                        "{} of {replicas} instances of release {target} running; starting one more",
+                        running + index
+                    )
                 } else {
-                    format!("deploying release {target}: new instance {} of {}", running + index + 1, limits.start_target)
+                    format!(
+                        "deploying release {target}: new instance {} of {}",
+                        running + index + 1,
+                        limits.start_target
+                    )
                 };
                 actions.push(Action::Start {
                     service: name.to_string(),
@@ -155,20 +177,33 @@ pub(super) fn plan_service(
     }
 
     // Stops: old instances that are not ready go at once; ready ones while enough stay ready.
-    let mut available = count(old.iter().filter(|i| i.is_ready())) + new_stable;
+    let mut old_ready_left = count(old.iter().filter(|i| i.is_ready()));
+    let mut available = old_ready_left + new_stable;
     let mut old_sorted = old.clone();
     old_sorted.sort_by_key(|i| (i.is_ready(), i.started_at, i.id.clone()));
     for instance in old_sorted {
         if !instance.is_ready() {
             actions.push(Action::Stop {
                 instance: instance.id.clone(),
-                reason: format!("{} (release {}) is not ready; release {target} replaces it", instance.id, instance.release),
+                reason: format!(
+                    "{} (release {}) is not ready; release {target} replaces it",
+                    instance.id, instance.release
+                ),
             });
             continue;
         }
         if let Some(hold) = &limits.hold_old {
-            waits.push(hold.clone());
-            break;
+            // Held, but never more old instances than replicas: those would block the new set.
+            if old_ready_left <= replicas {
+                waits.push(hold.clone());
+                break;
+            }
+            old_ready_left -= 1;
+            actions.push(Action::Stop {
+                instance: instance.id.clone(),
+                reason: format!("`{name}` is scaled to {replicas} instances"),
+            });
+            continue;
         }
         if available <= limits.min_available {
             if new_ready > new_stable {
@@ -178,7 +213,13 @@ pub(super) fn plan_service(
                     .map(|since| since + limits.min_healthy_time)
                     .filter(|until| *until > now)
                     .min();
-                waits.push((until, format!("new instances of `{name}` must stay healthy for {}s before old ones stop", limits.min_healthy_time.as_secs())));
+                waits.push((
+                    until,
+                    format!(
+                        "new instances of `{name}` must stay healthy for {}s before old ones stop",
+                        limits.min_healthy_time.as_secs()
+                    ),
+                ));
             }
             break;
         }
@@ -186,9 +227,15 @@ pub(super) fn plan_service(
         let reason = if service.volumes_exclusive {
             format!("stopping {} before its replacement starts: the volume of `{name}` is exclusive to one instance", instance.id)
         } else {
-            format!("{} (release {}) is replaced by release {target}", instance.id, instance.release)
+            format!(
+                "{} (release {}) is replaced by release {target}",
+                instance.id, instance.release
+            )
         };
-        actions.push(Action::Stop { instance: instance.id.clone(), reason });
+        actions.push(Action::Stop {
+            instance: instance.id.clone(),
+            reason,
+        });
     }
 
     // More new instances than replicas (a scale-down): stop the least useful first.
@@ -210,7 +257,10 @@ pub(super) fn plan_service(
     let old_live = live.iter().filter(|i| i.release != target).count();
     if !state.finished && limits.gate.is_none() && new_stable + settled >= limits.start_target {
         match &service.strategy {
-            DeployStrategy::Canary { steps, pause, .. } if !first_deploy && state.step + 1 < steps.len() => {
+            DeployStrategy::Canary { steps, pause, .. }
+                if !first_deploy && state.step + 1 < canary_counts(steps, replicas).len() =>
+            {
+                let steps = canary_counts(steps, replicas);
                 actions.push(Action::AdvanceStep {
                     service: name.to_string(),
                     release: target,
@@ -227,7 +277,9 @@ pub(super) fn plan_service(
                 });
                 return;
             }
-            DeployStrategy::BlueGreen { keep_old, .. } if !first_deploy && state.step == 0 && !service.volumes_exclusive => {
+            DeployStrategy::BlueGreen { keep_old, .. }
+                if !first_deploy && state.step == 0 && !service.volumes_exclusive =>
+            {
                 actions.push(Action::AdvanceStep {
                     service: name.to_string(),
                     release: target,
@@ -251,14 +303,30 @@ pub(super) fn plan_service(
         }
     }
 
-    if actions.len() == before || actions[before..].iter().all(|a| matches!(a, Action::BeginDeploy { .. })) {
-        if let Some((until, reason)) = waits.into_iter().min_by_key(|(until, _)| until.unwrap_or(Timestamp(u64::MAX))) {
-            actions.push(Action::Wait { service: name.to_string(), until, reason });
+    if actions.len() == before
+        || actions[before..]
+            .iter()
+            .all(|a| matches!(a, Action::BeginDeploy { .. }))
+    {
+        if let Some((until, reason)) = waits
+            .into_iter()
+            .min_by_key(|(until, _)| until.unwrap_or(Timestamp(u64::MAX)))
+        {
+            actions.push(Action::Wait {
+                service: name.to_string(),
+                until,
+                reason,
+            });
         }
     }
 }
 
-fn limits(service: &DesiredService, state: &DeployState, first_deploy: bool, now: Timestamp) -> Limits {
+fn limits(
+    service: &DesiredService,
+    state: &DeployState,
+    first_deploy: bool,
+    now: Timestamp,
+) -> Limits {
     let replicas = service.replicas;
     let mut limits = match &service.strategy {
         _ if service.volumes_exclusive => Limits {
@@ -270,9 +338,18 @@ fn limits(service: &DesiredService, state: &DeployState, first_deploy: bool, now
             hold_old: None,
             gate: None,
         },
-        DeployStrategy::Rolling { max_surge, max_unavailable, min_healthy_time, healthy_deadline } => {
+        DeployStrategy::Rolling {
+            max_surge,
+            max_unavailable,
+            min_healthy_time,
+            healthy_deadline,
+        } => {
             // Both zero could never progress; the spec refuses it, the planner surges by one.
-            let surge = if *max_surge == 0 && *max_unavailable == 0 { 1 } else { *max_surge };
+            let surge = if *max_surge == 0 && *max_unavailable == 0 {
+                1
+            } else {
+                *max_surge
+            };
             Limits {
                 start_target: replicas,
                 cap: replicas + surge,
@@ -283,13 +360,27 @@ fn limits(service: &DesiredService, state: &DeployState, first_deploy: bool, now
                 gate: None,
             }
         }
-        DeployStrategy::BlueGreen { healthy_deadline, keep_old } => {
+        DeployStrategy::BlueGreen {
+            healthy_deadline,
+            keep_old,
+        } => {
             let hold_old = match state.step {
                 _ if first_deploy || state.finished => None,
-                0 => Some((None, format!("the old set serves until all {replicas} new instances are healthy"))),
+                0 => Some((
+                    None,
+                    format!("the old set serves until all {replicas} new instances are healthy"),
+                )),
                 _ => {
                     let until = state.step_started_at + *keep_old;
-                    (now < until).then(|| (Some(until), format!("the old set is kept {}s after the switch for an instant rollback", keep_old.as_secs())))
+                    (now < until).then(|| {
+                        (
+                            Some(until),
+                            format!(
+                                "the old set is kept {}s after the switch for an instant rollback",
+                                keep_old.as_secs()
+                            ),
+                        )
+                    })
                 }
             };
             Limits {
@@ -302,7 +393,12 @@ fn limits(service: &DesiredService, state: &DeployState, first_deploy: bool, now
                 gate: None,
             }
         }
-        DeployStrategy::Canary { steps, pause, min_healthy_time, healthy_deadline } => {
+        DeployStrategy::Canary {
+            steps,
+            pause,
+            min_healthy_time,
+            healthy_deadline,
+        } => {
             let counts = canary_counts(steps, replicas);
             let step = state.step.min(counts.len() - 1);
             let mut start_target = counts[step];
@@ -310,10 +406,23 @@ fn limits(service: &DesiredService, state: &DeployState, first_deploy: bool, now
             if step > 0 && !state.finished && !first_deploy {
                 match pause {
                     Some(pause) if now < state.step_started_at + *pause => {
-                        gate = Some((Some(state.step_started_at + *pause), format!("canary pause of {}s before step {}", pause.as_secs(), step + 1)));
+                        gate = Some((
+                            Some(state.step_started_at + *pause),
+                            format!(
+                                "canary pause of {}s before step {}",
+                                pause.as_secs(),
+                                step + 1
+                            ),
+                        ));
                     }
                     None if state.promoted_at.is_none() => {
-                        gate = Some((None, format!("canary step {step} done; run `berth promote` to go on to step {}", step + 1)));
+                        gate = Some((
+                            None,
+                            format!(
+                                "canary step {step} done; run `berth promote` to go on to step {}",
+                                step + 1
+                            ),
+                        ));
                     }
                     _ => {}
                 }
@@ -324,7 +433,13 @@ fn limits(service: &DesiredService, state: &DeployState, first_deploy: bool, now
             if first_deploy || state.finished {
                 start_target = replicas;
             }
-            let surge = counts.windows(2).map(|w| w[1] - w[0]).chain([counts[0]]).max().unwrap_or(1).max(1);
+            let surge = counts
+                .windows(2)
+                .map(|w| w[1] - w[0])
+                .chain([counts[0]])
+                .max()
+                .unwrap_or(1)
+                .max(1);
             Limits {
                 start_target,
                 cap: replicas + surge,
@@ -359,16 +474,27 @@ fn canary_counts(steps: &[u32], replicas: u32) -> Vec<u32> {
 
 fn rolling_min_healthy_time(service: &DesiredService) -> Duration {
     match service.strategy {
-        DeployStrategy::Rolling { min_healthy_time, .. } | DeployStrategy::Canary { min_healthy_time, .. } => min_healthy_time,
+        DeployStrategy::Rolling {
+            min_healthy_time, ..
+        }
+        | DeployStrategy::Canary {
+            min_healthy_time, ..
+        } => min_healthy_time,
         DeployStrategy::BlueGreen { .. } => Duration::ZERO,
     }
 }
 
 fn deadline_of(strategy: &DeployStrategy) -> Duration {
     match strategy {
-        DeployStrategy::Rolling { healthy_deadline, .. }
-        | DeployStrategy::BlueGreen { healthy_deadline, .. }
-        | DeployStrategy::Canary { healthy_deadline, .. } => *healthy_deadline,
+        DeployStrategy::Rolling {
+            healthy_deadline, ..
+        }
+        | DeployStrategy::BlueGreen {
+            healthy_deadline, ..
+        }
+        | DeployStrategy::Canary {
+            healthy_deadline, ..
+        } => *healthy_deadline,
     }
 }
 
@@ -376,11 +502,16 @@ fn deadline_of(strategy: &DeployStrategy) -> Duration {
 fn settled(service: &DesiredService, instances: &[&Instance]) -> u32 {
     count(instances.iter().filter(|i| {
         i.release == service.release
-            && match (service.restart, i.state) {
-                (RestartPolicy::No, InstanceState::Exited { .. } | InstanceState::Failed) => true,
-                (RestartPolicy::OnFailure, InstanceState::Exited { code: 0, .. }) => true,
-                _ => false,
-            }
+            && matches!(
+                (service.restart, i.state),
+                (
+                    RestartPolicy::No,
+                    InstanceState::Exited { .. } | InstanceState::Failed
+                ) | (
+                    RestartPolicy::OnFailure,
+                    InstanceState::Exited { code: 0, .. }
+                )
+            )
     }))
 }
 
@@ -389,7 +520,10 @@ fn most_common_release<'a>(instances: impl Iterator<Item = &'a &'a Instance>) ->
     for instance in instances {
         *counts.entry(instance.release).or_insert(0u32) += 1;
     }
-    counts.into_iter().max_by_key(|(release, n)| (*n, *release)).map(|(release, _)| release)
+    counts
+        .into_iter()
+        .max_by_key(|(release, n)| (*n, *release))
+        .map(|(release, _)| release)
 }
 
 fn count<T>(items: impl Iterator<Item = T>) -> u32 {

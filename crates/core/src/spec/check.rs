@@ -6,7 +6,11 @@ use std::collections::BTreeMap;
 use super::read::{Problem, Spans};
 use super::{ServiceSpec, Strategy};
 
-pub(super) fn app(services: &BTreeMap<String, ServiceSpec>, spans: &Spans, problems: &mut Vec<Problem>) {
+pub(super) fn app(
+    services: &BTreeMap<String, ServiceSpec>,
+    spans: &Spans,
+    problems: &mut Vec<Problem>,
+) {
     let span_of = |path: &str, fallback: &str| {
         spans
             .get(path)
@@ -50,7 +54,10 @@ pub(super) fn app(services: &BTreeMap<String, ServiceSpec>, spans: &Spans, probl
             if let Some(other) = routes.insert((&route.host, &route.path), name) {
                 problems.push(Problem::new(
                     span_of(&format!("{here}.route.host"), &here),
-                    format!("`{name}` and `{other}` both route {}{}", route.host, route.path),
+                    format!(
+                        "`{name}` and `{other}` both route {}{}",
+                        route.host, route.path
+                    ),
                     "give each service its own host or path",
                 ));
             }

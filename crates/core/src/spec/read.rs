@@ -27,7 +27,11 @@ pub(super) struct Problem {
 }
 
 impl Problem {
-    pub(super) fn new(span: Range<usize>, message: impl Into<String>, hint: impl Into<String>) -> Self {
+    pub(super) fn new(
+        span: Range<usize>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
         Problem {
             span,
             message: message.into(),
@@ -63,14 +67,23 @@ const SERVICE: Schema = &[
     ("env", "env = { RUST_LOG = \"info\" }"),
     ("secrets", "secrets = [\"STRIPE_KEY\"]"),
     ("replicas", "replicas = 3"),
-    ("resources", "resources = { memory = \"256Mi\", cpus = 0.5, pids = 256 }"),
+    (
+        "resources",
+        "resources = { memory = \"256Mi\", cpus = 0.5, pids = 256 }",
+    ),
     ("ports", "ports = { http = 8080 }"),
-    ("health", "health = { http = { port = \"http\", path = \"/up\" } }"),
+    (
+        "health",
+        "health = { http = { port = \"http\", path = \"/up\" } }",
+    ),
     ("depends_on", "depends_on = { db = \"healthy\" }"),
     ("restart", "restart = \"on-failure\""),
     ("stop_grace", "stop_grace = \"20s\""),
     ("volumes", "volumes = { data = \"/var/lib/data\" }"),
-    ("route", "route = { host = \"shop.example.test\", port = \"http\" }"),
+    (
+        "route",
+        "route = { host = \"shop.example.test\", port = \"http\" }",
+    ),
     ("deploy", "deploy = { strategy = \"rolling\" }"),
 ];
 const RESOURCES: Schema = &[
@@ -88,10 +101,7 @@ const HEALTH: Schema = &[
     ("unhealthy_after", "unhealthy_after = 3"),
     ("start_period", "start_period = \"10s\""),
 ];
-const HTTP_CHECK: Schema = &[
-    ("port", "port = \"http\""),
-    ("path", "path = \"/up\""),
-];
+const HTTP_CHECK: Schema = &[("port", "port = \"http\""), ("path", "path = \"/up\"")];
 const TCP_CHECK: Schema = &[("port", "port = 5432")];
 const NAMED_VOLUME: Schema = &[
     ("path", "path = \"/var/lib/data\""),
@@ -103,10 +113,7 @@ const BIND_VOLUME: Schema = &[
     ("path", "path = \"/etc/shop\""),
     ("read_only", "read_only = true"),
 ];
-const TMPFS_VOLUME: Schema = &[
-    ("tmpfs", "tmpfs = \"/run\""),
-    ("size", "size = \"64Mi\""),
-];
+const TMPFS_VOLUME: Schema = &[("tmpfs", "tmpfs = \"/run\""), ("size", "size = \"64Mi\"")];
 const ROUTE: Schema = &[
     ("host", "host = \"shop.example.test\""),
     ("path", "path = \"/\""),
@@ -177,7 +184,10 @@ pub(super) fn parse(text: &str, env: Option<&str>) -> Result<AppSpec, Vec<Proble
             }
             other => problems.push(Problem::new(
                 key.span(),
-                format!("`env` must be a table of environments, not {}", article(other)),
+                format!(
+                    "`env` must be a table of environments, not {}",
+                    article(other)
+                ),
                 "write overlays as [env.staging] followed by keys like services.web.replicas = 1",
             )),
         }
@@ -211,7 +221,11 @@ pub(super) fn parse(text: &str, env: Option<&str>) -> Result<AppSpec, Vec<Proble
                 let names: Vec<_> = envs.keys().map(String::as_str).collect();
                 format!("environments defined here: {}", names.join(", "))
             };
-            problems.push(Problem::new(span, format!("no environment `{name}` in this file"), hint));
+            problems.push(Problem::new(
+                span,
+                format!("no environment `{name}` in this file"),
+                hint,
+            ));
             base_result
         }
     };
@@ -235,7 +249,10 @@ fn sorted(mut problems: Vec<Problem>) -> Vec<Problem> {
 fn merge<'i>(base: &mut DeTable<'i>, overlay: &DeTable<'i>) {
     for (key, value) in overlay {
         let both_tables = matches!(
-            (base.get(key.get_ref().as_ref()).map(Spanned::get_ref), value.get_ref()),
+            (
+                base.get(key.get_ref().as_ref()).map(Spanned::get_ref),
+                value.get_ref()
+            ),
             (Some(DeValue::Table(_)), DeValue::Table(_))
         );
         if both_tables {
@@ -317,7 +334,10 @@ fn article(value: &DeValue<'_>) -> &'static str {
 }
 
 /// The closest candidate within a small edit distance, for "did you mean" hints.
-pub(super) fn closest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+pub(super) fn closest<'c>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'c str>,
+) -> Option<&'c str> {
     let limit = if word.chars().count() <= 3 { 1 } else { 2 };
     candidates
         .into_iter()
@@ -336,8 +356,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in rows.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        rows[0][j] = j;
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
@@ -388,16 +408,27 @@ impl Reader {
             let known = tbl.schema.iter().map(|(known, _)| *known);
             let hint = match closest(name, known.clone()) {
                 Some(suggestion) => format!("did you mean `{suggestion}`?"),
-                None => format!("keys allowed here: {}", known.collect::<Vec<_>>().join(", ")),
+                None => format!(
+                    "keys allowed here: {}",
+                    known.collect::<Vec<_>>().join(", ")
+                ),
             };
-            self.problem(key.span(), format!("unknown key `{name}` {}", tbl.place()), hint);
+            self.problem(
+                key.span(),
+                format!("unknown key `{name}` {}", tbl.place()),
+                hint,
+            );
         }
     }
 
     fn wrong_type(&mut self, tbl: &Tbl<'_, '_>, key: &str, value: &Value<'_>, expected: &str) {
         self.problem(
             value.span(),
-            format!("`{key}` {} must be {expected}, not {}", tbl.place(), article(value.get_ref())),
+            format!(
+                "`{key}` {} must be {expected}, not {}",
+                tbl.place(),
+                article(value.get_ref())
+            ),
             format!("write it like: {}", tbl.example(key)),
         );
     }
@@ -409,7 +440,12 @@ impl Reader {
         Some(value)
     }
 
-    fn table<'a, 'i>(&mut self, tbl: &Tbl<'a, 'i>, key: &str, schema: Schema) -> Option<Tbl<'a, 'i>> {
+    fn table<'a, 'i>(
+        &mut self,
+        tbl: &Tbl<'a, 'i>,
+        key: &str,
+        schema: Schema,
+    ) -> Option<Tbl<'a, 'i>> {
         let value = self.value(tbl, key)?;
         match value.get_ref() {
             DeValue::Table(table) => Some(Tbl {
@@ -480,7 +516,10 @@ impl Reader {
                 let span = tbl.get(key).map_or(tbl.span.clone(), Spanned::span);
                 self.problem(
                     span,
-                    format!("invalid duration `{text}` for `{key}` {}: {reason}", tbl.place()),
+                    format!(
+                        "invalid duration `{text}` for `{key}` {}: {reason}",
+                        tbl.place()
+                    ),
                     "write a number with a unit: 500ms, 2s, 5m, 1h (or combined, like 1m30s)",
                 );
                 None
@@ -496,7 +535,10 @@ impl Reader {
                 let span = tbl.get(key).map_or(tbl.span.clone(), Spanned::span);
                 self.problem(
                     span,
-                    format!("invalid size `{text}` for `{key}` {}: {reason}", tbl.place()),
+                    format!(
+                        "invalid size `{text}` for `{key}` {}: {reason}",
+                        tbl.place()
+                    ),
                     "write a whole number with a unit: 64Mi, 256Mi, 1Gi (or 512k, 64m, 1G)",
                 );
                 None
@@ -583,7 +625,11 @@ fn read_app(root: &DeTable<'_>, env: Option<&str>) -> Result<AppSpec, Vec<Proble
     }
     let mut services = BTreeMap::new();
     if let Some(table) = r.table(&top, "services", &[]) {
-        let names: BTreeSet<&str> = table.table.keys().map(|key| key.get_ref().as_ref()).collect();
+        let names: BTreeSet<&str> = table
+            .table
+            .keys()
+            .map(|key| key.get_ref().as_ref())
+            .collect();
         for (key, value) in table.table {
             let name = key.get_ref().as_ref();
             r.spans.insert(format!("services.{name}"), key.span());
@@ -597,7 +643,10 @@ fn read_app(root: &DeTable<'_>, env: Option<&str>) -> Result<AppSpec, Vec<Proble
             let DeValue::Table(body) = value.get_ref() else {
                 r.problem(
                     value.span(),
-                    format!("service `{name}` must be a table, not {}", article(value.get_ref())),
+                    format!(
+                        "service `{name}` must be a table, not {}",
+                        article(value.get_ref())
+                    ),
                     format!("write it as [services.{name}] followed by its keys"),
                 );
                 continue;
@@ -613,7 +662,11 @@ fn read_app(root: &DeTable<'_>, env: Option<&str>) -> Result<AppSpec, Vec<Proble
             }
         }
     } else if top.get("services").is_none() {
-        r.problem(0..0, "no services", "add one: [services.web] with image = \"...\"");
+        r.problem(
+            0..0,
+            "no services",
+            "add one: [services.web] with image = \"...\"",
+        );
     }
     if r.problems.is_empty() {
         check::app(&services, &r.spans, &mut r.problems);
@@ -688,7 +741,9 @@ fn read_service(
             RestartPolicy::Always
         }
     };
-    let stop_grace = r.duration(s, "stop_grace").unwrap_or(Duration::from_secs(10));
+    let stop_grace = r
+        .duration(s, "stop_grace")
+        .unwrap_or(Duration::from_secs(10));
     let volumes = read_volumes(r, s);
     let route = read_route(r, s, &ports);
     let deploy = read_deploy(r, s);
@@ -717,7 +772,11 @@ fn parse_image(text: &str) -> Result<ImageRef, String> {
     let (name, digest) = match text.split_once('@') {
         Some((name, digest)) => (
             name,
-            Some(digest.parse().map_err(|error| format!("bad digest: {error}"))?),
+            Some(
+                digest
+                    .parse()
+                    .map_err(|error| format!("bad digest: {error}"))?,
+            ),
         ),
         None => (text, None),
     };
@@ -769,7 +828,10 @@ fn read_env(r: &mut Reader, s: &Tbl<'_, '_>) -> BTreeMap<String, String> {
             other => {
                 r.problem(
                     value.span(),
-                    format!("environment variable `{name}` must be a string, not {}", article(other)),
+                    format!(
+                        "environment variable `{name}` must be a string, not {}",
+                        article(other)
+                    ),
                     format!("write it like: {name} = \"value\""),
                 );
                 continue;
@@ -800,7 +862,11 @@ fn read_secrets(r: &mut Reader, s: &Tbl<'_, '_>, env: &BTreeMap<String, String>)
                 "keep it in one place: secrets for values that must not be in this file",
             );
         } else if !seen.insert(secret) {
-            r.problem(span.clone(), format!("secret `{secret}` is listed twice"), "list each secret once");
+            r.problem(
+                span.clone(),
+                format!("secret `{secret}` is listed twice"),
+                "list each secret once",
+            );
         }
     }
     secrets
@@ -877,7 +943,11 @@ fn read_ports(r: &mut Reader, s: &Tbl<'_, '_>) -> BTreeMap<String, u16> {
     ports
 }
 
-fn read_health(r: &mut Reader, s: &Tbl<'_, '_>, ports: &BTreeMap<String, u16>) -> Option<HealthSpec> {
+fn read_health(
+    r: &mut Reader,
+    s: &Tbl<'_, '_>,
+    ports: &BTreeMap<String, u16>,
+) -> Option<HealthSpec> {
     let table = r.table(s, "health", HEALTH)?;
     r.unknown_keys(&table);
     let kinds: Vec<&str> = ["http", "tcp", "exec"]
@@ -888,10 +958,20 @@ fn read_health(r: &mut Reader, s: &Tbl<'_, '_>, ports: &BTreeMap<String, u16>) -
         let message = if kinds.is_empty() {
             format!("{} has no check", table.path)
         } else {
-            format!("{} has more than one check: {}", table.path, kinds.join(", "))
+            format!(
+                "{} has more than one check: {}",
+                table.path,
+                kinds.join(", ")
+            )
         };
-        let span = kinds.get(1).map_or(table.span.clone(), |kind| table.key_span(kind));
-        r.problem(span, message, "give exactly one of http = {...}, tcp = {...} or exec = [...]");
+        let span = kinds
+            .get(1)
+            .map_or(table.span.clone(), |kind| table.key_span(kind));
+        r.problem(
+            span,
+            message,
+            "give exactly one of http = {...}, tcp = {...} or exec = [...]",
+        );
         return None;
     }
     let check = match kinds[0] {
@@ -921,24 +1001,40 @@ fn read_health(r: &mut Reader, s: &Tbl<'_, '_>, ports: &BTreeMap<String, u16>) -
         _ => {
             let command = r.strings(&table, "exec")?;
             if command.is_empty() {
-                r.problem(table.key_span("exec"), "`exec` health check is empty", "give a command: exec = [\"pg_isready\"]");
+                r.problem(
+                    table.key_span("exec"),
+                    "`exec` health check is empty",
+                    "give a command: exec = [\"pg_isready\"]",
+                );
             }
             HealthCheck::Exec(command)
         }
     };
     Some(HealthSpec {
         check,
-        interval: r.duration(&table, "interval").unwrap_or(Duration::from_secs(5)),
-        timeout: r.duration(&table, "timeout").unwrap_or(Duration::from_secs(2)),
+        interval: r
+            .duration(&table, "interval")
+            .unwrap_or(Duration::from_secs(5)),
+        timeout: r
+            .duration(&table, "timeout")
+            .unwrap_or(Duration::from_secs(2)),
         healthy_after: r.count(&table, "healthy_after", 1).unwrap_or(1),
         unhealthy_after: r.count(&table, "unhealthy_after", 1).unwrap_or(3),
         start_period: r.duration(&table, "start_period").unwrap_or(Duration::ZERO),
     })
 }
 
-fn required_port(r: &mut Reader, tbl: &Tbl<'_, '_>, ports: &BTreeMap<String, u16>) -> Option<PortRef> {
+fn required_port(
+    r: &mut Reader,
+    tbl: &Tbl<'_, '_>,
+    ports: &BTreeMap<String, u16>,
+) -> Option<PortRef> {
     if tbl.get("port").is_none() {
-        r.problem(tbl.span.clone(), format!("{} has no `port`", tbl.path), format!("add {}", tbl.example("port")));
+        r.problem(
+            tbl.span.clone(),
+            format!("{} has no `port`", tbl.path),
+            format!("add {}", tbl.example("port")),
+        );
         return None;
     }
     r.port_ref(tbl, ports)
@@ -956,17 +1052,31 @@ fn read_depends_on(
     };
     for (key, value) in table.table {
         let dependency = key.get_ref().as_ref();
-        r.spans.insert(format!("services.{name}.depends_on.{dependency}"), key.span());
+        r.spans.insert(
+            format!("services.{name}.depends_on.{dependency}"),
+            key.span(),
+        );
         if dependency == name {
-            r.problem(key.span(), format!("service `{name}` depends on itself"), "remove this entry");
+            r.problem(
+                key.span(),
+                format!("service `{name}` depends on itself"),
+                "remove this entry",
+            );
             continue;
         }
         if !services.contains(dependency) {
             let hint = match closest(dependency, services.iter().copied()) {
                 Some(suggestion) => format!("did you mean `{suggestion}`?"),
-                None => format!("services in this app: {}", services.iter().copied().collect::<Vec<_>>().join(", ")),
+                None => format!(
+                    "services in this app: {}",
+                    services.iter().copied().collect::<Vec<_>>().join(", ")
+                ),
             };
-            r.problem(key.span(), format!("`{name}` depends on `{dependency}`, which is not a service of this app"), hint);
+            r.problem(
+                key.span(),
+                format!("`{name}` depends on `{dependency}`, which is not a service of this app"),
+                hint,
+            );
             continue;
         }
         let condition = match value.get_ref().as_str() {
@@ -975,7 +1085,10 @@ fn read_depends_on(
             _ => {
                 r.problem(
                     value.span(),
-                    format!("the condition for `{dependency}` in {} must be \"healthy\" or \"started\"", table.path),
+                    format!(
+                        "the condition for `{dependency}` in {} must be \"healthy\" or \"started\"",
+                        table.path
+                    ),
                     format!("write it like: {dependency} = \"healthy\""),
                 );
                 continue;
@@ -1026,7 +1139,10 @@ fn read_volumes(r: &mut Reader, s: &Tbl<'_, '_>) -> BTreeMap<String, VolumeSpec>
             other => {
                 r.problem(
                     value.span(),
-                    format!("volume `{name}` must be a container path or a table, not {}", article(other)),
+                    format!(
+                        "volume `{name}` must be a container path or a table, not {}",
+                        article(other)
+                    ),
                     format!("write it like: {name} = \"/var/lib/data\""),
                 );
                 None
@@ -1034,7 +1150,9 @@ fn read_volumes(r: &mut Reader, s: &Tbl<'_, '_>) -> BTreeMap<String, VolumeSpec>
         };
         let Some(volume) = volume else { continue };
         let path = match &volume {
-            VolumeSpec::Named { path, .. } | VolumeSpec::Bind { path, .. } | VolumeSpec::Tmpfs { path, .. } => path,
+            VolumeSpec::Named { path, .. }
+            | VolumeSpec::Bind { path, .. }
+            | VolumeSpec::Tmpfs { path, .. } => path,
         };
         if !path.starts_with('/') {
             r.problem(
@@ -1067,7 +1185,11 @@ fn read_volume(r: &mut Reader, v: &Tbl<'_, '_>, form: &str) -> Option<VolumeSpec
                 );
             }
             let Some(path) = r.string(v, "path") else {
-                r.problem(v.span.clone(), format!("bind mount {} has no `path`", v.path), "add the container path: path = \"/etc/shop\"");
+                r.problem(
+                    v.span.clone(),
+                    format!("bind mount {} has no `path`", v.path),
+                    "add the container path: path = \"/etc/shop\"",
+                );
                 return None;
             };
             Some(VolumeSpec::Bind {
@@ -1103,7 +1225,11 @@ fn read_route(r: &mut Reader, s: &Tbl<'_, '_>, ports: &BTreeMap<String, u16>) ->
     r.unknown_keys(&table);
     let Some(host) = r.string(&table, "host") else {
         if table.get("host").is_none() {
-            r.problem(table.span.clone(), format!("{} has no `host`", table.path), "add host = \"shop.example.test\"");
+            r.problem(
+                table.span.clone(),
+                format!("{} has no `host`", table.path),
+                "add host = \"shop.example.test\"",
+            );
         }
         return None;
     };
@@ -1121,7 +1247,11 @@ fn read_route(r: &mut Reader, s: &Tbl<'_, '_>, ports: &BTreeMap<String, u16>) ->
         None => {
             r.problem(
                 table.span.clone(),
-                format!("{} has no `port` and the service declares {} ports", table.path, ports.len()),
+                format!(
+                    "{} has no `port` and the service declares {} ports",
+                    table.path,
+                    ports.len()
+                ),
                 "say which port gets the traffic: port = \"http\"",
             );
             return None;
@@ -1134,10 +1264,14 @@ fn read_deploy(r: &mut Reader, s: &Tbl<'_, '_>) -> DeploySpec {
     let Some(table) = r.table(s, "deploy", DEPLOY_COMMON) else {
         return DeploySpec::default();
     };
-    let strategy = r.string(&table, "strategy").unwrap_or_else(|| "rolling".to_string());
+    let strategy = r
+        .string(&table, "strategy")
+        .unwrap_or_else(|| "rolling".to_string());
     let Some((_, schema)) = STRATEGIES.iter().find(|(name, _)| *name == strategy) else {
         r.problem(
-            table.get("strategy").map_or(table.span.clone(), Spanned::span),
+            table
+                .get("strategy")
+                .map_or(table.span.clone(), Spanned::span),
             format!("unknown deploy strategy `{strategy}`"),
             match closest(&strategy, STRATEGIES.iter().map(|(name, _)| *name)) {
                 Some(suggestion) => format!("did you mean `{suggestion}`?"),
@@ -1150,10 +1284,17 @@ fn read_deploy(r: &mut Reader, s: &Tbl<'_, '_>) -> DeploySpec {
     let mut elsewhere = Vec::new();
     for key in table.table.keys() {
         let name = key.get_ref().as_ref();
-        if DEPLOY_COMMON.iter().chain(schema.iter()).any(|(known, _)| *known == name) {
+        if DEPLOY_COMMON
+            .iter()
+            .chain(schema.iter())
+            .any(|(known, _)| *known == name)
+        {
             continue;
         }
-        if let Some((other, _)) = STRATEGIES.iter().find(|(_, keys)| keys.iter().any(|(known, _)| *known == name)) {
+        if let Some((other, _)) = STRATEGIES
+            .iter()
+            .find(|(_, keys)| keys.iter().any(|(known, _)| *known == name))
+        {
             r.problem(
                 key.span(),
                 format!("`{name}` does not apply to strategy = \"{strategy}\""),
@@ -1163,14 +1304,19 @@ fn read_deploy(r: &mut Reader, s: &Tbl<'_, '_>) -> DeploySpec {
         }
     }
     let all: Vec<(&str, &str)> = DEPLOY_COMMON.iter().chain(schema.iter()).copied().collect();
-    let table = Tbl { schema: &all, ..table };
+    let table = Tbl {
+        schema: &all,
+        ..table
+    };
     r.unknown_keys_except(&table, &elsewhere);
     let auto_rollback = read_auto_rollback(r, &table);
     let strategy = match strategy.as_str() {
         "blue_green" => {
             let defaults = BlueGreen::default();
             Strategy::BlueGreen(BlueGreen {
-                healthy_deadline: r.duration(&table, "healthy_deadline").unwrap_or(defaults.healthy_deadline),
+                healthy_deadline: r
+                    .duration(&table, "healthy_deadline")
+                    .unwrap_or(defaults.healthy_deadline),
                 keep_old: r.duration(&table, "keep_old").unwrap_or(defaults.keep_old),
             })
         }
@@ -1178,19 +1324,34 @@ fn read_deploy(r: &mut Reader, s: &Tbl<'_, '_>) -> DeploySpec {
             steps: read_steps(r, &table),
             pause: match r.string(&table, "pause").as_deref() {
                 Some("manual") => Pause::Manual,
-                Some(_) => Pause::For(r.duration(&table, "pause").unwrap_or(Duration::from_secs(30))),
+                Some(_) => Pause::For(
+                    r.duration(&table, "pause")
+                        .unwrap_or(Duration::from_secs(30)),
+                ),
                 None => Pause::For(Duration::from_secs(30)),
             },
-            min_healthy_time: r.duration(&table, "min_healthy_time").unwrap_or(Duration::from_secs(10)),
-            healthy_deadline: r.duration(&table, "healthy_deadline").unwrap_or(Duration::from_secs(300)),
+            min_healthy_time: r
+                .duration(&table, "min_healthy_time")
+                .unwrap_or(Duration::from_secs(10)),
+            healthy_deadline: r
+                .duration(&table, "healthy_deadline")
+                .unwrap_or(Duration::from_secs(300)),
         }),
         _ => {
             let defaults = Rolling::default();
             let rolling = Rolling {
-                max_surge: r.count(&table, "max_surge", 0).unwrap_or(defaults.max_surge),
-                max_unavailable: r.count(&table, "max_unavailable", 0).unwrap_or(defaults.max_unavailable),
-                min_healthy_time: r.duration(&table, "min_healthy_time").unwrap_or(defaults.min_healthy_time),
-                healthy_deadline: r.duration(&table, "healthy_deadline").unwrap_or(defaults.healthy_deadline),
+                max_surge: r
+                    .count(&table, "max_surge", 0)
+                    .unwrap_or(defaults.max_surge),
+                max_unavailable: r
+                    .count(&table, "max_unavailable", 0)
+                    .unwrap_or(defaults.max_unavailable),
+                min_healthy_time: r
+                    .duration(&table, "min_healthy_time")
+                    .unwrap_or(defaults.min_healthy_time),
+                healthy_deadline: r
+                    .duration(&table, "healthy_deadline")
+                    .unwrap_or(defaults.healthy_deadline),
             };
             if rolling.max_surge == 0 && rolling.max_unavailable == 0 {
                 r.problem(
@@ -1202,7 +1363,10 @@ fn read_deploy(r: &mut Reader, s: &Tbl<'_, '_>) -> DeploySpec {
             Strategy::Rolling(rolling)
         }
     };
-    DeploySpec { strategy, auto_rollback }
+    DeploySpec {
+        strategy,
+        auto_rollback,
+    }
 }
 
 fn read_steps(r: &mut Reader, table: &Tbl<'_, '_>) -> Vec<CanaryStep> {
@@ -1218,10 +1382,19 @@ fn read_steps(r: &mut Reader, table: &Tbl<'_, '_>) -> Vec<CanaryStep> {
     for item in items {
         let step = match item.get_ref() {
             DeValue::String(text) => match text.strip_suffix('%') {
-                Some(percent) => percent.parse().ok().filter(|p| (1..=100).contains(p)).map(CanaryStep::Percent),
+                Some(percent) => percent
+                    .parse()
+                    .ok()
+                    .filter(|p| (1..=100).contains(p))
+                    .map(CanaryStep::Percent),
                 None => text.parse().ok().filter(|n| *n > 0).map(CanaryStep::Count),
             },
-            DeValue::Integer(integer) => integer.as_str().parse().ok().filter(|n| *n > 0).map(CanaryStep::Count),
+            DeValue::Integer(integer) => integer
+                .as_str()
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(CanaryStep::Count),
             _ => None,
         };
         match step {
@@ -1269,7 +1442,11 @@ fn read_auto_rollback(r: &mut Reader, deploy: &Tbl<'_, '_>) -> Option<AutoRollba
             match rate {
                 Some(rate) if (0.0..=1.0).contains(&rate) => Some(rate),
                 _ => {
-                    r.problem(value.span(), "`error_rate` must be a fraction from 0 to 1", "write it like: error_rate = 0.02 (2%)");
+                    r.problem(
+                        value.span(),
+                        "`error_rate` must be a fraction from 0 to 1",
+                        "write it like: error_rate = 0.02 (2%)",
+                    );
                     None
                 }
             }
@@ -1278,6 +1455,8 @@ fn read_auto_rollback(r: &mut Reader, deploy: &Tbl<'_, '_>) -> Option<AutoRollba
     Some(AutoRollback {
         error_rate,
         p99: r.duration(&table, "p99"),
-        watch: r.duration(&table, "watch").unwrap_or(Duration::from_secs(120)),
+        watch: r
+            .duration(&table, "watch")
+            .unwrap_or(Duration::from_secs(120)),
     })
 }

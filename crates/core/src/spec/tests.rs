@@ -21,7 +21,11 @@ fn shop_example_parses() {
     };
     assert_eq!(
         canary.steps,
-        [CanaryStep::Count(1), CanaryStep::Percent(50), CanaryStep::Percent(100)]
+        [
+            CanaryStep::Count(1),
+            CanaryStep::Percent(50),
+            CanaryStep::Percent(100)
+        ]
     );
     assert_eq!(canary.pause, Pause::For(Duration::from_secs(30)));
     let db = &spec.services["db"];
@@ -52,7 +56,11 @@ fn overlays_merge_over_the_base() {
         panic!("still canary")
     };
     assert_eq!(canary.pause, Pause::Manual);
-    assert_eq!(canary.steps.len(), 3, "keys the overlay does not name are kept");
+    assert_eq!(
+        canary.steps.len(),
+        3,
+        "keys the overlay does not name are kept"
+    );
 }
 
 #[test]
@@ -60,7 +68,10 @@ fn blog_example_parses() {
     let spec = AppSpec::parse(BLOG, None).expect("blog parses");
     let app = &spec.services["app"];
     assert!(app.image.digest.is_some());
-    assert!(!app.has_exclusive_volume(), "shared and bind volumes are not exclusive");
+    assert!(
+        !app.has_exclusive_volume(),
+        "shared and bind volumes are not exclusive"
+    );
     assert_eq!(
         app.volumes["config"],
         VolumeSpec::Bind {
@@ -69,10 +80,15 @@ fn blog_example_parses() {
             read_only: true
         }
     );
-    assert!(matches!(app.deploy.strategy, Strategy::BlueGreen(BlueGreen { keep_old, .. }) if keep_old == Duration::from_secs(600)));
+    assert!(
+        matches!(app.deploy.strategy, Strategy::BlueGreen(BlueGreen { keep_old, .. }) if keep_old == Duration::from_secs(600))
+    );
     assert_eq!(spec.services["worker"].restart, RestartPolicy::OnFailure);
     assert!(matches!(
-        spec.services["worker"].health.as_ref().map(|health| &health.check),
+        spec.services["worker"]
+            .health
+            .as_ref()
+            .map(|health| &health.check),
         Some(HealthCheck::Exec(_))
     ));
 }
@@ -221,12 +237,17 @@ fn invalid_files_point_at_the_problem() {
             Ok(_) => "parsed".to_string(),
             Err(errors) => {
                 let first = &errors.0[0];
-                format!("{}:{}: {} / {}", first.line, first.column, first.message, first.hint)
+                format!(
+                    "{}:{}: {} / {}",
+                    first.line, first.column, first.message, first.hint
+                )
             }
         };
         let wanted = format!("{expected} / {hint}");
         if outcome != wanted {
-            failures.push(format!("file:\n{text}\n  wanted: {wanted}\n  got:    {outcome}"));
+            failures.push(format!(
+                "file:\n{text}\n  wanted: {wanted}\n  got:    {outcome}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -234,7 +255,8 @@ fn invalid_files_point_at_the_problem() {
 
 #[test]
 fn every_error_is_reported_in_file_order() {
-    let text = "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nrepliacs = 3\nstop_grace = \"soon\"\n";
+    let text =
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nrepliacs = 3\nstop_grace = \"soon\"\n";
     let errors = AppSpec::parse(text, None).expect_err("two mistakes");
     let lines: Vec<usize> = errors.0.iter().map(|error| error.line).collect();
     assert_eq!(lines, [4, 5]);
@@ -244,7 +266,10 @@ fn every_error_is_reported_in_file_order() {
 fn unknown_environment_names_the_defined_ones() {
     let errors = AppSpec::parse(SHOP, Some("prod")).expect_err("no such env");
     assert_eq!(errors.0[0].message, "no environment `prod` in this file");
-    assert_eq!(errors.0[0].hint, "environments defined here: production, staging");
+    assert_eq!(
+        errors.0[0].hint,
+        "environments defined here: production, staging"
+    );
 }
 
 #[test]
