@@ -1,0 +1,280 @@
+use std::time::Duration;
+
+use super::*;
+
+const SHOP: &str = include_str!("../../../../examples/shop/berth.toml");
+const BLOG: &str = include_str!("../../../../examples/blog/berth.toml");
+
+#[test]
+fn shop_example_parses() {
+    let spec = AppSpec::parse(SHOP, None).expect("shop parses");
+    assert_eq!(spec.app, "shop");
+    let web = &spec.services["web"];
+    assert_eq!(web.replicas, 3);
+    assert_eq!(web.image.registry.as_deref(), Some("registry.local:5000"));
+    assert_eq!(web.image.repository.as_str(), "shop/web");
+    assert_eq!(web.resources.memory, Some(256 << 20));
+    assert_eq!(web.depends_on["db"], DependencyCondition::Healthy);
+    assert_eq!(web.stop_grace, Duration::from_secs(20));
+    let Strategy::Canary(canary) = &web.deploy.strategy else {
+        panic!("web deploys by canary")
+    };
+    assert_eq!(
+        canary.steps,
+        [
+            CanaryStep::Count(1),
+            CanaryStep::Percent(50),
+            CanaryStep::Percent(100)
+        ]
+    );
+    assert_eq!(canary.pause, Pause::For(Duration::from_secs(30)));
+    let db = &spec.services["db"];
+    assert!(db.has_exclusive_volume());
+    assert!(!web.has_exclusive_volume());
+    assert_eq!(
+        db.deploy.strategy,
+        Strategy::Rolling(Rolling {
+            max_surge: 0,
+            max_unavailable: 1,
+            ..Rolling::default()
+        })
+    );
+}
+
+#[test]
+fn overlays_merge_over_the_base() {
+    let staging = AppSpec::parse(SHOP, Some("staging")).expect("staging parses");
+    assert_eq!(staging.env.as_deref(), Some("staging"));
+    let web = &staging.services["web"];
+    assert_eq!(web.replicas, 1);
+    let route = web.route.as_ref().expect("route");
+    assert_eq!(route.host, "shop.staging.test");
+    assert_eq!(route.port, Some(PortRef::Named("http".into())));
+
+    let production = AppSpec::parse(SHOP, Some("production")).expect("production parses");
+    let Strategy::Canary(canary) = &production.services["web"].deploy.strategy else {
+        panic!("still canary")
+    };
+    assert_eq!(canary.pause, Pause::Manual);
+    assert_eq!(
+        canary.steps.len(),
+        3,
+        "keys the overlay does not name are kept"
+    );
+}
+
+#[test]
+fn blog_example_parses() {
+    let spec = AppSpec::parse(BLOG, None).expect("blog parses");
+    let app = &spec.services["app"];
+    assert!(app.image.digest.is_some());
+    assert!(
+        !app.has_exclusive_volume(),
+        "shared and bind volumes are not exclusive"
+    );
+    assert_eq!(
+        app.volumes["config"],
+        VolumeSpec::Bind {
+            host: "/srv/blog/config".into(),
+            path: "/etc/blog".into(),
+            read_only: true
+        }
+    );
+    assert!(
+        matches!(app.deploy.strategy, Strategy::BlueGreen(BlueGreen { keep_old, .. }) if keep_old == Duration::from_secs(600))
+    );
+    assert_eq!(spec.services["worker"].restart, RestartPolicy::OnFailure);
+    assert!(matches!(
+        spec.services["worker"]
+            .health
+            .as_ref()
+            .map(|health| &health.check),
+        Some(HealthCheck::Exec(_))
+    ));
+}
+
+#[test]
+fn display_names_file_line_column_and_hint() {
+    let text = "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nrepliacs = 3\n";
+    let errors = AppSpec::parse_file("shop/berth.toml", text, None).expect_err("typo");
+    assert_eq!(
+        errors.to_string(),
+        "shop/berth.toml:4:1: unknown key `repliacs` in services.web\n  hint: did you mean `replicas`?"
+    );
+}
+
+const WEB: &str = "app = \"shop\"\n[services.web]\nimage = \"web:1\"\n";
+
+/// Each case: the file, then the first error's `line:column: message` and its hint.
+const INVALID: &[(&str, &str, &str)] = &[
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nrepliacs = 3\n",
+        "4:1: unknown key `repliacs` in services.web",
+        "did you mean `replicas`?",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nreplicas = \"three\"\n",
+        "4:12: `replicas` in services.web must be an integer, not a string",
+        "write it like: replicas = 3",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nstop_grace = \"20 seconds\"\n",
+        "4:14: invalid duration `20 seconds` for `stop_grace` in services.web: `20` has no unit",
+        "write a number with a unit: 500ms, 2s, 5m, 1h (or combined, like 1m30s)",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nresources = { memory = \"1.5G\" }\n",
+        "4:24: invalid size `1.5G` for `memory` in services.web.resources: unknown unit `.5G`",
+        "write a whole number with a unit: 64Mi, 256Mi, 1Gi (or 512k, 64m, 1G)",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\ndepends_on = { dbb = \"healthy\" }\n[services.db]\nimage = \"pg:16\"\n",
+        "4:16: `web` depends on `dbb`, which is not a service of this app",
+        "did you mean `db`?",
+    ),
+    (
+        "app = \"shop\"\n[services.a]\nimage = \"a:1\"\ndepends_on = { b = \"started\" }\n[services.b]\nimage = \"b:1\"\ndepends_on = { c = \"started\" }\n[services.c]\nimage = \"c:1\"\ndepends_on = { a = \"healthy\" }\n",
+        "4:16: dependency cycle: a -> b -> c -> a",
+        "services start in dependency order, so one of these depends_on entries has to go",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nports = { http = 8080 }\nhealth = { http = { port = \"htp\", path = \"/up\" } }\n",
+        "5:28: `port` in services.web.health.http names `htp`, which the service's `ports` does not declare",
+        "did you mean `http`?",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\ndeploy = { strategy = \"rolling\", max_surge = 0, max_unavailable = 0 }\n",
+        "4:46: max_surge = 0 with max_unavailable = 0: a rolling deploy could never start or stop an instance",
+        "allow one extra instance (max_surge = 1) or one missing instance (max_unavailable = 1)",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\n[services.web.deploy]\nstrategy = \"canary\"\nsteps = [\"1\", \"50%\"]\n",
+        "6:15: canary steps must end at \"100%\"",
+        "add \"100%\" as the last step, so the deploy finishes with every instance on the new release",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\n[services.web.deploy]\nstrategy = \"canary\"\nsteps = [\"50%\", \"10%\", \"100%\"]\n",
+        "6:17: canary steps must increase",
+        "order the steps from the fewest instances to \"100%\"",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\n[services.web.deploy]\nstrategy = \"canarie\"\n",
+        "5:12: unknown deploy strategy `canarie`",
+        "did you mean `canary`?",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\n[services.web.deploy]\nstrategy = \"rolling\"\nsteps = [\"100%\"]\n",
+        "6:1: `steps` does not apply to strategy = \"rolling\"",
+        "`steps` is a setting of strategy = \"canary\"; remove it or change the strategy",
+    ),
+    (
+        "app = \"shop\"\n[services.db]\nimage = \"pg:16\"\nreplicas = 2\nvolumes = { data = \"/var/lib/pg\" }\n",
+        "4:12: `db` has 2 replicas but mounts a named volume exclusive to one instance",
+        "use replicas = 1, or set shared = true on the volume if the program handles concurrent writers",
+    ),
+    (
+        "app = \"shop\"\n[services.db]\nimage = \"pg:16\"\nvolumes = { data = \"/var/lib/pg\" }\ndeploy = { strategy = \"blue_green\" }\n",
+        "5:23: strategy = \"blue_green\" runs old and new instances together, but `db` mounts a named volume exclusive to one instance",
+        "use strategy = \"rolling\" (the old instance stops before the new one starts), or set shared = true on the volume",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web\"\n",
+        "3:9: invalid image `web`: no tag or digest",
+        "write [registry/]repository:tag or repository@sha256:<64 hex digits>",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\ncommand = [\"/bin/web\"]\n",
+        "2:11: service `web` has no `image`",
+        "add image = \"registry.local:5000/<app>/<service>:<tag>\"",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nvolumes = { data = \"var/lib\" }\n",
+        "4:20: volume `data` is mounted at `var/lib`, which is not an absolute path",
+        "container paths start with `/`",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nrestart = \"sometimes\"\n",
+        "4:11: unknown restart policy `sometimes`",
+        "use \"always\", \"on-failure\" or \"no\"",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nports = { http = 8080, admin = 9000 }\nroute = { host = \"shop.test\" }\n",
+        "5:9: services.web.route has no `port` and the service declares 2 ports",
+        "say which port gets the traffic: port = \"http\"",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nhealth = { tcp = { port = 80 }, exec = [\"true\"] }\n",
+        "4:33: services.web.health has more than one check: tcp, exec",
+        "give exactly one of http = {...}, tcp = {...} or exec = [...]",
+    ),
+    (
+        "app = \"Shop!\"\n[services.web]\nimage = \"web:1\"\n",
+        "1:7: app name `Shop!` is not a DNS label",
+        "use lowercase letters, digits and `-`, starting with a letter (it becomes <service>.<app>.berth)",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\n[env.staging]\nservices.web.replicsa = 1\n",
+        "5:14: unknown key `replicsa` in services.web",
+        "did you mean `replicas`?",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nenv = { PORT = 8080, \"bad name\" = \"x\" }\n",
+        "4:22: `bad name` is not a valid environment variable name",
+        "use letters, digits and `_`, not starting with a digit",
+    ),
+    (
+        "app = \"shop\"\n[services.web\nimage = \"web:1\"\n",
+        "2:14: unclosed table, expected `]`",
+        "this is not valid TOML; see https://toml.io for the syntax",
+    ),
+];
+
+#[test]
+fn invalid_files_point_at_the_problem() {
+    let mut failures = Vec::new();
+    for (text, expected, hint) in INVALID {
+        let outcome = match AppSpec::parse(text, None) {
+            Ok(_) => "parsed".to_string(),
+            Err(errors) => {
+                let first = &errors.0[0];
+                format!(
+                    "{}:{}: {} / {}",
+                    first.line, first.column, first.message, first.hint
+                )
+            }
+        };
+        let wanted = format!("{expected} / {hint}");
+        if outcome != wanted {
+            failures.push(format!(
+                "file:\n{text}\n  wanted: {wanted}\n  got:    {outcome}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn every_error_is_reported_in_file_order() {
+    let text =
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nrepliacs = 3\nstop_grace = \"soon\"\n";
+    let errors = AppSpec::parse(text, None).expect_err("two mistakes");
+    let lines: Vec<usize> = errors.0.iter().map(|error| error.line).collect();
+    assert_eq!(lines, [4, 5]);
+}
+
+#[test]
+fn unknown_environment_names_the_defined_ones() {
+    let errors = AppSpec::parse(SHOP, Some("prod")).expect_err("no such env");
+    assert_eq!(errors.0[0].message, "no environment `prod` in this file");
+    assert_eq!(
+        errors.0[0].hint,
+        "environments defined here: production, staging"
+    );
+}
+
+#[test]
+fn a_broken_overlay_is_reported_whichever_environment_is_deployed() {
+    let text = format!("{WEB}[env.staging]\nservices.web.replicas = 1\n[env.production]\nservices.web.replicas = -1\n");
+    let errors = AppSpec::parse(&text, Some("staging")).expect_err("production overlay is broken");
+    assert_eq!((errors.0[0].line, errors.0[0].column), (7, 25));
+}
