@@ -142,14 +142,16 @@ fn is_root() -> bool {
 enum Starter {
     Runc,
     Berth,
+    BerthRunc,
     Podman,
     BerthBridge,
 }
 
 impl Starter {
-    const ALL: [Starter; 4] = [
+    const ALL: [Starter; 5] = [
         Starter::Runc,
         Starter::Berth,
+        Starter::BerthRunc,
         Starter::Podman,
         Starter::BerthBridge,
     ];
@@ -157,7 +159,8 @@ impl Starter {
     fn label(self) -> &'static str {
         match self {
             Starter::Runc => "runc run -d (berth's config.json, plain rootfs dir)",
-            Starter::Berth => "berth run -d --network none",
+            Starter::Berth => "berth run -d --network none (runtime: berth's choice)",
+            Starter::BerthRunc => "berth run -d --network none, runtime = \"runc\"",
             Starter::Podman => "podman run -d --network none (runc)",
             Starter::BerthBridge => "berth run -d --network bridge (NOT equivalent: +veth/IPAM)",
         }
@@ -179,11 +182,11 @@ impl Starters {
         let reference = self.reference.as_str();
         let elapsed = match which {
             Starter::Runc => self.runc.start().await?,
-            Starter::Berth | Starter::BerthBridge => {
-                let network = if which == Starter::Berth {
-                    Network::None
-                } else {
-                    Network::Bridge
+            Starter::Berth | Starter::BerthRunc | Starter::BerthBridge => {
+                let network = match which {
+                    Starter::BerthRunc => Network::NoneRunc,
+                    Starter::BerthBridge => Network::Bridge,
+                    _ => Network::None,
                 };
                 let timed = process::timed(
                     self.node
@@ -301,8 +304,15 @@ async fn start_latency(o: &Options, work: &Path, reference: &str) -> anyhow::Res
             spread.median / runc,
         );
     }
-    let berth = spreads[1].median;
-    let podman = spreads[2].median;
+    let index = |which: Starter| {
+        Starter::ALL
+            .iter()
+            .position(|s| *s == which)
+            .map_or(f64::NAN, |i| spreads[i].median)
+    };
+    let berth = index(Starter::Berth);
+    let berth_runc = index(Starter::BerthRunc);
+    let podman = index(Starter::Podman);
     let _ = writeln!(
         out,
         "note: \"vs runc\" is median time / runc's median time; > 1 is slower than bare runc"
@@ -315,6 +325,14 @@ async fn start_latency(o: &Options, work: &Path, reference: &str) -> anyhow::Res
         berth / runc,
         if berth < podman { "met" } else { "MISSED" },
         berth / podman,
+    );
+    let _ = writeln!(
+        out,
+        "note: berth's choice here is the runtime `berth info` names (crun in a private mount \
+         namespace on hybrid cgroup hosts); with runc configured berth takes {:.2}x bare runc, \
+         its own overhead being {} per start",
+        berth_runc / runc,
+        millis(berth_runc - runc),
     );
     let _ = writeln!(
         out,

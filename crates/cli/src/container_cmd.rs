@@ -11,7 +11,7 @@ use berth_registry::units::{ByteSize, HumanDuration};
 use berth_runtime::container::{ContainerRequest, NetworkMode, RestartPolicy, Status};
 use berth_runtime::logs::{self, LogLimits, LogQuery, LogRecord, Stream};
 use berth_runtime::network::PortMapping;
-use berth_runtime::node::{short, Container, Node, NodeConfig};
+use berth_runtime::node::{short, Container, Node, NodeConfig, NodeError};
 use berth_runtime::spec::{Bind, Resources};
 use clap::{Args, Subcommand};
 use time::format_description::well_known::Rfc3339;
@@ -77,6 +77,7 @@ pub fn open_node(file: &crate::config::ConfigFile, root: &Path) -> anyhow::Resul
         root: root.to_owned(),
         runtime: file.node.runtime.map(Into::into),
         network: file.node.network_config(root)?,
+        namespace_helper: vec![monitor.clone(), "internal-cgroup-ns".into(), "--".into()],
         monitor: vec![monitor.into_os_string(), "internal-monitor".into()],
     })?)
 }
@@ -295,17 +296,17 @@ fn run(node: &Node, args: RunArgs, cleanup: &ImageCleanup) -> anyhow::Result<Exi
     if node.images().get(&request.image)?.is_none() {
         crate::image_cmd::pull_for_run(node.images(), node.root(), &request.image, cleanup)?;
     }
-    let created = node.create(request)?;
-    let id = created.record.id.clone();
-    let started = match node.start(&id) {
+    let started = match node.run(request) {
         Ok(started) => started,
-        Err(e) => {
+        Err(NodeError::Start { name, message }) => {
             if args.rm {
-                let _ = node.remove(&id, true);
+                let _ = node.remove(&name, true);
             }
-            return Err(e.into());
+            return Err(NodeError::Start { name, message }.into());
         }
+        Err(e) => return Err(e.into()),
     };
+    let id = started.record.id.clone();
     if args.detach {
         println!("{id}");
         return Ok(ExitCode::SUCCESS);
@@ -621,6 +622,6 @@ pub fn wait(node: &Node, args: NamesArgs) -> anyhow::Result<ExitCode> {
 pub fn monitor(dir: &Path) -> anyhow::Result<ExitCode> {
     // Not part of the caller's session: a terminal's Ctrl-C or hangup must not reach it.
     let _ = nix::unistd::setsid();
-    berth_runtime::monitor::run(dir, std::io::stdout())?;
+    berth_runtime::monitor::run(dir, std::io::stdin().lock(), std::io::stdout())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -92,6 +92,16 @@ enum Command {
         /// The container's directory.
         dir: std::path::PathBuf,
     },
+    /// Runs the OCI runtime in a private mount namespace without the cgroup2 mount (started
+    /// by berth itself, for crun on hybrid cgroup hosts).
+    #[command(hide = true)]
+    InternalCgroupNs {
+        /// The runtime binary.
+        program: std::path::PathBuf,
+        /// Its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
@@ -123,6 +133,9 @@ fn main() -> std::process::ExitCode {
         Command::Image(cmd) => ok(image_cmd::run(cmd, &cli.root)),
         Command::Node(cmd) => container_cmd::run_command(cmd, cli.config.as_deref(), &cli.root),
         Command::InternalMonitor { dir } => container_cmd::monitor(&dir),
+        Command::InternalCgroupNs { program, args } => Err(
+            berth_runtime::oci_runtime::exec_in_private_cgroup_namespace(&program, &args).into(),
+        ),
     };
     match result {
         Ok(code) => code,

@@ -29,13 +29,18 @@ fn info_names_the_runtime_and_why() {
         .status()
         .unwrap()
         .success());
-    // On a hybrid host whose cgroup2 mount holds controllers, plain crun refuses to run.
+    // On a hybrid host whose cgroup2 mount holds controllers, plain crun refuses to run: berth
+    // runs it in a private mount namespace.
     let v2 =
         std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default();
     if !std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() && !v2.trim().is_empty()
     {
         assert_eq!(info["cgroups"]["mode"], "hybrid");
-        assert_eq!(kind, "runc", "{info}");
+        assert_eq!(kind, "crun", "{info}");
+        assert_eq!(
+            info["selection"]["private_cgroup_namespace"], true,
+            "{info}"
+        );
     }
     assert!(info["nofile_hard_limit"].as_u64().is_some_and(|n| n > 0));
 

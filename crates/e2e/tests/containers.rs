@@ -18,12 +18,19 @@ struct Node {
     bridge: String,
     image: BusyboxImage,
     _registry: BerthRegistry,
-    runtime: &'static str,
 }
 
 impl Node {
     fn new() -> Node {
         Node::with_runtime("runc")
+    }
+
+    /// The runtime that created a container.
+    fn runtime_of(&self, name: &str) -> String {
+        self.inspect(name)["record"]["runtime"]["kind"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     fn with_runtime(runtime: &'static str) -> Node {
@@ -46,7 +53,6 @@ impl Node {
             bridge,
             image,
             _registry: registry,
-            runtime,
         };
         node.ok(&["pull", "--quiet", &node.image.reference]);
         node
@@ -255,8 +261,17 @@ fn run_shows_output_and_returns_the_exit_code() {
 }
 
 #[test]
-fn a_detached_container_lives_through_ps_logs_exec_stop_and_rm() {
-    let node = Node::new();
+fn a_detached_container_lives_through_ps_logs_exec_stop_and_rm_on_runc() {
+    a_detached_container_lives_through_ps_logs_exec_stop_and_rm("runc");
+}
+
+#[test]
+fn a_detached_container_lives_through_ps_logs_exec_stop_and_rm_on_crun() {
+    a_detached_container_lives_through_ps_logs_exec_stop_and_rm("crun");
+}
+
+fn a_detached_container_lives_through_ps_logs_exec_stop_and_rm(runtime: &'static str) {
+    let node = Node::with_runtime(runtime);
     let id = node.ok(&[
         "run",
         "-d",
@@ -268,6 +283,7 @@ fn a_detached_container_lives_through_ps_logs_exec_stop_and_rm() {
         "trap 'echo bye; exit 0' TERM; echo started; httpd -f -p 80 -h /www & wait",
     ]);
     assert_eq!(id.len(), 64, "{id}");
+    assert_eq!(node.runtime_of("web"), runtime);
     let ps = node.ok(&["ps"]);
     assert!(ps.contains("web") && ps.contains("up"), "{ps}");
     node.wait_for("the first log line", || {
@@ -376,8 +392,17 @@ fn stop_kills_after_the_grace_period_and_rm_needs_force() {
 }
 
 #[test]
-fn a_memory_limit_oom_kills_and_a_pids_limit_stops_forks() {
-    let node = Node::new();
+fn a_memory_limit_oom_kills_and_a_pids_limit_stops_forks_on_runc() {
+    a_memory_limit_oom_kills_and_a_pids_limit_stops_forks("runc");
+}
+
+#[test]
+fn a_memory_limit_oom_kills_and_a_pids_limit_stops_forks_on_crun() {
+    a_memory_limit_oom_kills_and_a_pids_limit_stops_forks("crun");
+}
+
+fn a_memory_limit_oom_kills_and_a_pids_limit_stops_forks(runtime: &'static str) {
+    let node = Node::with_runtime(runtime);
     let out = node.output(&[
         "run",
         "--name",
@@ -450,8 +475,19 @@ fn cpu_limit_is_written_to_the_cgroup() {
 }
 
 #[test]
-fn two_containers_talk_over_the_bridge_and_a_published_port_reaches_the_host() {
-    let node = Node::new();
+fn two_containers_talk_over_the_bridge_and_a_published_port_reaches_the_host_on_runc() {
+    two_containers_talk_over_the_bridge_and_a_published_port_reaches_the_host("runc");
+}
+
+#[test]
+fn two_containers_talk_over_the_bridge_and_a_published_port_reaches_the_host_on_crun() {
+    two_containers_talk_over_the_bridge_and_a_published_port_reaches_the_host("crun");
+}
+
+fn two_containers_talk_over_the_bridge_and_a_published_port_reaches_the_host(
+    runtime: &'static str,
+) {
+    let node = Node::with_runtime(runtime);
     let port = free_port();
     let publish = format!("127.0.0.1:{port}:80");
     node.ok(&[
@@ -504,8 +540,17 @@ fn two_containers_talk_over_the_bridge_and_a_published_port_reaches_the_host() {
 }
 
 #[test]
-fn the_restart_policy_restarts_a_crashing_process_with_backoff() {
-    let node = Node::new();
+fn the_restart_policy_restarts_a_crashing_process_with_backoff_on_runc() {
+    the_restart_policy_restarts_a_crashing_process_with_backoff("runc");
+}
+
+#[test]
+fn the_restart_policy_restarts_a_crashing_process_with_backoff_on_crun() {
+    the_restart_policy_restarts_a_crashing_process_with_backoff("crun");
+}
+
+fn the_restart_policy_restarts_a_crashing_process_with_backoff(runtime: &'static str) {
+    let node = Node::with_runtime(runtime);
     let out = node.output(&[
         "run",
         "--name",
@@ -576,8 +621,17 @@ fn attached_run(node: &Node, args: &[&str]) -> (Child, BufReader<std::process::C
 }
 
 #[test]
-fn containers_outlive_a_sigkilled_berth_and_are_found_again() {
-    let node = Node::new();
+fn containers_outlive_a_sigkilled_berth_and_are_found_again_on_runc() {
+    containers_outlive_a_sigkilled_berth_and_are_found_again("runc");
+}
+
+#[test]
+fn containers_outlive_a_sigkilled_berth_and_are_found_again_on_crun() {
+    containers_outlive_a_sigkilled_berth_and_are_found_again("crun");
+}
+
+fn containers_outlive_a_sigkilled_berth_and_are_found_again(runtime: &'static str) {
+    let node = Node::with_runtime(runtime);
     let (mut ticker, mut out) = attached_run(
         &node,
         &[
@@ -685,7 +739,6 @@ fn failures_leave_nothing_behind() {
 #[test]
 fn crun_runs_containers_where_plain_crun_would_refuse() {
     let node = Node::with_runtime("crun");
-    assert_eq!(node.runtime, "crun");
     let out = node.output(&[
         "run",
         "--rm",

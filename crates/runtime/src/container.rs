@@ -414,20 +414,35 @@ pub struct ContainerState {
     pub error: Option<String>,
 }
 
-/// Writes `value` as JSON to `path` atomically (temporary file, fsync, rename).
+/// Writes `value` as JSON to `path` atomically (temporary file, rename) and durably (fsync
+/// before the rename): for what must survive a power loss, like a container's record, which
+/// says what to clean up.
 pub fn write_json(path: &Path, value: &impl Serialize) -> io::Result<()> {
+    write_json_with(path, value, true)
+}
+
+/// Like [`write_json`], atomic but without the fsync: for files rewritten often or rebuilt
+/// from the record (`state.json`, the bundle's `config.json`). A process crash cannot tear
+/// them; a power loss can only take back the latest version.
+pub fn write_json_fast(path: &Path, value: &impl Serialize) -> io::Result<()> {
+    write_json_with(path, value, false)
+}
+
+fn write_json_with(path: &Path, value: &impl Serialize, durable: bool) -> io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     let data = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     {
         use std::io::Write;
         let mut file = fs::File::create(&tmp)?;
         file.write_all(&data)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
     }
     fs::rename(&tmp, path)
 }
 
-/// Reads JSON written by [`write_json`].
+/// Reads JSON written by [`write_json`] or [`write_json_fast`].
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<T> {
     let data = fs::read(path)?;
     serde_json::from_slice(&data).map_err(|e| {

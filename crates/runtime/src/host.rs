@@ -1,11 +1,10 @@
 //! The host as a container runtime sees it, and the choice of OCI runtime.
 //!
-//! crun is preferred where it works: when this machine kind was probed, crun started
-//! `/bin/true` in 7.5 ms (median) and runc in 16.9 ms.
-//! On a hybrid cgroup host whose cgroup2 mount still holds controllers, plain crun refuses
-//! to run ("cgroups in hybrid mode not supported"). There berth uses runc. If only crun is
-//! installed, berth runs it in a private mount namespace with the cgroup2 mount removed,
-//! where crun sees a plain v1 host.
+//! crun is preferred: when this machine kind was probed, crun started `/bin/true` in 7.5 ms
+//! (median) and runc in 16.9 ms. On a hybrid cgroup host whose cgroup2 mount still holds
+//! controllers, plain crun refuses to run ("cgroups in hybrid mode not supported"); there
+//! berth runs crun in a private mount namespace with the cgroup2 mount removed, where crun
+//! sees (and correctly drives) a plain v1 host, and falls back to runc when crun is missing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -142,8 +141,8 @@ pub struct Selection {
     pub reason: String,
 }
 
-/// Chooses the OCI runtime: `preferred` if asked and possible, else crun where it works,
-/// else runc, else crun in a private mount namespace.
+/// Chooses the OCI runtime: `preferred` if asked and possible, else crun (in a private mount
+/// namespace where plain crun refuses the cgroup layout), else runc.
 pub fn choose(
     layout: &CgroupLayout,
     runc: Option<RuntimeBinary>,
@@ -172,34 +171,32 @@ pub fn choose(
                 kind.name()
             ),
         },
-        (None, runc, Some(crun)) if !refuses => pick(
+        (None, runc, Some(crun)) => pick(
             crun,
-            false,
-            format!(
-                "crun starts containers faster than runc and works with {} cgroups{}",
-                match layout {
-                    CgroupLayout::Unified => "unified",
-                    CgroupLayout::Legacy => "legacy",
-                    CgroupLayout::Hybrid { .. } => "these hybrid",
-                },
-                if runc.is_some() {
-                    ""
-                } else {
-                    " (runc is not installed)"
-                }
-            ),
-        ),
-        (None, Some(runc), crun) => pick(
-            runc,
-            false,
-            if crun.is_some() {
-                "crun refuses hybrid cgroups while cgroup2 holds controllers; runc works here"
-                    .into()
+            refuses,
+            if refuses {
+                "crun starts containers faster than runc; it refuses hybrid cgroups while cgroup2 holds controllers, so it runs in a private mount namespace without the cgroup2 mount".into()
             } else {
-                "runc is the runtime installed (crun is not)".into()
+                format!(
+                    "crun starts containers faster than runc and works with {} cgroups{}",
+                    match layout {
+                        CgroupLayout::Unified => "unified",
+                        CgroupLayout::Legacy => "legacy",
+                        CgroupLayout::Hybrid { .. } => "these hybrid",
+                    },
+                    if runc.is_some() {
+                        ""
+                    } else {
+                        " (runc is not installed)"
+                    }
+                )
             },
         ),
-        (None, None, Some(crun)) => pick(crun, true, wrapped.into()),
+        (None, Some(runc), None) => pick(
+            runc,
+            false,
+            "runc is the runtime installed (crun is not)".into(),
+        ),
         (None, None, None) => Selection {
             runtime: None,
             private_cgroup_namespace: false,
@@ -252,14 +249,14 @@ mod tests {
     }
 
     #[test]
-    fn crun_where_it_works_runc_where_it_does_not() {
+    fn crun_preferred_wrapped_where_plain_crun_refuses() {
         use RuntimeKind::{Crun, Runc};
         let both =
             |layout: &CgroupLayout| chosen(&choose(layout, binary(Runc), binary(Crun), None));
         assert_eq!(both(&CgroupLayout::Unified), Some((Crun, false)));
         assert_eq!(both(&CgroupLayout::Legacy), Some((Crun, false)));
         assert_eq!(both(&hybrid(&[])), Some((Crun, false)));
-        assert_eq!(both(&hybrid(&["hugetlb"])), Some((Runc, false)));
+        assert_eq!(both(&hybrid(&["hugetlb"])), Some((Crun, true)));
         let only_crun = choose(&hybrid(&["hugetlb"]), None, binary(Crun), None);
         assert_eq!(chosen(&only_crun), Some((Crun, true)));
         assert!(
@@ -268,7 +265,9 @@ mod tests {
             only_crun.reason
         );
         let reason = choose(&hybrid(&["hugetlb"]), binary(Runc), binary(Crun), None).reason;
-        assert!(reason.contains("crun refuses hybrid cgroups"), "{reason}");
+        assert!(reason.contains("refuses hybrid cgroups"), "{reason}");
+        let only_runc = choose(&hybrid(&["hugetlb"]), binary(Runc), None, None);
+        assert_eq!(chosen(&only_runc), Some((Runc, false)));
         let none = choose(&CgroupLayout::Unified, None, None, None);
         assert_eq!(chosen(&none), None);
         assert!(none.reason.contains("apt-get install runc"));

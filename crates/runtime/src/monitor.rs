@@ -16,7 +16,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::container::{
-    read_json, restart_delay, write_json, ContainerRecord, ContainerState, Exit, Status,
+    read_json, restart_delay, write_json_fast, ContainerRecord, ContainerState, Exit, Status,
     RECORD_FILE, STATE_FILE, STOP_FILE,
 };
 use crate::logs::{LogWriter, Stream};
@@ -52,9 +52,22 @@ pub fn ready_line(result: &Result<i32, String>) -> String {
     }
 }
 
-/// Runs the monitor for the container in `dir` until the container exits for good. The first
-/// start's outcome is written to `ready` as a [`ready_line`].
-pub fn run(dir: &Path, mut ready: impl Write) -> Result<(), MonitorError> {
+/// What the starter sends on the monitor's stdin once the container's bundle is ready.
+pub const GO: &str = "go";
+
+/// Runs the monitor for the container in `dir` until the container exits for good. It first
+/// waits for a [`GO`] line on `go` (the starter spawns it early, while it still prepares the
+/// bundle; end of input without it means the container was not created: nothing to do). The
+/// first start's outcome is written to `ready` as a [`ready_line`].
+pub fn run(
+    dir: &Path,
+    go: impl std::io::BufRead,
+    mut ready: impl Write,
+) -> Result<(), MonitorError> {
+    match go.lines().next() {
+        Some(Ok(line)) if line == GO => {}
+        _ => return Ok(()),
+    }
     let record: ContainerRecord =
         read_json(&dir.join(RECORD_FILE)).map_err(io("reading the container record"))?;
     nix::sys::prctl::set_child_subreaper(true)
@@ -251,7 +264,7 @@ fn sleep_unless_stopped(dir: &Path, delay: Duration) -> bool {
 }
 
 fn save(dir: &Path, state: &ContainerState) -> Result<(), MonitorError> {
-    write_json(&dir.join(STATE_FILE), state).map_err(io("writing the container state"))
+    write_json_fast(&dir.join(STATE_FILE), state).map_err(io("writing the container state"))
 }
 
 /// Now, RFC 3339.

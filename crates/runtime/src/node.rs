@@ -5,15 +5,15 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::container::{
-    process_for, read_json, resolve_user, write_json, ContainerRecord, ContainerRequest,
-    ContainerState, NetworkMode, Status, RECORD_FILE, STATE_FILE, STOP_FILE,
+    process_for, read_json, resolve_user, write_json, write_json_fast, ContainerRecord,
+    ContainerRequest, ContainerState, NetworkMode, Status, RECORD_FILE, STATE_FILE, STOP_FILE,
 };
 use crate::host::RuntimeKind;
 use crate::image::{ImageError, ImageStore};
@@ -87,6 +87,9 @@ pub struct NodeConfig {
     /// The command that runs a monitor: the container directory is appended
     /// (`berth internal-monitor`).
     pub monitor: Vec<OsString>,
+    /// The command that runs the OCI runtime in a private mount namespace without the
+    /// cgroup2 mount, where that is needed (`berth internal-cgroup-ns`); empty: `unshare`.
+    pub namespace_helper: Vec<PathBuf>,
 }
 
 /// A container: what was asked and what it is doing.
@@ -177,6 +180,12 @@ impl Node {
 
     /// The container with this name, id or unique id prefix.
     pub fn get(&self, name_or_id: &str) -> Result<Container, NodeError> {
+        if name_or_id.len() == 64 && name_or_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let dir = self.containers_dir().join(name_or_id);
+            if let Ok(record) = read_json::<ContainerRecord>(&dir.join(RECORD_FILE)) {
+                return Ok(self.load(record, dir));
+            }
+        }
         let all = self.list()?;
         if let Some(c) = all.iter().find(|c| c.record.name == name_or_id) {
             return Ok(c.clone());
@@ -203,13 +212,54 @@ impl Node {
     /// Creates a container (root filesystem, network, bundle) without starting it. On failure
     /// everything set up so far is taken down again.
     pub fn create(&self, request: ContainerRequest) -> Result<Container, NodeError> {
+        let container = self.create_with_id(new_id(), request)?;
+        self.images.touch(&image_digest(&container)?)?;
+        Ok(container)
+    }
+
+    /// Creates and starts a container, and returns once its process runs. The monitor is
+    /// spawned first and waits while the container is created, so that its start-up overlaps
+    /// with the creation instead of adding to it.
+    pub fn run(&self, request: ContainerRequest) -> Result<Container, NodeError> {
+        let id = new_id();
+        let dir = self.containers_dir().join(&id);
+        fs::create_dir_all(&dir).map_err(io("creating the container directory"))?;
+        let monitor = match self.spawn_monitor(&dir) {
+            Ok(monitor) => monitor,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let container = match self.create_with_id(id, request) {
+            Ok(container) => container,
+            Err(e) => {
+                monitor.cancel();
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let started = self.release(monitor, &container);
+        // Off the start path: when the image was last used matters to cleanup only.
+        self.images.touch(&image_digest(&container)?)?;
+        started
+    }
+
+    fn create_with_id(
+        &self,
+        id: String,
+        request: ContainerRequest,
+    ) -> Result<Container, NodeError> {
         let image = self
             .images
             .get(&request.image)?
             .ok_or_else(|| NodeError::ImageMissing(request.image.clone()))?;
         let process = process_for(&image.config, &request).map_err(NodeError::Invalid)?;
-        let runtime = RuntimeConfig::detect(self.config.runtime, &self.config.root.join("run"))?;
-        let id = new_id();
+        let runtime = RuntimeConfig::detect(
+            self.config.runtime,
+            &self.config.root.join("run"),
+            &self.config.namespace_helper,
+        )?;
         let lock = self.lock_names()?;
         let name = match &request.name {
             Some(name) => {
@@ -239,10 +289,7 @@ impl Node {
         write_json(&dir.join(RECORD_FILE), &record).map_err(io("writing the container record"))?;
         drop(lock);
         match self.set_up(&mut record, &dir, &image) {
-            Ok(()) => {
-                self.images.touch(&image.id)?;
-                Ok(self.load(record, dir))
-            }
+            Ok(()) => Ok(self.load(record, dir)),
             Err(e) => {
                 if let Err(undo) = self.tear_down(&record, &dir) {
                     tracing::warn!(error = %undo, id = %record.id, "cleaning up a failed create");
@@ -335,11 +382,9 @@ impl Node {
             resources: record.request.resources,
             host_nofile_hard: crate::host::nofile_limits().map(|(_, hard)| hard),
         };
-        write_json(&dir.join("bundle/config.json"), &spec::config_json(&spec))
-            .map_err(io("writing the bundle's config.json"))?;
-        write_json(&dir.join(STATE_FILE), &ContainerState::default())
-            .map_err(io("writing the container state"))?;
-        Ok(())
+        // Made again from the record if lost; the state's absence reads as `created`.
+        write_json_fast(&dir.join("bundle/config.json"), &spec::config_json(&spec))
+            .map_err(io("writing the bundle's config.json"))
     }
 
     /// Starts a created or exited container: spawns its monitor and waits until the process
@@ -350,17 +395,23 @@ impl Node {
             return Err(NodeError::Running(container.record.name));
         }
         self.restore_after_reboot(&mut container)?;
+        let monitor = self.spawn_monitor(&container.dir)?;
+        self.release(monitor, &container)
+    }
+
+    /// Spawns the container's monitor; it waits for [`Node::release`].
+    fn spawn_monitor(&self, dir: &Path) -> Result<Monitor, NodeError> {
         let (program, args) = self
             .config
             .monitor
             .split_first()
             .ok_or_else(|| NodeError::Invalid("no monitor command configured".into()))?;
-        let monitor_log = fs::File::create(container.dir.join("monitor.log"))
-            .map_err(io("creating the monitor log"))?;
+        let monitor_log =
+            fs::File::create(dir.join("monitor.log")).map_err(io("creating the monitor log"))?;
         let mut child = Command::new(program)
             .args(args)
-            .arg(&container.dir)
-            .stdin(Stdio::null())
+            .arg(dir)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(monitor_log)
             .spawn()
@@ -368,6 +419,17 @@ impl Node {
                 "starting the monitor {}",
                 Path::new(program).display()
             )))?;
+        let go = child.stdin.take();
+        Ok(Monitor { child, go })
+    }
+
+    /// Tells the monitor to start the container and waits until the process runs (or failed
+    /// to start).
+    fn release(&self, monitor: Monitor, container: &Container) -> Result<Container, NodeError> {
+        let Monitor { mut child, go } = monitor;
+        if let Some(mut go) = go {
+            let _ = writeln!(go, "{}", crate::monitor::GO);
+        }
         let mut line = String::new();
         if let Some(stdout) = child.stdout.take() {
             let _ = BufReader::new(stdout).read_line(&mut line);
@@ -443,13 +505,13 @@ impl Node {
         }
         let runtime = container.record.runtime.driver();
         let id = &container.record.id;
-        if container.state.status == Status::Running {
+        if container.state.status == Status::Running && !timeout.is_zero() {
             let _ = runtime.kill(id, &container.record.process.stop_signal);
+            if let Some(stopped) = self.wait_inactive(id, timeout)? {
+                return Ok(stopped);
+            }
+            tracing::info!(%id, ?timeout, "stop timeout passed: killing");
         }
-        if let Some(stopped) = self.wait_inactive(id, timeout)? {
-            return Ok(stopped);
-        }
-        tracing::info!(%id, ?timeout, "stop timeout passed: killing");
         let _ = runtime.kill(id, "KILL");
         match self.wait_inactive(id, Duration::from_secs(10))? {
             Some(stopped) => Ok(stopped),
@@ -578,6 +640,29 @@ impl Node {
         nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| io("locking the containers directory")(e.into()))
     }
+}
+
+/// A spawned monitor waiting for its go.
+struct Monitor {
+    child: std::process::Child,
+    go: Option<std::process::ChildStdin>,
+}
+
+impl Monitor {
+    /// The container will not be created: end of input tells the monitor to exit.
+    fn cancel(mut self) {
+        drop(self.go.take());
+        let _ = self.child.wait();
+    }
+}
+
+fn image_digest(container: &Container) -> Result<berth_oci::Digest, NodeError> {
+    container.record.image_id.parse().map_err(|e| {
+        NodeError::Invalid(format!(
+            "container {} names an invalid image id: {e}",
+            container.record.name
+        ))
+    })
 }
 
 /// A monitor that died leaves `state.json` saying running: say what is really known.

@@ -83,6 +83,10 @@ pub struct RuntimeConfig {
     pub state_root: PathBuf,
     /// Run it in a private mount namespace without the cgroup2 mount (crun on hybrid hosts).
     pub private_cgroup_namespace: bool,
+    /// The command that does that and then execs the runtime with its arguments
+    /// (`berth internal-cgroup-ns`); empty: `unshare` and `sh` do it.
+    #[serde(default)]
+    pub namespace_helper: Vec<PathBuf>,
 }
 
 /// [`RuntimeKind`] as it appears in files.
@@ -119,6 +123,7 @@ impl RuntimeConfig {
     pub fn detect(
         preferred: Option<RuntimeKind>,
         state_dir: &Path,
+        namespace_helper: &[PathBuf],
     ) -> Result<RuntimeConfig, DriverError> {
         let search = std::env::var("PATH").unwrap_or_default();
         let search = format!("{search}:/usr/sbin:/usr/bin:/sbin:/bin");
@@ -137,6 +142,11 @@ impl RuntimeConfig {
             state_root: state_dir.join(binary.kind.name()),
             binary: binary.path,
             private_cgroup_namespace: selection.private_cgroup_namespace,
+            namespace_helper: if selection.private_cgroup_namespace {
+                namespace_helper.to_vec()
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -160,22 +170,28 @@ impl CliRuntime {
     }
 
     fn command(&self) -> Command {
-        let mut command = if self.config.private_cgroup_namespace {
-            // crun refuses hybrid cgroups; in a private mount namespace without the cgroup2
-            // mount it sees (and correctly drives) a v1 host.
-            let mut c = Command::new("unshare");
-            c.args([
-                "-m",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                "umount /sys/fs/cgroup/unified 2>/dev/null; exec \"$0\" \"$@\"",
-            ])
-            .arg(&self.config.binary);
-            c
-        } else {
-            Command::new(&self.config.binary)
+        let mut command = match self.config.namespace_helper.split_first() {
+            _ if !self.config.private_cgroup_namespace => Command::new(&self.config.binary),
+            Some((helper, args)) => {
+                let mut c = Command::new(helper);
+                c.args(args).arg(&self.config.binary);
+                c
+            }
+            None => {
+                // crun refuses hybrid cgroups; in a private mount namespace without the
+                // cgroup2 mount it sees (and correctly drives) a v1 host.
+                let mut c = Command::new("unshare");
+                c.args([
+                    "-m",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    "umount /sys/fs/cgroup/unified 2>/dev/null; exec \"$0\" \"$@\"",
+                ])
+                .arg(&self.config.binary);
+                c
+            }
         };
         command.arg("--root").arg(&self.config.state_root);
         command
@@ -326,6 +342,33 @@ impl OciRuntime for CliRuntime {
         command.arg(id).args(args);
         command
     }
+}
+
+/// Enters a private mount namespace without the cgroup2 mount, where crun sees a plain v1
+/// host on a hybrid one, and runs `program` there (replacing this process). For
+/// `berth internal-cgroup-ns`: one exec instead of `unshare` + `sh` + the runtime. Must run
+/// while the process has one thread (a new mount namespace is per process).
+pub fn exec_in_private_cgroup_namespace(
+    program: &Path,
+    args: &[std::ffi::OsString],
+) -> std::io::Error {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    use std::os::unix::process::CommandExt;
+    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS) {
+        return std::io::Error::other(format!("entering a private mount namespace: {e}"));
+    }
+    if let Err(e) = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    ) {
+        return std::io::Error::other(format!("making the mount namespace private: {e}"));
+    }
+    // Not mounted (a v1-only host) is fine.
+    let _ = umount2("/sys/fs/cgroup/unified", MntFlags::MNT_DETACH);
+    Command::new(program).args(args).exec()
 }
 
 #[cfg(test)]

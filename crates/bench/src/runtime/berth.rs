@@ -1,5 +1,5 @@
-//! A berth node of the benchmark's own: a root dir, runc as the runtime, and a bridge network
-//! with its own bridge and subnet. On drop its containers are removed, whatever is left of
+//! A berth node of the benchmark's own: a root dir, the host's choice of OCI runtime (or runc,
+//! for comparison), and a bridge network with its own bridge and subnet. On drop its containers are removed, whatever is left of
 //! them killed and unmounted, and the bridge deleted.
 
 use std::path::{Path, PathBuf};
@@ -11,12 +11,14 @@ use super::process;
 /// The subnet of the benchmark's bridge network.
 const SUBNET: &str = "10.231.7.0/24";
 
-/// Which network a container gets.
+/// How a container is run: its network and the OCI runtime.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Network {
-    /// `--network none`: a new empty network namespace.
+    /// `--network none`: a new empty network namespace; the runtime `berth info` chooses.
     None,
-    /// The node's bridge network (veth, address lease, /etc/hosts).
+    /// `--network none` with runc configured.
+    NoneRunc,
+    /// The node's bridge network (veth, address lease, /etc/hosts); the chosen runtime.
     Bridge,
 }
 
@@ -34,11 +36,12 @@ impl BerthNode {
         std::fs::create_dir_all(&root)?;
         // Its own bridge name, so that it never meets a node's or a test's.
         let bridge = format!("bb{:04x}", std::process::id() & 0xffff);
-        std::fs::write(root.join("none.toml"), "[node]\nruntime = \"runc\"\n")?;
+        std::fs::write(root.join("none.toml"), "")?;
+        std::fs::write(root.join("runc.toml"), "[node]\nruntime = \"runc\"\n")?;
         std::fs::write(
             root.join("bridge.toml"),
             format!(
-                "[node]\nruntime = \"runc\"\n[node.network]\nname = \"{bridge}\"\n\
+                "[node.network]\nname = \"{bridge}\"\n\
                  bridge = \"{bridge}\"\nsubnet = \"{SUBNET}\"\nmasquerade = false\n"
             ),
         )?;
@@ -58,6 +61,7 @@ impl BerthNode {
     pub fn command(&self, network: Network) -> Command {
         let config = match network {
             Network::None => "none.toml",
+            Network::NoneRunc => "runc.toml",
             Network::Bridge => "bridge.toml",
         };
         let mut command = Command::new(&self.binary);
@@ -72,7 +76,7 @@ impl BerthNode {
     /// `berth run -d --network ... REFERENCE sleep 1000`'s arguments.
     pub fn run_args(network: Network, reference: &str) -> Vec<&str> {
         let network = match network {
-            Network::None => "none",
+            Network::None | Network::NoneRunc => "none",
             Network::Bridge => "bridge",
         };
         vec![

@@ -17,6 +17,9 @@ use super::{locks, unix_now, Image, ImageError, PullOptions};
 /// Partial downloads older than this are removed by prune.
 const STALE_DOWNLOAD: Duration = Duration::from_secs(24 * 3600);
 
+/// How precisely [`ImageStore::touch`] keeps the last use, in seconds.
+const TOUCH_RESOLUTION_SECS: u64 = 60;
+
 /// The node's images, under one root directory.
 #[derive(Debug, Clone)]
 pub struct ImageStore {
@@ -195,6 +198,17 @@ impl ImageStore {
 
     /// Records that a container was just created from image `id`.
     pub fn touch(&self, id: &Digest) -> Result<(), ImageError> {
+        // Last use is kept to the minute: starting many containers of one image rewrites
+        // (and syncs) the index once, not once per container.
+        let recent = unix_now().saturating_sub(TOUCH_RESOLUTION_SECS);
+        if self
+            .read_index()?
+            .images
+            .iter()
+            .any(|i| &i.id == id && i.last_used >= recent)
+        {
+            return Ok(());
+        }
         self.update_index(|index| {
             let image = index
                 .images
