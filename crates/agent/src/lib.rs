@@ -4,3 +4,4 @@
 //! hands them to containers as environment variables or as files on a tmpfs.
 
 pub mod health;
+pub mod secrets;
