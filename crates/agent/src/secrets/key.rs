@@ -100,11 +100,19 @@ impl SecretKey {
     /// The node's key: `BERTH_SECRET_KEY` if set, else the key file at `path`, created with
     /// a new key (mode 0600) if it does not exist.
     pub fn load(path: &Path) -> Result<(SecretKey, KeySource), SecretError> {
-        match std::env::var(SecretKey::ENV) {
-            Ok(text) if !text.trim().is_empty() => {
-                let text = Zeroizing::new(text);
+        let env = std::env::var(SecretKey::ENV).ok().map(Zeroizing::new);
+        SecretKey::load_with(env.as_deref().map(String::as_str), path)
+    }
+
+    /// [`SecretKey::load`] with the environment variable's value given.
+    pub(super) fn load_with(
+        env: Option<&str>,
+        path: &Path,
+    ) -> Result<(SecretKey, KeySource), SecretError> {
+        match env {
+            Some(text) if !text.trim().is_empty() => {
                 let origin = format!("${}", SecretKey::ENV);
-                Ok((SecretKey::from_base64(&text, &origin)?, KeySource::Env))
+                Ok((SecretKey::from_base64(text, &origin)?, KeySource::Env))
             }
             _ => SecretKey::load_or_create(path),
         }

@@ -478,3 +478,25 @@ fn secret_files_refuse_names_that_are_paths() {
     assert!(matches!(err, SecretError::InvalidName { .. }), "{err}");
     assert!(!dir.path().join("s").exists());
 }
+
+#[test]
+fn the_environment_key_wins_over_the_key_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("secret.key");
+    let env_key = key();
+    let (loaded, source) =
+        SecretKey::load_with(Some(env_key.to_base64().as_str()), &path).expect("env");
+    assert_eq!((loaded.id(), source), (env_key.id(), KeySource::Env));
+    assert!(
+        !path.exists(),
+        "no key file is created when the environment has the key"
+    );
+    let (_, source) = SecretKey::load_with(Some("  "), &path).expect("file");
+    assert_eq!(source, KeySource::Created(path.clone()));
+    let err = SecretKey::load_with(Some("AAAA"), &path).expect_err("bad env key");
+    assert!(
+        err.to_string()
+            .starts_with("the secret key from $BERTH_SECRET_KEY is invalid"),
+        "{err}"
+    );
+}
