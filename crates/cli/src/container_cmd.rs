@@ -427,7 +427,7 @@ fn status_text(c: &Container) -> String {
     let since = |at: &Option<String>| {
         at.as_deref()
             .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
-            .map(|t| ago(OffsetDateTime::now_utc() - t))
+            .map(|t| age((OffsetDateTime::now_utc() - t).whole_seconds().max(0) as u64))
             .unwrap_or_default()
     };
     let mut text = match c.state.status {
@@ -460,13 +460,12 @@ fn status_text(c: &Container) -> String {
 }
 
 /// A duration for people: `42s`, `3m`, `5h`, `2d`.
-pub fn ago(d: time::Duration) -> String {
-    let s = d.whole_seconds().max(0);
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m", s / 60),
-        3600..86400 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86400),
+pub fn age(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86_400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
     }
 }
 

@@ -280,20 +280,10 @@ fn ago(now: u64, then: u64) -> String {
     if then == 0 {
         return "never".to_owned();
     }
-    let secs = now.saturating_sub(then);
-    match secs {
-        0..60 => format!("{secs}s ago"),
-        60..3600 => format!("{}m ago", secs / 60),
-        3600..86_400 => format!("{}h ago", secs / 3600),
-        _ => format!("{}d ago", secs / 86_400),
-    }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
+    format!(
+        "{} ago",
+        crate::container_cmd::age(now.saturating_sub(then))
+    )
 }
 
 pub fn images(args: ImagesArgs, root: &Path) -> anyhow::Result<()> {
@@ -303,7 +293,7 @@ pub fn images(args: ImagesArgs, root: &Path) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&images)?);
         return Ok(());
     }
-    print!("{}", table(&images, unix_now()));
+    print!("{}", table(&images, berth_runtime::unix_now()));
     Ok(())
 }
 

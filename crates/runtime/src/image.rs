@@ -269,11 +269,3 @@ impl ImageError {
         }
     }
 }
-
-/// Now, in unix seconds.
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}

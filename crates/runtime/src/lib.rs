@@ -12,3 +12,10 @@ pub mod node;
 pub mod oci_runtime;
 pub mod rootfs;
 pub mod spec;
+
+/// Now, in unix seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -2,7 +2,6 @@
 //! by a per-container monitor, stopped, removed. Everything a container is lives in
 //! `<root>/containers/<id>/`, so any berth process (or a restarted one) finds it again.
 
-use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -200,20 +199,11 @@ impl Node {
         }
     }
 
-    /// The image ids existing containers use (they must stay on the node).
-    pub fn images_in_use(&self) -> Result<HashSet<String>, NodeError> {
-        Ok(self
-            .list()?
-            .into_iter()
-            .map(|c| c.record.image_id)
-            .collect())
-    }
-
     /// Creates a container (root filesystem, network, bundle) without starting it. On failure
     /// everything set up so far is taken down again.
     pub fn create(&self, request: ContainerRequest) -> Result<Container, NodeError> {
         let container = self.create_with_id(new_id(), request)?;
-        self.images.touch(&image_digest(&container)?)?;
+        self.note_image_use(&container);
         Ok(container)
     }
 
@@ -240,9 +230,23 @@ impl Node {
             }
         };
         let started = self.release(monitor, &container);
-        // Off the start path: when the image was last used matters to cleanup only.
-        self.images.touch(&image_digest(&container)?)?;
+        // After the start, not before it: the last use only matters to image cleanup.
+        self.note_image_use(&container);
         started
+    }
+
+    /// Records that the container's image was used. The container exists either way: a
+    /// failure here is logged, not returned.
+    fn note_image_use(&self, container: &Container) {
+        let touched = container
+            .record
+            .image_id
+            .parse::<berth_oci::Digest>()
+            .map_err(|e| e.to_string())
+            .and_then(|id| self.images.touch(&id).map_err(|e| e.to_string()));
+        if let Err(error) = touched {
+            tracing::warn!(%error, id = %container.record.id, "recording the image's last use");
+        }
     }
 
     fn create_with_id(
@@ -278,7 +282,7 @@ impl Node {
             name: name.clone(),
             image: request.image.clone(),
             image_id: image.id.to_string(),
-            created: unix_now(),
+            created: crate::unix_now(),
             netns: (request.network == NetworkMode::Bridge)
                 .then(|| self.config.root.join("netns").join(&id)),
             network: None,
@@ -656,15 +660,6 @@ impl Monitor {
     }
 }
 
-fn image_digest(container: &Container) -> Result<berth_oci::Digest, NodeError> {
-    container.record.image_id.parse().map_err(|e| {
-        NodeError::Invalid(format!(
-            "container {} names an invalid image id: {e}",
-            container.record.name
-        ))
-    })
-}
-
 /// A monitor that died leaves `state.json` saying running: say what is really known.
 fn reconcile(record: &ContainerRecord, state: &mut ContainerState, dir: &Path) {
     if !matches!(state.status, Status::Running | Status::Restarting) {
@@ -749,10 +744,4 @@ pub fn short(id: &str) -> String {
 fn new_id() -> String {
     let bytes: [u8; 32] = rand::random();
     hex::encode(bytes)
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

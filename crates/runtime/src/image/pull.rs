@@ -18,9 +18,8 @@ use super::client::RegistryClient;
 use super::locks::{self, Held};
 use super::reference::Reference;
 use super::store::tree_size;
-use super::{
-    unix_now, Image, ImageConfig, ImageError, ImageStore, LayerOutcome, PullOptions, PullProgress,
-};
+use super::{Image, ImageConfig, ImageError, ImageStore, LayerOutcome, PullOptions, PullProgress};
+use crate::unix_now;
 
 /// Config media types of container images (anything else is an artifact: a chart, a
 /// signature, an SBOM).

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::prune::{select_for_prune, PrunePolicy};
 use super::reference::Reference;
-use super::{locks, unix_now, Image, ImageError, PullOptions};
+use super::{locks, Image, ImageError, PullOptions};
+use crate::unix_now;
 
 /// Partial downloads older than this are removed by prune.
 const STALE_DOWNLOAD: Duration = Duration::from_secs(24 * 3600);

@@ -558,7 +558,7 @@ fn touch_sets_last_used() {
     let (_dir, store) = store_with(vec![image(1, 1, &[(10, 5)])]);
     store.touch(&digest(1)).unwrap();
     let image = store.get(&digest(1).to_string()).unwrap().unwrap();
-    assert!(image.last_used >= unix_now() - 5);
+    assert!(image.last_used >= crate::unix_now() - 5);
     assert!(store.touch(&digest(2)).is_err());
 }
 
