@@ -52,3 +52,11 @@ fn main() -> anyhow::Result<()> {
         }
     })
 }
+
+/// Refuses a zero for any of these count flags.
+pub fn at_least_one(flags: &[(&str, usize)]) -> anyhow::Result<()> {
+    match flags.iter().find(|(_, value)| *value == 0) {
+        Some((flag, _)) => anyhow::bail!("{flag} must be at least 1"),
+        None => Ok(()),
+    }
+}

@@ -91,18 +91,14 @@ impl Options {
         if self.small_min_kib == 0 || self.small_min_kib > self.small_max_kib {
             bail!("--small-min-kib must be at least 1 and at most --small-max-kib");
         }
-        for (flag, value) in [
+        crate::at_least_one(&[
             ("--small-blobs", self.small_blobs),
             ("--concurrency", self.concurrency),
             ("--large-blobs", self.large_blobs),
             ("--large-mib", self.large_mib),
             ("--skopeo-runs", self.skopeo_runs),
             ("--image-layers", self.image_layers),
-        ] {
-            if value == 0 {
-                bail!("{flag} must be at least 1");
-            }
-        }
+        ])?;
         Ok(self)
     }
 }

@@ -59,16 +59,12 @@ impl Options {
             self.pull_runs = 1;
             self.image_mib = 16;
         }
-        for (flag, value) in [
+        crate::at_least_one(&[
             ("--runs", self.runs),
             ("--pull-runs", self.pull_runs),
             ("--image-mib", self.image_mib),
             ("--image-layers", self.image_layers),
-        ] {
-            if value == 0 {
-                bail!("{flag} must be at least 1");
-            }
-        }
+        ])?;
         Ok(self)
     }
 }
