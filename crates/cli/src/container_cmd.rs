@@ -12,7 +12,7 @@ use berth_runtime::container::{ContainerRequest, NetworkMode, RestartPolicy, Sta
 use berth_runtime::logs::{self, LogLimits, LogQuery, LogRecord, Stream};
 use berth_runtime::network::PortMapping;
 use berth_runtime::node::{short, Container, Node, NodeConfig, NodeError};
-use berth_runtime::spec::{Bind, Resources};
+use berth_runtime::spec::{Bind, Resources, Tmpfs};
 use clap::{Args, Subcommand};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -112,6 +112,9 @@ pub struct RunArgs {
     /// Bind a host directory: HOSTPATH:PATH[:ro] (repeatable).
     #[arg(short = 'v', long = "volume", value_name = "HOST:PATH[:ro]")]
     volume: Vec<String>,
+    /// Mount a tmpfs: PATH[:size=SIZE] (repeatable), e.g. /scratch:size=64Mi.
+    #[arg(long, value_name = "PATH[:size=SIZE]")]
+    tmpfs: Vec<String>,
     /// Mount the root filesystem read-only.
     #[arg(long)]
     read_only: bool,
@@ -178,6 +181,11 @@ impl RunArgs {
             ports: self.publish.clone(),
             network: self.network,
             volumes,
+            tmpfs: self
+                .tmpfs
+                .iter()
+                .map(|t| parse_tmpfs(t))
+                .collect::<Result<_, _>>()?,
             read_only: self.read_only,
             stop_timeout: self.stop_timeout,
             log: LogLimits {
@@ -186,6 +194,25 @@ impl RunArgs {
             },
         })
     }
+}
+
+fn parse_tmpfs(spec: &str) -> anyhow::Result<Tmpfs> {
+    let (destination, size) = match spec.split_once(':') {
+        None => (spec, None),
+        Some((path, option)) => {
+            let size = option.strip_prefix("size=").ok_or_else(|| {
+                anyhow::anyhow!("invalid tmpfs {spec:?}: use PATH or PATH:size=SIZE")
+            })?;
+            let size: ByteSize = size
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("tmpfs {spec:?}: {e}"))?;
+            (path, Some(size.0))
+        }
+    };
+    Ok(Tmpfs {
+        destination: destination.to_owned(),
+        size,
+    })
 }
 
 fn parse_volume(spec: &str) -> anyhow::Result<Bind> {

@@ -258,6 +258,47 @@ fn run_shows_output_and_returns_the_exit_code() {
         "1000\n1000\nread-only\n",
         "{out:?}"
     );
+    // A host directory bound read-only, and a sized tmpfs.
+    let host = node.dir.path().join("shared");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("file"), "from the host\n").unwrap();
+    let volume = format!("{}:/data:ro", host.display());
+    let out = node.output(&[
+        "run",
+        "--rm",
+        "-v",
+        &volume,
+        "--tmpfs",
+        "/scratch:size=1Mi",
+        &node.image.reference,
+        "sh",
+        "-c",
+        "cat /data/file; touch /data/x || echo ro-volume; grep ' /scratch ' /proc/mounts",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("from the host\nro-volume\ntmpfs /scratch tmpfs"),
+        "{out:?}"
+    );
+    assert!(stdout.contains("size=1024k"), "{stdout}");
+    assert!(!host.join("x").exists());
+    // Bad mounts are clear errors.
+    let out = node.output(&["run", "--tmpfs", "/t:mode=1", &node.image.reference]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PATH:size=SIZE"),
+        "{out:?}"
+    );
+    let out = node.output(&[
+        "run",
+        "-v",
+        "/no/such/dir:/d",
+        &node.image.reference,
+        "true",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+        "{out:?}"
+    );
 }
 
 #[test]

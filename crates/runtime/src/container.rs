@@ -14,7 +14,7 @@ use crate::image::ImageConfig;
 use crate::logs::LogLimits;
 use crate::network::{Attachment, PortMapping};
 use crate::oci_runtime::RuntimeConfig;
-use crate::spec::{Bind, Resources, User};
+use crate::spec::{Bind, Resources, Tmpfs, User};
 
 /// The record's file in a container's directory.
 pub const RECORD_FILE: &str = "container.json";
@@ -174,6 +174,9 @@ pub struct ContainerRequest {
     /// Host paths mounted in.
     #[serde(default)]
     pub volumes: Vec<Bind>,
+    /// tmpfs mounts.
+    #[serde(default)]
+    pub tmpfs: Vec<Tmpfs>,
     /// Root filesystem read-only.
     #[serde(default)]
     pub read_only: bool,

@@ -350,6 +350,14 @@ impl Node {
                 read_only: false,
             })
             .collect();
+        for tmpfs in &record.request.tmpfs {
+            if !tmpfs.destination.starts_with('/') {
+                return Err(NodeError::Invalid(format!(
+                    "tmpfs path {} must be absolute",
+                    tmpfs.destination
+                )));
+            }
+        }
         for volume in &record.request.volumes {
             if !volume.source.is_absolute() || !volume.destination.starts_with('/') {
                 return Err(NodeError::Invalid(format!(
@@ -381,6 +389,7 @@ impl Node {
             rootfs: rootfs.merged.clone(),
             read_only: record.request.read_only,
             binds,
+            tmpfs: record.request.tmpfs.clone(),
             netns: record.netns.clone(),
             cgroups_path: spec::cgroup_path(&record.id),
             resources: record.request.resources,

@@ -92,6 +92,16 @@ pub struct Bind {
     pub read_only: bool,
 }
 
+/// A tmpfs mounted in the container (memory-backed scratch space, gone with the container).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tmpfs {
+    /// In the container.
+    pub destination: String,
+    /// Its size limit in bytes; the kernel's default (half the RAM) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
 /// Everything `config.json` is made from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BundleSpec {
@@ -111,6 +121,8 @@ pub struct BundleSpec {
     pub read_only: bool,
     /// Extra bind mounts (`/etc/hosts`, volumes, ...).
     pub binds: Vec<Bind>,
+    /// tmpfs mounts.
+    pub tmpfs: Vec<Tmpfs>,
     /// A network namespace to join; `None` gives the container a new empty one.
     pub netns: Option<PathBuf>,
     /// The container's cgroup, e.g. `/berth/<id>`.
@@ -156,6 +168,22 @@ pub fn config_json(spec: &BundleSpec) -> Value {
             "destination": bind.destination,
             "type": "bind",
             "source": bind.source,
+            "options": options,
+        }));
+    }
+    for tmpfs in &spec.tmpfs {
+        let mut options = vec![
+            "nosuid".to_owned(),
+            "nodev".to_owned(),
+            "mode=1777".to_owned(),
+        ];
+        if let Some(size) = tmpfs.size {
+            options.push(format!("size={size}"));
+        }
+        mounts.push(json!({
+            "destination": tmpfs.destination,
+            "type": "tmpfs",
+            "source": "tmpfs",
             "options": options,
         }));
     }

@@ -20,6 +20,10 @@ fn spec() -> BundleSpec {
             destination: "/srv".into(),
             read_only: true,
         }],
+        tmpfs: vec![Tmpfs {
+            destination: "/scratch".into(),
+            size: Some(1 << 20),
+        }],
         netns: Some("/var/lib/berth/netns/x".into()),
         cgroups_path: cgroup_path("x"),
         resources: Resources {
@@ -91,6 +95,17 @@ fn limits_namespaces_and_mounts() {
         .unwrap();
     assert_eq!(bind["source"], "/data");
     assert!(bind["options"].as_array().unwrap().contains(&"ro".into()));
+    let tmpfs = config["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["destination"] == "/scratch")
+        .unwrap();
+    assert_eq!(tmpfs["type"], "tmpfs");
+    assert!(tmpfs["options"]
+        .as_array()
+        .unwrap()
+        .contains(&"size=1048576".into()));
 }
 
 #[test]
