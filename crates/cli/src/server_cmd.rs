@@ -48,7 +48,12 @@ pub struct DeployArgs {
     #[command(flatten)]
     client: ClientArgs,
     /// The app spec.
-    #[arg(short = 'f', long = "file", default_value = "berth.toml", value_name = "FILE")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        default_value = "berth.toml",
+        value_name = "FILE"
+    )]
     file: PathBuf,
     /// Apply the [env.<ENV>] overlay of the file.
     #[arg(long, value_name = "ENV")]
@@ -140,10 +145,13 @@ pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Re
         out.flush()?;
         drop(out);
         let shutdown = crate::registry_cmd::shutdown_signal()?;
-        axum::serve(listener, berth_server::router(ApiState::new(controller, token)))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving the API")?;
+        axum::serve(
+            listener,
+            berth_server::router(ApiState::new(controller, token)),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving the API")?;
         Ok(())
     })
 }
@@ -181,7 +189,12 @@ impl Client {
         })
     }
 
-    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(body) = body {
@@ -404,7 +417,10 @@ pub fn releases(args: ReleasesArgs, root: &Path) -> anyhow::Result<()> {
             .into_iter()
             .flatten()
             .map(|(service, image)| {
-                format!("{service}={}", image["reference"].as_str().unwrap_or_default())
+                format!(
+                    "{service}={}",
+                    image["reference"].as_str().unwrap_or_default()
+                )
             })
             .collect();
         println!(

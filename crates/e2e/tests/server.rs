@@ -90,7 +90,11 @@ impl Server {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("berth server exited with {status}:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "berth server did not start:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "berth server did not start:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         self.child = Some(child);
@@ -165,7 +169,9 @@ healthy_deadline = "6s"
 
     fn deploy(&self, tag: &str) -> Output {
         let spec = self.spec(tag);
-        self.run(&["deploy", "-f", spec.to_str().unwrap()])
+        let out = self.run(&["deploy", "-f", spec.to_str().unwrap()]);
+        eprintln!("$ berth deploy ({tag}): {}\n{}", out.status, text(&out));
+        out
     }
 
     fn status(&self) -> Value {
@@ -314,7 +320,12 @@ fn deploys_roll_back_heal_and_survive_a_server_restart() {
 
     // 1. A first deploy: three healthy instances, reachable by address.
     let out = server.deploy("v1");
-    assert!(out.status.success(), "deploy v1:\n{}\n{}", text(&out), server.log());
+    assert!(
+        out.status.success(),
+        "deploy v1:\n{}\n{}",
+        text(&out),
+        server.log()
+    );
     assert!(text(&out).contains("release shop#1"), "{}", text(&out));
     assert!(text(&out).contains("live"), "{}", text(&out));
     server.assert_serving(1, "v1");
@@ -351,7 +362,12 @@ fn deploys_roll_back_heal_and_survive_a_server_restart() {
     let out = server.deploy("v2");
     sampling.store(false, Ordering::SeqCst);
     sampler.join().unwrap();
-    assert!(out.status.success(), "deploy v2:\n{}\n{}", text(&out), server.log());
+    assert!(
+        out.status.success(),
+        "deploy v2:\n{}\n{}",
+        text(&out),
+        server.log()
+    );
     let (lowest, view) = lowest.lock().unwrap().clone();
     assert!(
         lowest >= REPLICAS - MAX_UNAVAILABLE && lowest != usize::MAX,
@@ -361,14 +377,27 @@ fn deploys_roll_back_heal_and_survive_a_server_restart() {
 
     // 3. A broken release: the deadline passes, it is rolled back, the CLI says so.
     let out = server.deploy("v3");
-    assert!(!out.status.success(), "deploy v3 succeeded:\n{}", text(&out));
+    assert!(
+        !out.status.success(),
+        "deploy v3 succeeded:\n{}",
+        text(&out)
+    );
     assert!(text(&out).contains("failed"), "{}", text(&out));
-    server.wait_for("release 2 to be live again", Duration::from_secs(30), || {
-        server.status()["desired_status"] == "live"
-    });
-    server.wait_for("the instances of release 3 to go", Duration::from_secs(30), || {
-        !server.containers().iter().any(|c| c.starts_with("shop.web-3-"))
-    });
+    server.wait_for(
+        "release 2 to be live again",
+        Duration::from_secs(30),
+        || server.status()["desired_status"] == "live",
+    );
+    server.wait_for(
+        "the instances of release 3 to go",
+        Duration::from_secs(30),
+        || {
+            !server
+                .containers()
+                .iter()
+                .any(|c| c.starts_with("shop.web-3-"))
+        },
+    );
     assert_eq!(server.status()["desired_release"], 2);
     server.assert_serving(2, "v2");
     let releases = server.ok(&["releases", "shop"]);
@@ -376,17 +405,26 @@ fn deploys_roll_back_heal_and_survive_a_server_restart() {
 
     // 4. A manual rollback skips the failed release and goes to release 1.
     let out = server.run(&["rollback", "shop"]);
-    assert!(out.status.success(), "rollback:\n{}\n{}", text(&out), server.log());
+    assert!(
+        out.status.success(),
+        "rollback:\n{}\n{}",
+        text(&out),
+        server.log()
+    );
     assert!(text(&out).contains("shop#2 -> shop#1"), "{}", text(&out));
     server.assert_serving(1, "v1");
 
     // 5. A killed instance is replaced.
     let victim = server.healthy()[0].0.clone();
     server.ok(&["kill", &victim]);
-    server.wait_for("the killed instance to be replaced", Duration::from_secs(30), || {
-        let healthy = server.healthy();
-        healthy.len() == REPLICAS && healthy.iter().all(|(c, _, _)| *c != victim)
-    });
+    server.wait_for(
+        "the killed instance to be replaced",
+        Duration::from_secs(30),
+        || {
+            let healthy = server.healthy();
+            healthy.len() == REPLICAS && healthy.iter().all(|(c, _, _)| *c != victim)
+        },
+    );
     server.assert_serving(1, "v1");
 
     // 6. A SIGKILLed server finds its instances again and starts no duplicates.
@@ -394,9 +432,11 @@ fn deploys_roll_back_heal_and_survive_a_server_restart() {
     assert_eq!(before.len(), REPLICAS, "{before:?}");
     server.kill9();
     server.spawn();
-    server.wait_for("the restarted server to see its instances healthy", Duration::from_secs(30), || {
-        server.healthy().len() == REPLICAS
-    });
+    server.wait_for(
+        "the restarted server to see its instances healthy",
+        Duration::from_secs(30),
+        || server.healthy().len() == REPLICAS,
+    );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(server.containers(), before, "containers after the restart");
     server.assert_serving(1, "v1");

@@ -2,6 +2,9 @@
 //! store and read what the controller published; they never start or stop anything
 //! themselves. Every error is JSON `{"error": "..."}`; client mistakes are 4xx.
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -378,9 +381,15 @@ async fn load_state(
 async fn rollback(
     State(state): State<Arc<ApiState>>,
     Path(app): Path<String>,
-    body: Option<Json<RollbackRequest>>,
+    body: axum::body::Bytes,
 ) -> Result<Json<RollbackResponse>, ApiError> {
-    let request = body.map(|Json(r)| r).unwrap_or_default();
+    // The body is optional: an empty one asks for the previous good release.
+    let request: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RollbackRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("rollback request: {e}")))?
+    };
     let _turn = state.writes.lock().await;
     // The controller may record deploy progress between our read and write: retry then.
     for _ in 0..20 {

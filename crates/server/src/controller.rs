@@ -364,6 +364,24 @@ pub fn container_request(
     }
 }
 
+/// The error of a start of `service` of `app` that failed within [`START_RETRY_AFTER`]
+/// (older failures are forgotten at the start of every pass).
+fn recent_failure<'a>(
+    work: &'a HashMap<String, Work>,
+    app: &str,
+    service: &str,
+) -> Option<&'a str> {
+    work.values().find_map(|work| match work {
+        Work::Failed {
+            app: of,
+            service: failed,
+            error,
+            ..
+        } if of == app && failed == service => Some(error.as_str()),
+        _ => None,
+    })
+}
+
 /// Whether an exited instance of `service` is replaced, so its container can go.
 fn replaced(service: Option<&ServiceSpec>, code: Option<i32>) -> bool {
     use berth_core::plan::RestartPolicy as Policy;
@@ -469,6 +487,12 @@ impl Controller {
 
     /// One pass over every app.
     pub async fn pass(self: Arc<Self>) -> Result<(), ServerError> {
+        // Failed starts are reported for a while, then forgotten so the planner retries.
+        let now = now();
+        self.lock().work.retain(|_, work| match work {
+            Work::Failed { at, .. } => now.since(*at) < START_RETRY_AFTER,
+            _ => true,
+        });
         // Work first, containers second: a start that finishes in between is then seen as
         // a container, never as neither.
         let work = self.lock().work.clone();
@@ -498,16 +522,10 @@ impl Controller {
         Ok(())
     }
 
-    /// Drops health checkers of containers that are gone and failed starts that are old.
+    /// Drops the health checkers of containers that are gone.
     fn forget_gone(&self, seen: &[Seen]) {
         let ids: BTreeSet<&str> = seen.iter().map(|s| s.id.as_str()).collect();
-        let now = now();
-        let mut inner = self.lock();
-        inner.health.retain(|id, _| ids.contains(id.as_str()));
-        inner.work.retain(|_, work| match work {
-            Work::Failed { at, .. } => now.since(*at) < START_RETRY_AFTER,
-            _ => true,
-        });
+        self.lock().health.retain(|id, _| ids.contains(id.as_str()));
     }
 
     async fn reconcile(
@@ -593,6 +611,14 @@ impl Controller {
                     instance,
                     reason,
                 } => {
+                    if let Some(error) = recent_failure(work, app, &service) {
+                        // Restart backoff: a start that just failed is not retried at once.
+                        waiting.entry(service).or_default().push(format!(
+                            "a start failed less than {}s ago ({error}); retrying then",
+                            START_RETRY_AFTER.as_secs()
+                        ));
+                        continue;
+                    }
                     self.event(app, format!("start {instance}: {reason}"));
                     self.clone()
                         .start(app, &service, release, &instance, &releases, &specs);

@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)]
+
 use super::*;
 
 fn seen(container: &str, id: &str, status: Status) -> Seen {

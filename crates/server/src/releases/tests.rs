@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)]
+
 use super::*;
 
 fn state(desired: ReleaseId) -> AppState {
@@ -156,7 +158,7 @@ fn rollback_skips_failed_releases_and_pins_what_it_needs() {
 
     // A rollback to a release that failed before deploys it afresh.
     let again = app.clone().with_desired("shop", 3);
-    assert!(again.failed.get(&3).is_none());
+    assert!(!again.failed.contains_key(&3));
     assert_eq!(again.desired, 3);
     assert_eq!(again.latest, 4);
     assert_eq!(again.rollback_target(&releases), Some(2));
