@@ -14,25 +14,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use berth_e2e::berth_binary;
 use berth_e2e::busybox::{busybox_layer, push_image, raw_layer};
-use berth_e2e::{berth_binary, BerthOptions, BerthRegistry, Registry};
 use serde_json::Value;
 
 const REPLICAS: usize = 3;
 const MAX_UNAVAILABLE: usize = 1;
 
-/// A berth server with its own root, bridge and /24, and a registry with the test images.
+/// A berth server with its own root, bridge and /24, serving the registry that holds the
+/// test images too (`--registry-listen`).
 struct Server {
     dir: tempfile::TempDir,
     bridge: String,
-    registry: BerthRegistry,
     port: u16,
+    registry_port: u16,
     child: Option<Child>,
 }
 
 impl Server {
     fn start() -> Server {
-        let registry = BerthRegistry::start(BerthOptions::default());
         let dir = tempfile::Builder::new()
             .prefix("berth-server.")
             .tempdir()
@@ -48,8 +48,8 @@ impl Server {
         let mut server = Server {
             dir,
             bridge,
-            registry,
             port: free_port(),
+            registry_port: free_port(),
             child: None,
         };
         server.spawn();
@@ -62,6 +62,10 @@ impl Server {
 
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn registry(&self) -> String {
+        format!("127.0.0.1:{}", self.registry_port)
     }
 
     fn log(&self) -> String {
@@ -77,6 +81,7 @@ impl Server {
         let stdout = self.dir.path().join("stdout.log");
         let mut cmd = self.berth();
         cmd.args(["server", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--registry-listen", &self.registry()])
             .env("BERTH_LOG", "info,berth_server=debug")
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).unwrap())
@@ -85,7 +90,7 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !fs::read_to_string(&stdout)
             .unwrap_or_default()
-            .contains("listening on")
+            .contains("berth server listening on")
         {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("berth server exited with {status}:\n{}", self.log());
@@ -161,7 +166,7 @@ max_unavailable = {MAX_UNAVAILABLE}
 min_healthy_time = "1s"
 healthy_deadline = "6s"
 "#,
-            self.registry.host()
+            self.registry()
         );
         fs::write(&path, text).unwrap();
         path
@@ -312,7 +317,7 @@ fn push_web(registry: &str, tag: &str, content: &str, port: u16) {
 #[test]
 fn deploys_roll_back_heal_and_survive_a_server_restart() {
     let mut server = Server::start();
-    let registry = server.registry.url().to_owned();
+    let registry = format!("http://{}", server.registry());
     push_web(&registry, "v1", "v1", 8080);
     push_web(&registry, "v2", "v2", 8080);
     // Listens on the wrong port: its health check never passes.
