@@ -223,6 +223,10 @@ async fn deploy(
             spec.app
         )));
     }
+    let unsupported = unsupported(&spec);
+    if !unsupported.is_empty() {
+        return Err(ApiError::bad_request(unsupported.join("; ")));
+    }
     let mut images = BTreeMap::new();
     for (name, service) in &spec.services {
         images.insert(
@@ -285,6 +289,25 @@ async fn deploy(
             images,
         }),
     ))
+}
+
+/// What the spec asks for that this server cannot do yet: refused rather than silently
+/// ignored (a database without its volume would lose its data at the next deploy).
+fn unsupported(spec: &AppSpec) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, service) in &spec.services {
+        if !service.volumes.is_empty() {
+            problems.push(format!(
+                "service `{name}` has volumes, which berth server does not mount yet: remove them or run it with berth run -v"
+            ));
+        }
+        if !service.secrets.is_empty() {
+            problems.push(format!(
+                "service `{name}` has secrets, which berth server does not inject yet: pass them as env for now"
+            ));
+        }
+    }
+    problems
 }
 
 /// Pulls a service's image and pins it by digest.

@@ -167,6 +167,16 @@ async fn client_mistakes_are_4xx() {
         "{body}"
     );
 
+    let with_volume = format!("{SPEC}volumes = {{ data = \"/data\" }}\n");
+    let (status, body) = api
+        .post("/v1/apps/shop/deploy", &deploy_body(&with_volume))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"].as_str().unwrap().contains("volumes"),
+        "{body}"
+    );
+
     let (status, _) = api.post("/v1/apps/shop/deploy", "{\"spec\": 3}").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = api
