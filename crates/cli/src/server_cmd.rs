@@ -330,9 +330,9 @@ pub fn status(args: StatusArgs, root: &Path) -> anyhow::Result<()> {
         println!("{:<20} {:<8} {:<10} LATEST", "APP", "RELEASE", "STATUS");
         for app in apps.as_array().into_iter().flatten() {
             println!(
-                "{:<20} #{:<7} {:<10} #{}",
+                "{:<20} {:<8} {:<10} #{}",
                 app["app"].as_str().unwrap_or_default(),
-                app["desired_release"],
+                release(&app["desired_release"]),
                 app["status"].as_str().unwrap_or_default(),
                 app["latest_release"]
             );
@@ -361,10 +361,10 @@ pub fn status(args: StatusArgs, root: &Path) -> anyhow::Result<()> {
         .chain(orphans)
     {
         println!(
-            "{:<10} {:<14} #{:<7} {:<9} {:<10} {}",
+            "{:<10} {:<14} {:<8} {:<9} {:<10} {}",
             instance["service"].as_str().unwrap_or_default(),
             instance["id"].as_str().unwrap_or_default(),
-            instance["release"],
+            release(&instance["release"]),
             instance["state"].as_str().unwrap_or_default(),
             instance["health"].as_str().unwrap_or_default(),
             instance["address"].as_str().unwrap_or("-"),
@@ -424,8 +424,8 @@ pub fn releases(args: ReleasesArgs, root: &Path) -> anyhow::Result<()> {
             })
             .collect();
         println!(
-            "#{:<7} {:<11} {:<20} {}",
-            release["number"],
+            "{:<8} {:<11} {:<20} {}",
+            self::release(&release["number"]),
             release["status"].as_str().unwrap_or_default(),
             created,
             images.join(" ")
@@ -451,4 +451,9 @@ pub fn rollback(args: RollbackArgs, root: &Path) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     follow(&client, &args.app, to)
+}
+
+/// `#7` for a release number in a JSON answer.
+fn release(number: &Value) -> String {
+    format!("#{}", number.as_u64().unwrap_or_default())
 }
