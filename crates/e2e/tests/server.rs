@@ -300,7 +300,7 @@ fn text(out: &Output) -> String {
 }
 
 /// Pushes `shop/web:{tag}` serving `content` at /index.html on `port`.
-fn push_web(registry: &str, tag: &str, content: &str, port: u16) {
+fn push_web(registry: &str, tag: &str, content: &str, port: u16) -> String {
     let port = port.to_string();
     push_image(
         registry,
@@ -311,17 +311,18 @@ fn push_web(registry: &str, tag: &str, content: &str, port: u16) {
             raw_layer("www/index.html", format!("{content}\n").as_bytes()),
         ],
         &["httpd", "-f", "-p", &port, "-h", "/www"],
-    );
+    )
+    .digest
 }
 
 #[test]
 fn deploys_roll_back_heal_and_survive_a_server_restart() {
     let mut server = Server::start();
     let registry = format!("http://{}", server.registry());
-    push_web(&registry, "v1", "v1", 8080);
-    push_web(&registry, "v2", "v2", 8080);
+    let v1 = push_web(&registry, "v1", "v1", 8080);
+    let v2 = push_web(&registry, "v2", "v2", 8080);
     // Listens on the wrong port: its health check never passes.
-    push_web(&registry, "v3", "v3", 8081);
+    let v3 = push_web(&registry, "v3", "v3", 8081);
 
     // 1. A first deploy: three healthy instances, reachable by address.
     let out = server.deploy("v1");
@@ -418,6 +419,22 @@ fn deploys_roll_back_heal_and_survive_a_server_restart() {
     );
     assert!(text(&out).contains("shop#2 -> shop#1"), "{}", text(&out));
     server.assert_serving(1, "v1");
+    // Release 1 runs, release 2 is where `rollback` came from: both stay on the node.
+    server.wait_for(
+        "the images of releases 1 and 2 to be pinned, 3 not",
+        Duration::from_secs(10),
+        || {
+            let images: Value = serde_json::from_str(&server.ok(&["images", "--json"])).unwrap();
+            let pinned = |digest: &str| {
+                images
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|i| i["id"] == digest && i["pinned"] == true)
+            };
+            pinned(&v1) && pinned(&v2) && !pinned(&v3)
+        },
+    );
 
     // 5. A killed instance is replaced.
     let victim = server.healthy()[0].0.clone();

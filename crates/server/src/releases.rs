@@ -83,12 +83,19 @@ pub struct AppState {
     pub deploys: BTreeMap<String, DeployRecord>,
     /// Releases whose deploy failed, with the planner's reason.
     pub failed: BTreeMap<ReleaseId, String>,
+    /// The release that was desired before the current one (unless it failed): kept on the
+    /// node after a rollback, so going forward again is as quick as going back.
+    #[serde(default)]
+    pub previous: Option<ReleaseId>,
 }
 
 impl AppState {
     /// The state after a new release `number` was made desired (by a deploy or a rollback).
     pub fn with_desired(mut self, app: &str, number: ReleaseId) -> AppState {
         self.app = app.to_owned();
+        if self.desired != number && self.desired != 0 && !self.failed.contains_key(&self.desired) {
+            self.previous = Some(self.desired);
+        }
         self.desired = number;
         self.latest = self.latest.max(number);
         // Deploying a release again (a rollback to it) starts a fresh deploy, even if it
@@ -169,10 +176,11 @@ impl AppState {
             .max()
     }
 
-    /// Releases whose images must stay on the node: the desired one, the rollback target,
-    /// and the release each unfinished deploy replaces.
+    /// Releases whose images must stay on the node: the desired one, the previously desired
+    /// one, the rollback target, and the release each unfinished deploy replaces.
     pub fn pinned_releases(&self, releases: &[ReleaseId]) -> BTreeSet<ReleaseId> {
         let mut pinned: BTreeSet<ReleaseId> = BTreeSet::from([self.desired]);
+        pinned.extend(self.previous);
         pinned.extend(self.rollback_target(releases));
         pinned.extend(
             self.deploys

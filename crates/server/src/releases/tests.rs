@@ -186,3 +186,22 @@ fn deploy_records_round_trip_through_json() {
     let back: DeployRecord = serde_json::from_str(&json).unwrap();
     assert_eq!(DeployState::from(back), state);
 }
+
+#[test]
+fn after_a_rollback_the_release_rolled_back_from_stays_pinned() {
+    let app = state(1).with_desired("shop", 2).with_desired("shop", 3);
+    assert_eq!(app.previous, Some(2));
+    let back = app.with_desired("shop", 1);
+    assert_eq!(back.previous, Some(3));
+    assert_eq!(back.rollback_target(&[1, 2, 3]), None);
+    assert_eq!(back.pinned_releases(&[1, 2, 3]), BTreeSet::from([1, 3]));
+}
+
+#[test]
+fn a_failed_release_never_becomes_previous() {
+    let mut app = state(1).with_desired("shop", 2);
+    app.failed.insert(2, "broken".into());
+    app.desired = 1;
+    let next = app.with_desired("shop", 3);
+    assert_eq!(next.previous, Some(1));
+}
