@@ -8,7 +8,8 @@ mod tests;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -106,6 +107,31 @@ impl IntoResponse for ApiError {
             Json(serde_json::json!({ "error": self.message })),
         )
             .into_response()
+    }
+}
+
+/// The `{app}` of a path, checked to be an app name (a DNS label, as in `berth.toml`).
+pub struct AppName(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for AppName {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(app) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let valid = app.len() <= 63
+            && app.starts_with(|c: char| c.is_ascii_lowercase())
+            && !app.ends_with('-')
+            && app
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid {
+            return Err(ApiError::bad_request(format!(
+                "{app:?} is not an app name: lowercase letters, digits and '-', starting with a letter"
+            )));
+        }
+        Ok(AppName(app))
     }
 }
 
@@ -210,7 +236,7 @@ pub struct ReleaseSummary {
 
 async fn deploy(
     State(state): State<Arc<ApiState>>,
-    Path(app): Path<String>,
+    AppName(app): AppName,
     body: Result<Json<DeployRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<DeployResponse>), ApiError> {
     let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -403,7 +429,7 @@ async fn load_state(
 
 async fn rollback(
     State(state): State<Arc<ApiState>>,
-    Path(app): Path<String>,
+    AppName(app): AppName,
     body: axum::body::Bytes,
 ) -> Result<Json<RollbackResponse>, ApiError> {
     // The body is optional: an empty one asks for the previous good release.
@@ -496,7 +522,7 @@ async fn list_apps(State(state): State<Arc<ApiState>>) -> Result<Json<Vec<AppSum
 
 async fn app_status(
     State(state): State<Arc<ApiState>>,
-    Path(app): Path<String>,
+    AppName(app): AppName,
 ) -> Result<Json<AppView>, ApiError> {
     let (current, _) = load_state(&state.controller, &app).await?;
     let numbers: Vec<ReleaseId> = load_releases(state.controller.store().as_ref(), &app)
@@ -515,7 +541,7 @@ async fn app_status(
 
 async fn releases(
     State(state): State<Arc<ApiState>>,
-    Path(app): Path<String>,
+    AppName(app): AppName,
 ) -> Result<Json<Vec<ReleaseSummary>>, ApiError> {
     let (current, _) = load_state(&state.controller, &app).await?;
     let releases = load_releases(state.controller.store().as_ref(), &app).await?;

@@ -194,6 +194,14 @@ async fn client_mistakes_are_4xx() {
     }
     let (status, _) = api.post("/v1/apps/nope/rollback", "{}").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    for path in ["/v1/apps/Shop", "/v1/apps/a%2Fb/releases", "/v1/apps/-x"] {
+        let (status, body) = api.get(path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        assert!(
+            body["error"].as_str().unwrap().contains("not an app name"),
+            "{body}"
+        );
+    }
     let (status, _) = api.get("/v2/").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }

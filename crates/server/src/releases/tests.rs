@@ -205,3 +205,22 @@ fn a_failed_release_never_becomes_previous() {
     let next = app.with_desired("shop", 3);
     assert_eq!(next.previous, Some(1));
 }
+
+#[test]
+fn a_release_parses_with_the_overlay_it_was_made_with() {
+    let release = Release {
+        app: "shop".into(),
+        number: 1,
+        spec: "app = \"shop\"\n[services.web]\nimage = \"r/web:1\"\nreplicas = 3\n[env.staging]\nservices.web.replicas = 1\n".into(),
+        file: "shop.toml".into(),
+        env: Some("staging".into()),
+        images: BTreeMap::new(),
+        created_at: 0,
+    };
+    assert_eq!(release.app_spec().unwrap().services["web"].replicas, 1);
+    let plain = Release {
+        env: None,
+        ..release
+    };
+    assert_eq!(plain.app_spec().unwrap().services["web"].replicas, 3);
+}
