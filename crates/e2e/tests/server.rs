@@ -324,6 +324,17 @@ fn deploys_roll_back_heal_and_survive_a_server_restart() {
     // Listens on the wrong port: its health check never passes.
     let v3 = push_web(&registry, "v3", "v3", 8081);
 
+    // A spec mistake is reported with its place, and nothing is deployed.
+    let bad = server.dir.path().join("bad.toml");
+    fs::write(
+        &bad,
+        "app = \"shop\"\n[services.web]\nimage = \"x:1\"\nreplicas = -1\n",
+    )
+    .unwrap();
+    let out = server.run(&["deploy", "-f", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("bad.toml:4:"), "{}", text(&out));
+
     // 1. A first deploy: three healthy instances, reachable by address.
     let out = server.deploy("v1");
     assert!(
