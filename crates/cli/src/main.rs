@@ -6,6 +6,7 @@ mod container_cmd;
 mod image_cmd;
 mod info;
 mod registry_cmd;
+mod server_cmd;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -86,6 +87,18 @@ enum Command {
     Image(image_cmd::ImageCommand),
     #[command(flatten)]
     Node(container_cmd::NodeCommand),
+    /// Run the all-in-one server: the /v1 API, the controller that deploys releases on this
+    /// node's containers, and optionally the registry. State in <root>/server.redb.
+    Server(server_cmd::ServerArgs),
+    /// Deploy an app spec (berth.toml) as a new release and follow it until it is live;
+    /// exits non-zero when it fails (it is then rolled back).
+    Deploy(server_cmd::DeployArgs),
+    /// Show apps, or one app's services, instances and recent events.
+    Status(server_cmd::StatusArgs),
+    /// List an app's releases, newest first.
+    Releases(server_cmd::ReleasesArgs),
+    /// Make an earlier release of an app desired again and follow its deploy.
+    Rollback(server_cmd::RollbackArgs),
     /// The per-container monitor (started by berth itself).
     #[command(hide = true)]
     InternalMonitor {
@@ -132,6 +145,11 @@ fn main() -> std::process::ExitCode {
         Command::Images(args) => ok(image_cmd::images(args, &cli.root)),
         Command::Image(cmd) => ok(image_cmd::run(cmd, &cli.root)),
         Command::Node(cmd) => container_cmd::run_command(cmd, cli.config.as_deref(), &cli.root),
+        Command::Server(args) => ok(server_cmd::serve(args, cli.config.as_deref(), &cli.root)),
+        Command::Deploy(args) => server_cmd::deploy(args, &cli.root),
+        Command::Status(args) => ok(server_cmd::status(args, &cli.root)),
+        Command::Releases(args) => ok(server_cmd::releases(args, &cli.root)),
+        Command::Rollback(args) => server_cmd::rollback(args, &cli.root),
         Command::InternalMonitor { dir } => container_cmd::monitor(&dir),
         Command::InternalCgroupNs { program, args } => Err(
             berth_runtime::oci_runtime::exec_in_private_cgroup_namespace(&program, &args).into(),

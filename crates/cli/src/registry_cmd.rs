@@ -222,7 +222,7 @@ fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<()> {
 /// A future that completes on SIGTERM or SIGINT. The handlers are installed when this is
 /// called, not when the future is first polled, so a signal that arrives right after the
 /// listening line still stops the server gracefully.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;

@@ -1,0 +1,459 @@
+//! `berth server` (API + controller + node + optional registry in one process) and its
+//! clients: `berth deploy`, `status`, `releases`, `rollback`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use berth_server::{load_or_create_token, ApiState, Controller, TOKEN_FILE};
+use clap::Args;
+use serde_json::{json, Value};
+
+use crate::config::ConfigFile;
+
+/// Where the API listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
+
+/// `berth server`
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Address of the /v1 API.
+    #[arg(long, env = "BERTH_SERVER_LISTEN", default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Also serve the OCI registry on this address, with its data in <root>/registry (the
+    /// [registry] table of the config file applies). Off by default.
+    #[arg(long, env = "BERTH_REGISTRY_LISTEN", value_name = "ADDR")]
+    registry_listen: Option<SocketAddr>,
+}
+
+/// How clients reach the server.
+#[derive(Args)]
+pub struct ClientArgs {
+    /// The server's URL.
+    #[arg(long, env = "BERTH_SERVER", default_value_t = format!("http://{DEFAULT_LISTEN}"), value_name = "URL")]
+    server: String,
+    /// The API token [default: the contents of <root>/server.token].
+    #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+/// `berth deploy`
+#[derive(Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The app spec.
+    #[arg(
+        short = 'f',
+        long = "file",
+        default_value = "berth.toml",
+        value_name = "FILE"
+    )]
+    file: PathBuf,
+    /// Apply the [env.<ENV>] overlay of the file.
+    #[arg(long, value_name = "ENV")]
+    env: Option<String>,
+    /// Return once the release is created instead of following the deploy.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// `berth status`
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// An app: its services, instances and recent events. Without: every app.
+    app: Option<String>,
+    /// Print the server's JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `berth releases`
+#[derive(Args)]
+pub struct ReleasesArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The app.
+    app: String,
+}
+
+/// `berth rollback`
+#[derive(Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The app.
+    app: String,
+    /// The release to go back to [default: the newest good one before the current].
+    release: Option<u64>,
+    /// Return at once instead of following the deploy of the old release.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Result<()> {
+    let file = ConfigFile::load(config)?;
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let node = Arc::new(crate::container_cmd::open_node(&file, root)?);
+    let token = load_or_create_token(root)
+        .with_context(|| format!("reading or creating {}", root.join(TOKEN_FILE).display()))?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let db = root.join("server.redb");
+        let store = berth_store::RedbStore::open(&db)
+            .await
+            .with_context(|| format!("opening the state store {}", db.display()))?;
+        let controller = Controller::new(Arc::new(store), node, Default::default());
+        tokio::spawn(controller.clone().run());
+        if let Some(listen) = args.registry_listen {
+            let settings = file
+                .registry
+                .merged(berth_registry::RegistryConfig {
+                    listen: Some(listen),
+                    data_dir: Some(root.join("registry")),
+                    ..Default::default()
+                })
+                .settings(root.join("registry"))
+                .map_err(anyhow::Error::msg)?;
+            let registry = berth_registry::Server::bind(&settings).await?;
+            println!("berth registry listening on {}", registry.url());
+            tokio::spawn(async move {
+                if let Err(e) = registry.run(std::future::pending()).await {
+                    tracing::error!(error = %e, "registry stopped");
+                }
+            });
+        }
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "berth server listening on http://{addr} (state in {}, token in {})",
+            db.display(),
+            root.join(TOKEN_FILE).display()
+        )?;
+        out.flush()?;
+        drop(out);
+        let shutdown = crate::registry_cmd::shutdown_signal()?;
+        axum::serve(
+            listener,
+            berth_server::router(ApiState::new(controller, token)),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving the API")?;
+        Ok(())
+    })
+}
+
+/// A blocking client of the /v1 API.
+struct Client {
+    base: String,
+    token: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Client {
+    fn new(args: &ClientArgs, root: &Path) -> anyhow::Result<Client> {
+        let token = match &args.token {
+            Some(token) => token.clone(),
+            None => {
+                let path = root.join(TOKEN_FILE);
+                std::fs::read_to_string(&path)
+                    .with_context(|| {
+                        format!(
+                            "reading the API token from {} (set BERTH_TOKEN or --root)",
+                            path.display()
+                        )
+                    })?
+                    .trim()
+                    .to_owned()
+            }
+        };
+        Ok(Client {
+            base: args.server.trim_end_matches('/').to_owned(),
+            token,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(600))
+                .build()?,
+        })
+    }
+
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .with_context(|| format!("cannot reach the berth server at {} (is `berth server` running? --server / BERTH_SERVER)", self.base))?;
+        let status = response.status();
+        let value: Value = response.json().unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = value["error"].as_str().unwrap_or("no error message");
+            bail!("{message}");
+        }
+        Ok(value)
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::GET, path, None)
+    }
+
+    fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::POST, path, Some(body))
+    }
+}
+
+/// `berth deploy`: exits non-zero when the deploy fails (and was rolled back).
+pub fn deploy(args: DeployArgs, root: &Path) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.client, root)?;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let file = args.file.display().to_string();
+    let spec = berth_core::AppSpec::parse_file(&file, &text, args.env.as_deref())
+        .map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let app = spec.app;
+    println!("pulling images of {app}…");
+    let created = client.post(
+        &format!("/v1/apps/{app}/deploy"),
+        json!({ "spec": text, "env": args.env, "file": file }),
+    )?;
+    let release = created["release"].as_u64().unwrap_or_default();
+    let replaces = created["previous"]
+        .as_u64()
+        .map_or(String::new(), |p| format!(" replaces {app}#{p}"));
+    println!("release {app}#{release}{replaces}");
+    if let Some(images) = created["images"].as_object() {
+        for (service, image) in images {
+            println!(
+                "  {service}: {} ({})",
+                image["reference"].as_str().unwrap_or_default(),
+                image["digest"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    if args.no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow(&client, &app, release)
+}
+
+/// Prints instance progress until `release` of `app` is live (success) or failed.
+fn follow(client: &Client, app: &str, release: u64) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mut shown: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        let view = client.get(&format!("/v1/apps/{app}"))?;
+        for service in view["services"].as_array().into_iter().flatten() {
+            for instance in service["instances"].as_array().into_iter().flatten() {
+                let id = instance["id"].as_str().unwrap_or_default().to_owned();
+                let state = instance["state"].as_str().unwrap_or_default();
+                let health = instance["health"].as_str().unwrap_or_default();
+                let line = match (state, health) {
+                    ("running", "healthy") => "healthy".to_owned(),
+                    ("running", "unhealthy") => "unhealthy".to_owned(),
+                    ("running", _) => "running, health check pending".to_owned(),
+                    (state, _) => state.to_owned(),
+                };
+                let line = match instance["address"].as_str() {
+                    Some(address) if state == "running" => format!("{line:<32} {address}"),
+                    _ => line,
+                };
+                if shown.get(&id) != Some(&line) {
+                    println!("  {id:<12} {line}");
+                    shown.insert(id, line);
+                }
+            }
+        }
+        let releases = client.get(&format!("/v1/apps/{app}/releases"))?;
+        let ours = releases
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["number"].as_u64() == Some(release));
+        let status = ours.and_then(|r| r["status"].as_str()).unwrap_or_default();
+        let desired = view["desired_release"].as_u64().unwrap_or_default();
+        match status {
+            "live" => {
+                println!(
+                    "release {app}#{release} live in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            "failed" => {
+                let why = ours
+                    .and_then(|r| r["failure"].as_str())
+                    .unwrap_or("no reason recorded");
+                eprintln!("release {app}#{release} failed: {why}");
+                if desired != release {
+                    eprintln!("{app} is going back to release #{desired}");
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+            _ if desired != release => {
+                eprintln!("release {app}#{release} is no longer desired: #{desired} is");
+                return Ok(ExitCode::FAILURE);
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// `berth status [APP]`
+pub fn status(args: StatusArgs, root: &Path) -> anyhow::Result<()> {
+    let client = Client::new(&args.client, root)?;
+    let Some(app) = args.app else {
+        let apps = client.get("/v1/apps")?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&apps)?);
+            return Ok(());
+        }
+        println!("{:<20} {:<8} {:<10} LATEST", "APP", "RELEASE", "STATUS");
+        for app in apps.as_array().into_iter().flatten() {
+            println!(
+                "{:<20} {:<8} {:<10} #{}",
+                app["app"].as_str().unwrap_or_default(),
+                release(&app["desired_release"]),
+                app["status"].as_str().unwrap_or_default(),
+                app["latest_release"]
+            );
+        }
+        return Ok(());
+    };
+    let view = client.get(&format!("/v1/apps/{app}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(());
+    }
+    println!(
+        "{app}: release #{} ({})",
+        view["desired_release"],
+        view["desired_status"].as_str().unwrap_or("unknown")
+    );
+    println!(
+        "{:<10} {:<14} {:<8} {:<9} {:<10} ADDRESS",
+        "SERVICE", "INSTANCE", "RELEASE", "STATE", "HEALTH"
+    );
+    let services = view["services"].as_array().cloned().unwrap_or_default();
+    let orphans = view["orphans"].as_array().cloned().unwrap_or_default();
+    for instance in services
+        .iter()
+        .flat_map(|s| s["instances"].as_array().cloned().unwrap_or_default())
+        .chain(orphans)
+    {
+        println!(
+            "{:<10} {:<14} {:<8} {:<9} {:<10} {}",
+            instance["service"].as_str().unwrap_or_default(),
+            instance["id"].as_str().unwrap_or_default(),
+            release(&instance["release"]),
+            instance["state"].as_str().unwrap_or_default(),
+            instance["health"].as_str().unwrap_or_default(),
+            instance["address"].as_str().unwrap_or("-"),
+        );
+    }
+    for service in &services {
+        for wait in service["waiting"].as_array().into_iter().flatten() {
+            println!(
+                "{}: {}",
+                service["name"].as_str().unwrap_or_default(),
+                wait.as_str().unwrap_or_default()
+            );
+        }
+    }
+    let events = view["events"].as_array().cloned().unwrap_or_default();
+    if !events.is_empty() {
+        println!("recent events:");
+        for event in events.iter().rev().take(8).rev() {
+            println!("  {}", event["message"].as_str().unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+/// `berth releases APP`
+pub fn releases(args: ReleasesArgs, root: &Path) -> anyhow::Result<()> {
+    let client = Client::new(&args.client, root)?;
+    let releases = client.get(&format!("/v1/apps/{}/releases", args.app))?;
+    println!("{:<8} {:<11} {:<20} IMAGES", "RELEASE", "STATUS", "CREATED");
+    for release in releases.as_array().into_iter().flatten() {
+        let created = release["created_at"]
+            .as_u64()
+            .and_then(|ms| {
+                time::OffsetDateTime::from_unix_timestamp(i64::try_from(ms / 1000).ok()?).ok()
+            })
+            .map(|t| {
+                format!(
+                    "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+                    t.year(),
+                    u8::from(t.month()),
+                    t.day(),
+                    t.hour(),
+                    t.minute(),
+                    t.second()
+                )
+            })
+            .unwrap_or_default();
+        let images: Vec<String> = release["images"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(service, image)| {
+                format!(
+                    "{service}={}",
+                    image["reference"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        println!(
+            "{:<8} {:<11} {:<20} {}",
+            self::release(&release["number"]),
+            release["status"].as_str().unwrap_or_default(),
+            created,
+            images.join(" ")
+        );
+        if let Some(failure) = release["failure"].as_str() {
+            println!("         {failure}");
+        }
+    }
+    Ok(())
+}
+
+/// `berth rollback APP [RELEASE]`
+pub fn rollback(args: RollbackArgs, root: &Path) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.client, root)?;
+    let body = match args.release {
+        Some(release) => json!({ "release": release }),
+        None => json!({}),
+    };
+    let answer = client.post(&format!("/v1/apps/{}/rollback", args.app), body)?;
+    let to = answer["to"].as_u64().unwrap_or_default();
+    println!("{app}#{} -> {app}#{to}", answer["from"], app = args.app);
+    if args.no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow(&client, &args.app, to)
+}
+
+/// `#7` for a release number in a JSON answer.
+fn release(number: &Value) -> String {
+    format!("#{}", number.as_u64().unwrap_or_default())
+}

@@ -1,0 +1,1031 @@
+//! The controller: one reconcile pass per app, every [`TICK`] and whenever the state store
+//! changes under `apps/` or an instance's health changes.
+//!
+//! A pass observes the app's containers on the node (found by name, so a restarted server
+//! finds its instances again), the health of each and the starts and stops still under way;
+//! asks the planner what to do; stores the deploy bookkeeping with a compare-and-swap (a
+//! deploy or rollback that raced the pass wins, and the pass plans again); then starts and
+//! stops containers in the background and publishes what it saw for the API.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use berth_agent::health::{HealthChecker, HealthPolicy, Probe};
+use berth_core::plan::{
+    plan, Action, Desired, Instance, InstanceState, Observed, ReleaseId, Timestamp,
+};
+use berth_core::spec::ServiceSpec;
+use berth_core::AppSpec;
+use berth_runtime::container::{ContainerRequest, NetworkMode, RestartPolicy, Status};
+use berth_runtime::image::PullOptions;
+use berth_runtime::node::{Container, Node};
+use berth_store::{CasOutcome, Expect, Store};
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, Notify};
+
+use crate::releases::{
+    release_key, releases_prefix, state_key, AppState, InstanceName, Release, ReleaseStatus,
+    APPS_PREFIX,
+};
+use crate::{now, ServerError};
+
+/// The longest a controller waits between two passes.
+pub const TICK: Duration = Duration::from_millis(500);
+
+/// How long a failed start is reported as `failed` before the planner may try again.
+const START_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// How many events an app keeps for the API.
+const EVENTS_KEPT: usize = 100;
+
+/// Carries out the planner's actions on one node.
+pub struct Controller {
+    store: Arc<dyn Store>,
+    node: Arc<Node>,
+    pull: PullOptions,
+    wake: Notify,
+    inner: Mutex<Inner>,
+    views: RwLock<BTreeMap<String, AppView>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Starts and stops under way, by container name.
+    work: HashMap<String, Work>,
+    /// Health of running instances, by container id.
+    health: HashMap<String, HealthEntry>,
+    /// Image digests pinned for each app.
+    pinned: BTreeMap<String, BTreeSet<String>>,
+    /// Recent events of each app.
+    events: BTreeMap<String, VecDeque<Event>>,
+}
+
+/// Something the controller is doing to a container.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Work {
+    /// Being created and started.
+    Starting {
+        /// The app.
+        app: String,
+        /// The planner's instance id.
+        instance: String,
+        /// The service.
+        service: String,
+        /// The release.
+        release: ReleaseId,
+    },
+    /// Being stopped and removed.
+    Stopping,
+    /// An exited container being removed.
+    Removing,
+    /// The start failed; kept a while so the planner sees it (and does not retry at once).
+    Failed {
+        /// The app.
+        app: String,
+        /// The planner's instance id.
+        instance: String,
+        /// The service.
+        service: String,
+        /// The release.
+        release: ReleaseId,
+        /// When it failed.
+        at: Timestamp,
+        /// Why.
+        error: String,
+    },
+}
+
+struct HealthEntry {
+    _checker: Option<HealthChecker>,
+    healthy: Option<bool>,
+    since: Option<Timestamp>,
+    detail: String,
+}
+
+/// A line of an app's history, for `berth status` and the deploy progress.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Event {
+    /// Milliseconds since the Unix epoch.
+    pub at: u64,
+    /// What happened and why.
+    pub message: String,
+}
+
+/// An app as the controller last saw it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AppView {
+    /// The app.
+    pub app: String,
+    /// The release every service should run.
+    pub desired_release: ReleaseId,
+    /// Its status.
+    pub desired_status: Option<ReleaseStatus>,
+    /// The services of the desired release.
+    pub services: Vec<ServiceView>,
+    /// Instances of services no longer desired.
+    pub orphans: Vec<InstanceView>,
+    /// Recent events, oldest first.
+    pub events: Vec<Event>,
+}
+
+/// One service.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceView {
+    /// The service.
+    pub name: String,
+    /// Desired instances.
+    pub replicas: u32,
+    /// The release it should run.
+    pub release: ReleaseId,
+    /// The latest deploy of the service.
+    pub deploy: Option<crate::releases::DeployRecord>,
+    /// What the planner waits for, if anything.
+    pub waiting: Vec<String>,
+    /// Its instances.
+    pub instances: Vec<InstanceView>,
+}
+
+/// One instance.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct InstanceView {
+    /// The planner's id, e.g. `web-7-a`.
+    pub id: String,
+    /// The container name on the node, e.g. `shop.web-7-a`.
+    pub container: String,
+    /// The service.
+    pub service: String,
+    /// The release it runs.
+    pub release: ReleaseId,
+    /// `pending`, `starting`, `running`, `stopping`, `exited` or `failed`.
+    pub state: String,
+    /// `starting`, `healthy`, `unhealthy` (or `none` when not running).
+    pub health: String,
+    /// Its address on the bridge.
+    pub address: Option<String>,
+    /// When its process started (ms since the epoch).
+    pub started_at: Option<u64>,
+    /// The last health probe's outcome, or why it failed to start.
+    pub detail: Option<String>,
+}
+
+/// What the controller needs of a container, from the node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Seen {
+    /// Its name.
+    pub container: String,
+    /// Its id.
+    pub id: String,
+    /// Parsed from the name.
+    pub name: InstanceName,
+    /// Lifecycle.
+    pub status: Status,
+    /// When the current run started.
+    pub started_at: Option<Timestamp>,
+    /// When the last run ended.
+    pub finished_at: Option<Timestamp>,
+    /// The last exit code.
+    pub exit_code: Option<i32>,
+    /// Restarts by the monitor.
+    pub restarts: u32,
+    /// Bridge address.
+    pub address: Option<String>,
+}
+
+impl Seen {
+    /// The container as the controller sees it; `None` when not one of the server's.
+    pub fn from_container(container: &Container) -> Option<Seen> {
+        let name = InstanceName::parse(&container.record.name)?;
+        Some(Seen {
+            container: container.record.name.clone(),
+            id: container.record.id.clone(),
+            name,
+            status: container.state.status,
+            started_at: parse_time(container.state.started_at.as_deref()),
+            finished_at: parse_time(container.state.finished_at.as_deref()),
+            exit_code: container.state.exit.map(|exit| exit.code),
+            restarts: container.state.restart_count,
+            address: container
+                .record
+                .network
+                .as_ref()
+                .map(|attachment| attachment.ip.to_string()),
+        })
+    }
+}
+
+fn parse_time(text: Option<&str>) -> Option<Timestamp> {
+    let parsed = OffsetDateTime::parse(text?, &Rfc3339).ok()?;
+    let millis = u64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).ok()?;
+    Some(Timestamp::from_millis(millis))
+}
+
+/// The health the planner is told about one running instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeenHealth {
+    /// The verdict so far (`None` while starting).
+    pub healthy: Option<bool>,
+    /// Since when it has been healthy.
+    pub since: Option<Timestamp>,
+}
+
+/// Builds the planner's view of `app` from its containers, the controller's work and the
+/// health verdicts (by container id). Services without a health check (`checked` lacks
+/// them) count as healthy as soon as they run. Pure, so it is unit-tested.
+pub fn observe(
+    app: &str,
+    seen: &[Seen],
+    work: &HashMap<String, Work>,
+    health: &HashMap<String, SeenHealth>,
+    checked: &BTreeSet<(String, ReleaseId)>,
+) -> Vec<Instance> {
+    let mut instances = Vec::new();
+    let mut named = BTreeSet::new();
+    for container in seen.iter().filter(|c| c.name.app == app) {
+        named.insert(container.container.clone());
+        let work = work.get(&container.container);
+        let key = (container.name.service.clone(), container.name.release);
+        let verdict = health.get(&container.id).copied();
+        let state = match (work, container.status) {
+            (Some(Work::Stopping), _) => InstanceState::Stopping,
+            (_, Status::Running) => InstanceState::Running {
+                healthy: if checked.contains(&key) {
+                    verdict.and_then(|v| v.healthy)
+                } else {
+                    Some(true)
+                },
+                since: container.started_at.unwrap_or_default(),
+            },
+            (_, Status::Created) => InstanceState::Starting,
+            // The server starts containers without a restart policy; a monitor restarting
+            // one is not serving now.
+            (_, Status::Restarting) => InstanceState::Running {
+                healthy: Some(false),
+                since: container.started_at.unwrap_or_default(),
+            },
+            (_, Status::Exited) => InstanceState::Exited {
+                code: container.exit_code.unwrap_or(-1),
+                at: container.finished_at.unwrap_or_default(),
+            },
+        };
+        let healthy_since = match state {
+            InstanceState::Running {
+                healthy: Some(true),
+                since,
+            } => Some(verdict.and_then(|v| v.since).unwrap_or(since)),
+            _ => None,
+        };
+        instances.push(Instance {
+            id: container.name.instance.clone(),
+            service: container.name.service.clone(),
+            release: container.name.release,
+            state,
+            started_at: container.started_at,
+            healthy_since,
+            restarts: container.restarts,
+        });
+    }
+    let mut pending: Vec<(&String, &Work)> = work.iter().collect();
+    pending.sort_by_key(|(name, _)| *name);
+    for (container, work) in pending {
+        if named.contains(container) {
+            continue;
+        }
+        let (instance, service, release, state) = match work {
+            Work::Starting {
+                app: of,
+                instance,
+                service,
+                release,
+            } if of == app => (instance, service, release, InstanceState::Pending),
+            Work::Failed {
+                app: of,
+                instance,
+                service,
+                release,
+                ..
+            } if of == app => (instance, service, release, InstanceState::Failed),
+            _ => continue,
+        };
+        instances.push(Instance {
+            id: instance.clone(),
+            service: service.clone(),
+            release: *release,
+            state,
+            started_at: None,
+            healthy_since: None,
+            restarts: 0,
+        });
+    }
+    instances
+}
+
+/// The container request for one instance of `service` at `release`.
+pub fn container_request(
+    app: &str,
+    instance: &str,
+    service_name: &str,
+    service: &ServiceSpec,
+    release: &Release,
+    image: &str,
+) -> ContainerRequest {
+    let mut env: Vec<String> = service
+        .env
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    env.extend([
+        format!("BERTH_APP={app}"),
+        format!("BERTH_SERVICE={service_name}"),
+        format!("BERTH_RELEASE={}", release.number),
+        format!("BERTH_INSTANCE={instance}"),
+    ]);
+    ContainerRequest {
+        name: Some(InstanceName::container(app, instance)),
+        image: image.to_owned(),
+        command: service.command.clone().unwrap_or_default(),
+        env,
+        resources: berth_runtime::spec::Resources {
+            memory: service.resources.memory,
+            cpus: service.resources.cpus,
+            pids: service.resources.pids.map(i64::from),
+        },
+        // The controller replaces instances that exit; the monitor must not restart them
+        // behind its back.
+        restart: RestartPolicy::No,
+        network: NetworkMode::Bridge,
+        stop_timeout: service.stop_grace.as_secs().max(1),
+        ..ContainerRequest::default()
+    }
+}
+
+/// The error of a start of `service` of `app` that failed within [`START_RETRY_AFTER`]
+/// (older failures are forgotten at the start of every pass).
+fn recent_failure<'a>(
+    work: &'a HashMap<String, Work>,
+    app: &str,
+    service: &str,
+) -> Option<&'a str> {
+    work.values().find_map(|work| match work {
+        Work::Failed {
+            app: of,
+            service: failed,
+            error,
+            ..
+        } if of == app && failed == service => Some(error.as_str()),
+        _ => None,
+    })
+}
+
+/// Whether an exited instance of `service` is replaced, so its container can go.
+fn replaced(service: Option<&ServiceSpec>, code: Option<i32>) -> bool {
+    use berth_core::plan::RestartPolicy as Policy;
+    match service.map(|s| s.restart) {
+        None | Some(Policy::Always) => true,
+        Some(Policy::OnFailure) => code != Some(0),
+        Some(Policy::No) => false,
+    }
+}
+
+impl Controller {
+    /// A controller for `node`, keeping its state in `store`; pulls use `pull`.
+    pub fn new(store: Arc<dyn Store>, node: Arc<Node>, pull: PullOptions) -> Arc<Controller> {
+        Arc::new(Controller {
+            store,
+            node,
+            pull,
+            wake: Notify::new(),
+            inner: Mutex::new(Inner::default()),
+            views: RwLock::new(BTreeMap::new()),
+        })
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The pull options.
+    pub fn pull_options(&self) -> &PullOptions {
+        &self.pull
+    }
+
+    /// Plans again soon.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// What the controller last saw of `app`.
+    pub fn view(&self, app: &str) -> Option<AppView> {
+        self.views
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(app)
+            .cloned()
+    }
+
+    /// Records an event of `app` (also logged).
+    pub fn event(&self, app: &str, message: impl Into<String>) {
+        let message = message.into();
+        tracing::info!(app, "{message}");
+        let mut inner = self.lock();
+        let events = inner.events.entry(app.to_owned()).or_default();
+        events.push_back(Event {
+            at: now().as_millis(),
+            message,
+        });
+        while events.len() > EVENTS_KEPT {
+            events.pop_front();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reconciles forever: every [`TICK`], on store changes under `apps/`, and on wake-ups.
+    pub async fn run(self: Arc<Self>) {
+        let watcher = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match watcher.store.watch(APPS_PREFIX, None).await {
+                    Ok(mut watch) => {
+                        while let Some(event) = watch.recv().await {
+                            if event.is_err() {
+                                break;
+                            }
+                            watcher.wake();
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "watching the state store"),
+                }
+                tokio::time::sleep(TICK).await;
+            }
+        });
+        loop {
+            if let Err(e) = self.clone().pass().await {
+                tracing::warn!(error = %e, "reconcile pass failed");
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+
+    /// One pass over every app.
+    pub async fn pass(self: Arc<Self>) -> Result<(), ServerError> {
+        // Failed starts are reported for a while, then forgotten so the planner retries.
+        let now = now();
+        self.lock().work.retain(|_, work| match work {
+            Work::Failed { at, .. } => now.since(*at) < START_RETRY_AFTER,
+            _ => true,
+        });
+        // Work first, containers second: a start that finishes in between is then seen as
+        // a container, never as neither.
+        let work = self.lock().work.clone();
+        let node = self.node.clone();
+        let containers = tokio::task::spawn_blocking(move || node.list())
+            .await
+            .map_err(|e| ServerError::Internal(e.to_string()))??;
+        let seen: Vec<Seen> = containers.iter().filter_map(Seen::from_container).collect();
+        self.forget_gone(&seen);
+        let listing = self.store.list(APPS_PREFIX).await?;
+        let apps: BTreeSet<String> = listing
+            .entries
+            .iter()
+            .filter_map(|entry| entry.key.strip_prefix(APPS_PREFIX))
+            .filter_map(|rest| rest.strip_suffix("/state"))
+            .map(str::to_owned)
+            .collect();
+        for app in apps {
+            if let Err(e) = self
+                .clone()
+                .reconcile(&app, &seen, &containers, &work)
+                .await
+            {
+                tracing::warn!(app, error = %e, "reconciling failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the health checkers of containers that are gone.
+    fn forget_gone(&self, seen: &[Seen]) {
+        let ids: BTreeSet<&str> = seen.iter().map(|s| s.id.as_str()).collect();
+        self.lock().health.retain(|id, _| ids.contains(id.as_str()));
+    }
+
+    async fn reconcile(
+        self: Arc<Self>,
+        app: &str,
+        seen: &[Seen],
+        containers: &[Container],
+        work: &HashMap<String, Work>,
+    ) -> Result<(), ServerError> {
+        let Some(entry) = self.store.get(&state_key(app)).await? else {
+            return Ok(());
+        };
+        let mut state: AppState = serde_json::from_slice(&entry.value)
+            .map_err(|e| ServerError::Internal(format!("app state of {app}: {e}")))?;
+        let releases = load_releases(self.store.as_ref(), app).await?;
+        let numbers: Vec<ReleaseId> = releases.keys().copied().collect();
+        let Some(release) = releases.get(&state.desired) else {
+            return Err(ServerError::Internal(format!(
+                "{app}: desired release {} is missing",
+                state.desired
+            )));
+        };
+        let specs: BTreeMap<ReleaseId, AppSpec> = releases
+            .iter()
+            .filter_map(|(number, release)| release.app_spec().ok().map(|spec| (*number, spec)))
+            .collect();
+        let Some(spec) = specs.get(&state.desired) else {
+            return Err(ServerError::Internal(format!(
+                "{app}: release {} no longer parses",
+                release.number
+            )));
+        };
+
+        self.watch_health(app, seen, containers, &specs);
+        let (health, details) = self.health_snapshot();
+        let checked: BTreeSet<(String, ReleaseId)> = specs
+            .iter()
+            .flat_map(|(number, spec)| {
+                spec.services
+                    .iter()
+                    .filter(|(_, service)| service.health.is_some())
+                    .map(|(name, _)| (name.clone(), *number))
+            })
+            .collect();
+        let instances = observe(app, seen, work, &health, &checked);
+        let desired = Desired::from_spec(spec, state.desired);
+        let observed = Observed {
+            instances: instances.clone(),
+            deploys: state.deploy_states(),
+        };
+        let now = now();
+        let actions = plan(&desired, &observed, now);
+
+        let mut changed = false;
+        for action in &actions {
+            changed |= state.apply(action, now);
+        }
+        if changed {
+            let value = serde_json::to_vec(&state)
+                .map_err(|e| ServerError::Internal(format!("encoding app state: {e}")))?;
+            let outcome = self
+                .store
+                .cas(
+                    &state_key(app),
+                    Expect::ModRevision(entry.mod_revision),
+                    Some(value),
+                    None,
+                )
+                .await?;
+            if let CasOutcome::Conflict { .. } = outcome {
+                // A deploy or rollback came in: plan again with it.
+                self.wake();
+                return Ok(());
+            }
+        }
+
+        let mut waiting: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for action in actions {
+            match action {
+                Action::Start {
+                    service,
+                    release,
+                    instance,
+                    reason,
+                } => {
+                    if let Some(error) = recent_failure(work, app, &service) {
+                        // Restart backoff: a start that just failed is not retried at once.
+                        waiting.entry(service).or_default().push(format!(
+                            "a start failed less than {}s ago ({error}); retrying then",
+                            START_RETRY_AFTER.as_secs()
+                        ));
+                        continue;
+                    }
+                    self.event(app, format!("start {instance}: {reason}"));
+                    self.clone()
+                        .start(app, &service, release, &instance, &releases, &specs);
+                }
+                Action::Stop { instance, reason } => {
+                    self.event(app, format!("stop {instance}: {reason}"));
+                    self.clone().stop(app, &instance, spec);
+                }
+                Action::Wait {
+                    service, reason, ..
+                } => waiting.entry(service).or_default().push(reason),
+                other => self.event(app, other.reason()),
+            }
+        }
+        self.remove_exited(app, seen, work, &specs);
+        self.pin(app, &state, &releases, &numbers).await;
+        self.publish(
+            app, &state, spec, &numbers, &instances, seen, &details, waiting,
+        );
+        Ok(())
+    }
+
+    /// Starts a health checker for every running instance that has a health check and none.
+    fn watch_health(
+        self: &Arc<Self>,
+        app: &str,
+        seen: &[Seen],
+        containers: &[Container],
+        specs: &BTreeMap<ReleaseId, AppSpec>,
+    ) {
+        for container in seen.iter().filter(|c| c.name.app == app) {
+            if container.status != Status::Running || self.lock().health.contains_key(&container.id)
+            {
+                continue;
+            }
+            let Some(health) = specs
+                .get(&container.name.release)
+                .and_then(|spec| spec.services.get(&container.name.service))
+                .and_then(|service| service.health.as_ref().map(|h| (h, service)))
+            else {
+                continue;
+            };
+            let Some(full) = containers.iter().find(|c| c.record.id == container.id) else {
+                continue;
+            };
+            let (health, service) = health;
+            let probe = match Probe::for_container(
+                &health.check,
+                &service.ports,
+                self.node.clone(),
+                full,
+            ) {
+                Ok(probe) => probe,
+                Err(e) => {
+                    self.lock().health.insert(
+                        container.id.clone(),
+                        HealthEntry {
+                            _checker: None,
+                            healthy: Some(false),
+                            since: None,
+                            detail: e.to_string(),
+                        },
+                    );
+                    continue;
+                }
+            };
+            let (sender, mut receiver) = mpsc::channel(8);
+            let checker = HealthChecker::spawn(
+                probe,
+                HealthPolicy::from(health),
+                health.interval,
+                health.timeout,
+                sender,
+            );
+            self.lock().health.insert(
+                container.id.clone(),
+                HealthEntry {
+                    _checker: Some(checker),
+                    healthy: None,
+                    since: None,
+                    detail: String::new(),
+                },
+            );
+            let controller = Arc::downgrade(self);
+            let id = container.id.clone();
+            tokio::spawn(async move {
+                while let Some(event) = receiver.recv().await {
+                    let Some(controller) = controller.upgrade() else {
+                        return;
+                    };
+                    let healthy = event.transition.to == berth_agent::health::Health::Healthy;
+                    if let Some(entry) = controller.lock().health.get_mut(&id) {
+                        entry.healthy = Some(healthy);
+                        entry.since = healthy.then(now);
+                        entry.detail = event.result.detail.clone();
+                    }
+                    controller.wake();
+                }
+            });
+        }
+    }
+
+    fn health_snapshot(&self) -> (HashMap<String, SeenHealth>, HashMap<String, String>) {
+        let inner = self.lock();
+        let health = inner
+            .health
+            .iter()
+            .map(|(id, entry)| {
+                (
+                    id.clone(),
+                    SeenHealth {
+                        healthy: entry.healthy,
+                        since: entry.since,
+                    },
+                )
+            })
+            .collect();
+        let details = inner
+            .health
+            .iter()
+            .map(|(id, entry)| (id.clone(), entry.detail.clone()))
+            .collect();
+        (health, details)
+    }
+
+    fn start(
+        self: Arc<Self>,
+        app: &str,
+        service: &str,
+        release: ReleaseId,
+        instance: &str,
+        releases: &BTreeMap<ReleaseId, Release>,
+        specs: &BTreeMap<ReleaseId, AppSpec>,
+    ) {
+        let container = InstanceName::container(app, instance);
+        let starting = Work::Starting {
+            app: app.to_owned(),
+            instance: instance.to_owned(),
+            service: service.to_owned(),
+            release,
+        };
+        self.lock().work.insert(container.clone(), starting);
+        let found = releases.get(&release).and_then(|r| {
+            let spec = specs.get(&release)?.services.get(service)?;
+            Some((r.clone(), spec.clone(), r.images.get(service)?.clone()))
+        });
+        let (app, service, instance) = (app.to_owned(), service.to_owned(), instance.to_owned());
+        tokio::spawn(async move {
+            let result = match found {
+                None => Err(format!("release {release} has no service `{service}`")),
+                Some((release_record, spec, image)) => {
+                    let run = async {
+                        if self
+                            .node
+                            .images()
+                            .get(&image.digest)
+                            .map_err(|e| e.to_string())?
+                            .is_none()
+                        {
+                            self.node
+                                .images()
+                                .pull(&image.pinned_reference, &self.pull)
+                                .await
+                                .map_err(|e| e.to_string())?;
+                        }
+                        let request = container_request(
+                            &app,
+                            &instance,
+                            &service,
+                            &spec,
+                            &release_record,
+                            &image.digest,
+                        );
+                        let node = self.node.clone();
+                        tokio::task::spawn_blocking(move || node.run(request))
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| e.to_string())
+                    };
+                    run.await.map(|_| ())
+                }
+            };
+            match result {
+                Ok(()) => {
+                    self.lock().work.remove(&container);
+                }
+                Err(error) => {
+                    self.event(&app, format!("{instance} failed to start: {error}"));
+                    let node = self.node.clone();
+                    let name = container.clone();
+                    // Whatever of it was created goes, so the name is free for a retry.
+                    let _ = tokio::task::spawn_blocking(move || node.remove(&name, true)).await;
+                    let failed = Work::Failed {
+                        app,
+                        instance,
+                        service,
+                        release,
+                        at: now(),
+                        error,
+                    };
+                    self.lock().work.insert(container, failed);
+                }
+            }
+            self.wake();
+        });
+    }
+
+    fn stop(self: Arc<Self>, app: &str, instance: &str, spec: &AppSpec) {
+        let container = InstanceName::container(app, instance);
+        let grace = InstanceName::parse(&container)
+            .and_then(|name| spec.services.get(&name.service).map(|s| s.stop_grace))
+            .unwrap_or(Duration::from_secs(10));
+        self.lock().work.insert(container.clone(), Work::Stopping);
+        let app = app.to_owned();
+        tokio::spawn(async move {
+            let node = self.node.clone();
+            let name = container.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                node.stop(&name, grace)?;
+                node.remove(&name, true)
+            })
+            .await;
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => self.event(&app, format!("stopping {container}: {e}")),
+                Err(e) => self.event(&app, format!("stopping {container}: {e}")),
+            }
+            self.lock().work.remove(&container);
+            self.wake();
+        });
+    }
+
+    /// Removes exited containers the planner has replaced (or will), so they do not pile up.
+    fn remove_exited(
+        self: &Arc<Self>,
+        app: &str,
+        seen: &[Seen],
+        work: &HashMap<String, Work>,
+        specs: &BTreeMap<ReleaseId, AppSpec>,
+    ) {
+        for container in seen.iter().filter(|c| c.name.app == app) {
+            let service = specs
+                .get(&container.name.release)
+                .and_then(|spec| spec.services.get(&container.name.service));
+            if container.status != Status::Exited
+                || work.contains_key(&container.container)
+                || !replaced(service, container.exit_code)
+            {
+                continue;
+            }
+            self.event(
+                app,
+                format!(
+                    "{} exited with code {}; removing it",
+                    container.name.instance,
+                    container.exit_code.unwrap_or(-1)
+                ),
+            );
+            self.lock()
+                .work
+                .insert(container.container.clone(), Work::Removing);
+            let controller = self.clone();
+            let name = container.container.clone();
+            tokio::spawn(async move {
+                let node = controller.node.clone();
+                let target = name.clone();
+                let _ = tokio::task::spawn_blocking(move || node.remove(&target, true)).await;
+                controller.lock().work.remove(&name);
+                controller.wake();
+            });
+        }
+    }
+
+    /// Pins the images of the releases a rollback may need and unpins the app's others.
+    async fn pin(
+        &self,
+        app: &str,
+        state: &AppState,
+        releases: &BTreeMap<ReleaseId, Release>,
+        numbers: &[ReleaseId],
+    ) {
+        let wanted: BTreeSet<String> = state
+            .pinned_releases(numbers)
+            .iter()
+            .filter_map(|number| releases.get(number))
+            .flat_map(|release| release.images.values().map(|image| image.digest.clone()))
+            .collect();
+        let had = self.lock().pinned.get(app).cloned().unwrap_or_default();
+        if had == wanted {
+            return;
+        }
+        let images = self.node.images();
+        for digest in wanted.difference(&had) {
+            if let Err(e) = images.pin(digest, true) {
+                tracing::debug!(app, %digest, error = %e, "pinning");
+            }
+        }
+        for digest in had.difference(&wanted) {
+            let _ = images.pin(digest, false);
+        }
+        self.lock().pinned.insert(app.to_owned(), wanted);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn publish(
+        &self,
+        app: &str,
+        state: &AppState,
+        spec: &AppSpec,
+        numbers: &[ReleaseId],
+        instances: &[Instance],
+        seen: &[Seen],
+        details: &HashMap<String, String>,
+        mut waiting: BTreeMap<String, Vec<String>>,
+    ) {
+        let work = self.lock().work.clone();
+        let view_of = |instance: &Instance| {
+            let container = InstanceName::container(app, &instance.id);
+            let found = seen.iter().find(|s| s.container == container);
+            let (state_name, health) = match instance.state {
+                InstanceState::Pending => ("pending", "none"),
+                InstanceState::Starting => ("starting", "none"),
+                InstanceState::Running { healthy, .. } => (
+                    "running",
+                    match healthy {
+                        None => "starting",
+                        Some(true) => "healthy",
+                        Some(false) => "unhealthy",
+                    },
+                ),
+                InstanceState::Stopping => ("stopping", "none"),
+                InstanceState::Exited { .. } => ("exited", "none"),
+                InstanceState::Failed => ("failed", "none"),
+            };
+            let detail = match work.get(&container) {
+                Some(Work::Failed { error, .. }) => Some(error.clone()),
+                _ => found
+                    .and_then(|s| details.get(&s.id))
+                    .filter(|d| !d.is_empty())
+                    .cloned(),
+            };
+            InstanceView {
+                id: instance.id.clone(),
+                container,
+                service: instance.service.clone(),
+                release: instance.release,
+                state: state_name.to_owned(),
+                health: health.to_owned(),
+                address: found.and_then(|s| s.address.clone()),
+                started_at: instance.started_at.map(Timestamp::as_millis),
+                detail,
+            }
+        };
+        let services = spec
+            .services
+            .iter()
+            .map(|(name, service)| ServiceView {
+                name: name.clone(),
+                replicas: service.replicas,
+                release: state.desired,
+                deploy: state.deploys.get(name).cloned(),
+                waiting: waiting.remove(name).unwrap_or_default(),
+                instances: instances
+                    .iter()
+                    .filter(|i| &i.service == name)
+                    .map(view_of)
+                    .collect(),
+            })
+            .collect();
+        let orphans = instances
+            .iter()
+            .filter(|i| !spec.services.contains_key(&i.service))
+            .map(view_of)
+            .collect();
+        let events = self
+            .lock()
+            .events
+            .get(app)
+            .map(|events| events.iter().cloned().collect())
+            .unwrap_or_default();
+        let view = AppView {
+            app: app.to_owned(),
+            desired_release: state.desired,
+            desired_status: Some(state.status_of(state.desired, numbers)),
+            services,
+            orphans,
+            events,
+        };
+        self.views
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(app.to_owned(), view);
+    }
+}
+
+/// Every release of `app`, by number.
+pub async fn load_releases(
+    store: &dyn Store,
+    app: &str,
+) -> Result<BTreeMap<ReleaseId, Release>, ServerError> {
+    let listing = store.list(&releases_prefix(app)).await?;
+    let mut releases = BTreeMap::new();
+    for entry in listing.entries {
+        let release: Release = serde_json::from_slice(&entry.value)
+            .map_err(|e| ServerError::Internal(format!("release {}: {e}", entry.key)))?;
+        debug_assert_eq!(entry.key, release_key(app, release.number));
+        releases.insert(release.number, release);
+    }
+    Ok(releases)
+}

@@ -1,0 +1,65 @@
+//! berth's all-in-one server: the `/v1` API ([`api`]), immutable releases and each app's
+//! deploy state in the state store ([`releases`]), and the [`controller`] that plans with
+//! `berth_core::plan` and carries the actions out on the node's containers, gated by health
+//! checks. `docs/server.md` describes it; `berth server` runs it.
+
+pub mod api;
+pub mod controller;
+pub mod releases;
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use berth_core::plan::Timestamp;
+
+pub use api::{router, ApiState};
+pub use controller::Controller;
+
+/// The name of the file under the server's root that holds the API token.
+pub const TOKEN_FILE: &str = "server.token";
+
+/// What can go wrong inside the server (client mistakes are [`api::ApiError`]s).
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] berth_store::StoreError),
+    /// The node failed.
+    #[error(transparent)]
+    Node(#[from] berth_runtime::node::NodeError),
+    /// Something that should not happen.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Now, for the planner.
+pub fn now() -> Timestamp {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Timestamp::from_millis(millis)
+}
+
+/// The API token in `<root>/server.token`, generated (32 random bytes, hex, mode 0600) when
+/// the file does not exist.
+pub fn load_or_create_token(root: &Path) -> std::io::Result<String> {
+    let path = root.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    writeln!(file, "{token}")?;
+    file.sync_all()?;
+    Ok(token)
+}

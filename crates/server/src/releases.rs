@@ -1,0 +1,325 @@
+//! Releases and an app's deploy state, as kept in the state store, and the pure rules over
+//! them: which release a rollback goes to, which releases' images stay pinned, how a
+//! planner action changes the stored deploy state, and how instances are named on the node.
+//!
+//! Keys: `apps/<app>/state` holds the [`AppState`]; `apps/<app>/releases/<number>` (ten
+//! digits, so keys sort by number) holds each immutable [`Release`].
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use berth_core::plan::{Action, DeployState, ReleaseId, Timestamp};
+use berth_core::{AppSpec, SpecErrors};
+use serde::{Deserialize, Serialize};
+
+/// The prefix under which every app's keys live.
+pub const APPS_PREFIX: &str = "apps/";
+
+/// The key of an app's [`AppState`].
+pub fn state_key(app: &str) -> String {
+    format!("{APPS_PREFIX}{app}/state")
+}
+
+/// The prefix of an app's releases.
+pub fn releases_prefix(app: &str) -> String {
+    format!("{APPS_PREFIX}{app}/releases/")
+}
+
+/// The key of one release.
+pub fn release_key(app: &str, number: ReleaseId) -> String {
+    format!("{}{number:010}", releases_prefix(app))
+}
+
+/// One deploy of an app: the spec as sent and every image pinned by digest. Never changed
+/// once written; a rollback makes an older release desired again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// The app.
+    pub app: String,
+    /// `shop#7` is release 7.
+    pub number: ReleaseId,
+    /// The `berth.toml` text.
+    pub spec: String,
+    /// The file name the spec came from, for error messages.
+    pub file: String,
+    /// The `[env.<name>]` overlay applied, if any.
+    pub env: Option<String>,
+    /// Each service's image, resolved at deploy time.
+    pub images: BTreeMap<String, ResolvedImage>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+impl Release {
+    /// The spec, parsed as it was when the release was made.
+    pub fn app_spec(&self) -> Result<AppSpec, SpecErrors> {
+        AppSpec::parse_file(&self.file, &self.spec, self.env.as_deref())
+    }
+}
+
+/// A service's image as written in the spec and as pinned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedImage {
+    /// As written, e.g. `registry.local:5000/shop/web:1.4.2`.
+    pub reference: String,
+    /// The manifest digest the tag pointed at when the release was made.
+    pub digest: String,
+    /// `registry/repository@digest`: what is pulled if the node lacks the image.
+    pub pinned_reference: String,
+}
+
+/// What the controller keeps about an app between plans.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppState {
+    /// The app.
+    pub app: String,
+    /// The release every service should run.
+    pub desired: ReleaseId,
+    /// The highest release number handed out.
+    pub latest: ReleaseId,
+    /// Each service's latest deploy.
+    pub deploys: BTreeMap<String, DeployRecord>,
+    /// Releases whose deploy failed, with the planner's reason.
+    pub failed: BTreeMap<ReleaseId, String>,
+    /// The release that was desired before the current one (unless it failed): kept on the
+    /// node after a rollback, so going forward again is as quick as going back.
+    #[serde(default)]
+    pub previous: Option<ReleaseId>,
+}
+
+impl AppState {
+    /// The state after a new release `number` was made desired (by a deploy or a rollback).
+    pub fn with_desired(mut self, app: &str, number: ReleaseId) -> AppState {
+        self.app = app.to_owned();
+        if self.desired != number && self.desired != 0 && !self.failed.contains_key(&self.desired) {
+            self.previous = Some(self.desired);
+        }
+        self.desired = number;
+        self.latest = self.latest.max(number);
+        // Deploying a release again (a rollback to it) starts a fresh deploy, even if it
+        // failed before.
+        self.deploys.retain(|_, deploy| deploy.to_release != number);
+        self.failed.remove(&number);
+        self
+    }
+
+    /// The deploy progress in the planner's terms.
+    pub fn deploy_states(&self) -> BTreeMap<String, DeployState> {
+        self.deploys
+            .iter()
+            .map(|(service, record)| (service.clone(), record.clone().into()))
+            .collect()
+    }
+
+    /// Carries out what a deploy-bookkeeping action asks (the others change nothing here).
+    /// Returns whether the state changed.
+    pub fn apply(&mut self, action: &Action, now: Timestamp) -> bool {
+        match action {
+            Action::BeginDeploy {
+                service,
+                from_release,
+                to_release,
+                ..
+            } => {
+                let state = DeployState::begin(*from_release, *to_release, now);
+                self.deploys.insert(service.clone(), state.into());
+                true
+            }
+            Action::AdvanceStep { service, step, .. } => {
+                let Some(deploy) = self.deploys.get_mut(service) else {
+                    return false;
+                };
+                deploy.step = *step;
+                deploy.step_started_at = now.as_millis();
+                deploy.promoted_at = None;
+                true
+            }
+            Action::MarkDeployFailed {
+                service,
+                release,
+                reason,
+            } => {
+                let Some(deploy) = self.deploys.get_mut(service) else {
+                    return false;
+                };
+                deploy.failed = true;
+                self.failed.insert(*release, reason.clone());
+                // The whole app goes back: its services were released together.
+                if let Some(from) = deploy.from_release {
+                    if self.desired == *release {
+                        self.desired = from;
+                    }
+                }
+                true
+            }
+            Action::FinishDeploy { service, .. } => {
+                let Some(deploy) = self.deploys.get_mut(service) else {
+                    return false;
+                };
+                let changed = !deploy.finished;
+                deploy.finished = true;
+                changed
+            }
+            Action::Start { .. } | Action::Stop { .. } | Action::Wait { .. } => false,
+        }
+    }
+
+    /// The release `berth rollback APP` goes to: the newest one older than the desired
+    /// release whose deploy did not fail.
+    pub fn rollback_target(&self, releases: &[ReleaseId]) -> Option<ReleaseId> {
+        releases
+            .iter()
+            .copied()
+            .filter(|n| *n < self.desired && !self.failed.contains_key(n))
+            .max()
+    }
+
+    /// Releases whose images must stay on the node: the desired one, the previously desired
+    /// one, the rollback target, and the release each unfinished deploy replaces.
+    pub fn pinned_releases(&self, releases: &[ReleaseId]) -> BTreeSet<ReleaseId> {
+        let mut pinned: BTreeSet<ReleaseId> = BTreeSet::from([self.desired]);
+        pinned.extend(self.previous);
+        pinned.extend(self.rollback_target(releases));
+        pinned.extend(
+            self.deploys
+                .values()
+                .filter(|deploy| !deploy.finished)
+                .filter_map(|deploy| deploy.from_release),
+        );
+        pinned
+    }
+
+    /// Where a release stands.
+    pub fn status_of(&self, number: ReleaseId, releases: &[ReleaseId]) -> ReleaseStatus {
+        if self.failed.contains_key(&number) {
+            return ReleaseStatus::Failed;
+        }
+        if number == self.desired {
+            let deploys: Vec<&DeployRecord> = self
+                .deploys
+                .values()
+                .filter(|deploy| deploy.to_release == number)
+                .collect();
+            return if !deploys.is_empty() && deploys.iter().all(|deploy| deploy.finished) {
+                ReleaseStatus::Live
+            } else {
+                ReleaseStatus::Deploying
+            };
+        }
+        if self.rollback_target(releases) == Some(number) {
+            ReleaseStatus::Previous
+        } else {
+            ReleaseStatus::Superseded
+        }
+    }
+}
+
+/// Where a release stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseStatus {
+    /// Desired, and its deploy is under way.
+    Deploying,
+    /// Desired, and every service runs it.
+    Live,
+    /// Its deploy failed (and was rolled back, unless it was the first).
+    Failed,
+    /// Where `berth rollback` goes; its images stay pinned.
+    Previous,
+    /// Older.
+    Superseded,
+}
+
+/// [`DeployState`] as stored (times in milliseconds since the Unix epoch).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployRecord {
+    /// The release being replaced.
+    pub from_release: Option<ReleaseId>,
+    /// The release being deployed.
+    pub to_release: ReleaseId,
+    /// When the deploy began.
+    pub started_at: u64,
+    /// The current step.
+    pub step: usize,
+    /// When the current step began.
+    pub step_started_at: u64,
+    /// When the current step was promoted.
+    pub promoted_at: Option<u64>,
+    /// The deploy completed.
+    pub finished: bool,
+    /// The deploy failed.
+    pub failed: bool,
+}
+
+impl From<DeployState> for DeployRecord {
+    fn from(state: DeployState) -> Self {
+        DeployRecord {
+            from_release: state.from_release,
+            to_release: state.to_release,
+            started_at: state.started_at.as_millis(),
+            step: state.step,
+            step_started_at: state.step_started_at.as_millis(),
+            promoted_at: state.promoted_at.map(Timestamp::as_millis),
+            finished: state.finished,
+            failed: state.failed,
+        }
+    }
+}
+
+impl From<DeployRecord> for DeployState {
+    fn from(record: DeployRecord) -> Self {
+        DeployState {
+            from_release: record.from_release,
+            to_release: record.to_release,
+            started_at: Timestamp::from_millis(record.started_at),
+            step: record.step,
+            step_started_at: Timestamp::from_millis(record.step_started_at),
+            promoted_at: record.promoted_at.map(Timestamp::from_millis),
+            finished: record.finished,
+            failed: record.failed,
+        }
+    }
+}
+
+/// An instance as named on the node: the container `shop.web-7-a` is instance `web-7-a`
+/// (service `web`, release 7) of app `shop`. App and service names are DNS labels, which
+/// have no dots, so the name parses back unambiguously after a server restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceName {
+    /// The app.
+    pub app: String,
+    /// The planner's instance id, `service-release-suffix`.
+    pub instance: String,
+    /// The service.
+    pub service: String,
+    /// The release.
+    pub release: ReleaseId,
+}
+
+impl InstanceName {
+    /// The container name of `instance` of `app`.
+    pub fn container(app: &str, instance: &str) -> String {
+        format!("{app}.{instance}")
+    }
+
+    /// Parses a container name; `None` for containers berth's server did not create.
+    pub fn parse(container: &str) -> Option<InstanceName> {
+        let (app, instance) = container.split_once('.')?;
+        let mut parts = instance.rsplitn(3, '-');
+        let suffix = parts.next()?;
+        let release = parts.next()?.parse().ok()?;
+        let service = parts.next()?;
+        let valid = !app.is_empty()
+            && !service.is_empty()
+            && !suffix.is_empty()
+            && suffix.bytes().all(|b| b.is_ascii_lowercase());
+        valid.then(|| InstanceName {
+            app: app.to_owned(),
+            instance: instance.to_owned(),
+            service: service.to_owned(),
+            release,
+        })
+    }
+}

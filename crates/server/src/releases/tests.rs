@@ -1,0 +1,226 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+fn state(desired: ReleaseId) -> AppState {
+    AppState::default().with_desired("shop", desired)
+}
+
+#[test]
+fn container_names_round_trip() {
+    let name = InstanceName::container("shop-eu", "web-api-12-ab");
+    assert_eq!(name, "shop-eu.web-api-12-ab");
+    assert_eq!(
+        InstanceName::parse(&name),
+        Some(InstanceName {
+            app: "shop-eu".into(),
+            instance: "web-api-12-ab".into(),
+            service: "web-api".into(),
+            release: 12,
+        })
+    );
+}
+
+#[test]
+fn foreign_container_names_are_not_instances() {
+    for name in [
+        "busybox-3f1c",
+        "shop.web",
+        "shop.web-x-a",
+        "shop.web-7-A",
+        ".web-7-a",
+        "shop.-7-a",
+    ] {
+        assert_eq!(InstanceName::parse(name), None, "{name}");
+    }
+}
+
+#[test]
+fn a_failed_deploy_makes_the_previous_release_desired() {
+    let mut app = state(2);
+    let now = Timestamp::from_millis(1_000);
+    app.apply(
+        &Action::BeginDeploy {
+            service: "web".into(),
+            from_release: Some(1),
+            to_release: 2,
+            reason: String::new(),
+        },
+        now,
+    );
+    assert_eq!(app.status_of(2, &[1, 2]), ReleaseStatus::Deploying);
+    app.apply(
+        &Action::MarkDeployFailed {
+            service: "web".into(),
+            release: 2,
+            reason: "never healthy".into(),
+        },
+        now,
+    );
+    assert_eq!(app.desired, 1);
+    assert_eq!(app.status_of(2, &[1, 2]), ReleaseStatus::Failed);
+    assert!(app.deploys["web"].failed);
+    assert_eq!(app.failed[&2], "never healthy");
+}
+
+#[test]
+fn a_failed_first_deploy_stays_desired() {
+    let mut app = state(1);
+    let now = Timestamp::from_millis(1_000);
+    app.apply(
+        &Action::BeginDeploy {
+            service: "web".into(),
+            from_release: None,
+            to_release: 1,
+            reason: String::new(),
+        },
+        now,
+    );
+    app.apply(
+        &Action::MarkDeployFailed {
+            service: "web".into(),
+            release: 1,
+            reason: "never healthy".into(),
+        },
+        now,
+    );
+    assert_eq!(app.desired, 1);
+    assert_eq!(app.status_of(1, &[1]), ReleaseStatus::Failed);
+}
+
+#[test]
+fn a_release_is_live_once_every_deploy_to_it_finished() {
+    let mut app = state(3);
+    let now = Timestamp::from_millis(5);
+    for service in ["db", "web"] {
+        app.apply(
+            &Action::BeginDeploy {
+                service: service.into(),
+                from_release: Some(2),
+                to_release: 3,
+                reason: String::new(),
+            },
+            now,
+        );
+    }
+    let finish = |service: &str| Action::FinishDeploy {
+        service: service.into(),
+        release: 3,
+        reason: String::new(),
+    };
+    assert!(app.apply(&finish("db"), now));
+    assert_eq!(app.status_of(3, &[1, 2, 3]), ReleaseStatus::Deploying);
+    assert!(app.apply(&finish("web"), now));
+    assert!(
+        !app.apply(&finish("web"), now),
+        "finishing twice changes nothing"
+    );
+    assert_eq!(app.status_of(3, &[1, 2, 3]), ReleaseStatus::Live);
+    assert_eq!(app.status_of(2, &[1, 2, 3]), ReleaseStatus::Previous);
+    assert_eq!(app.status_of(1, &[1, 2, 3]), ReleaseStatus::Superseded);
+}
+
+#[test]
+fn advancing_a_step_restarts_its_clock() {
+    let mut app = state(2);
+    app.apply(
+        &Action::BeginDeploy {
+            service: "web".into(),
+            from_release: Some(1),
+            to_release: 2,
+            reason: String::new(),
+        },
+        Timestamp::from_millis(1),
+    );
+    app.deploys.get_mut("web").unwrap().promoted_at = Some(3);
+    app.apply(
+        &Action::AdvanceStep {
+            service: "web".into(),
+            release: 2,
+            step: 1,
+            reason: String::new(),
+        },
+        Timestamp::from_millis(9),
+    );
+    let deploy = DeployState::from(app.deploys["web"].clone());
+    assert_eq!(deploy.step, 1);
+    assert_eq!(deploy.step_started_at, Timestamp::from_millis(9));
+    assert_eq!(deploy.promoted_at, None);
+}
+
+#[test]
+fn rollback_skips_failed_releases_and_pins_what_it_needs() {
+    let mut app = state(4);
+    app.failed.insert(3, "broken".into());
+    let releases = [1, 2, 3, 4];
+    assert_eq!(app.rollback_target(&releases), Some(2));
+    assert_eq!(app.pinned_releases(&releases), BTreeSet::from([2, 4]));
+
+    // A rollback to a release that failed before deploys it afresh.
+    let again = app.clone().with_desired("shop", 3);
+    assert!(!again.failed.contains_key(&3));
+    assert_eq!(again.desired, 3);
+    assert_eq!(again.latest, 4);
+    assert_eq!(again.rollback_target(&releases), Some(2));
+}
+
+#[test]
+fn an_unfinished_deploy_keeps_the_release_it_replaces_pinned() {
+    let mut app = state(5);
+    app.apply(
+        &Action::BeginDeploy {
+            service: "web".into(),
+            from_release: Some(1),
+            to_release: 5,
+            reason: String::new(),
+        },
+        Timestamp::from_millis(1),
+    );
+    assert_eq!(app.pinned_releases(&[1, 4, 5]), BTreeSet::from([1, 4, 5]));
+}
+
+#[test]
+fn deploy_records_round_trip_through_json() {
+    let state = DeployState::begin(Some(1), 2, Timestamp::from_millis(77));
+    let json = serde_json::to_string(&DeployRecord::from(state.clone())).unwrap();
+    let back: DeployRecord = serde_json::from_str(&json).unwrap();
+    assert_eq!(DeployState::from(back), state);
+}
+
+#[test]
+fn after_a_rollback_the_release_rolled_back_from_stays_pinned() {
+    let app = state(1).with_desired("shop", 2).with_desired("shop", 3);
+    assert_eq!(app.previous, Some(2));
+    let back = app.with_desired("shop", 1);
+    assert_eq!(back.previous, Some(3));
+    assert_eq!(back.rollback_target(&[1, 2, 3]), None);
+    assert_eq!(back.pinned_releases(&[1, 2, 3]), BTreeSet::from([1, 3]));
+}
+
+#[test]
+fn a_failed_release_never_becomes_previous() {
+    let mut app = state(1).with_desired("shop", 2);
+    app.failed.insert(2, "broken".into());
+    app.desired = 1;
+    let next = app.with_desired("shop", 3);
+    assert_eq!(next.previous, Some(1));
+}
+
+#[test]
+fn a_release_parses_with_the_overlay_it_was_made_with() {
+    let release = Release {
+        app: "shop".into(),
+        number: 1,
+        spec: "app = \"shop\"\n[services.web]\nimage = \"r/web:1\"\nreplicas = 3\n[env.staging]\nservices.web.replicas = 1\n".into(),
+        file: "shop.toml".into(),
+        env: Some("staging".into()),
+        images: BTreeMap::new(),
+        created_at: 0,
+    };
+    assert_eq!(release.app_spec().unwrap().services["web"].replicas, 1);
+    let plain = Release {
+        env: None,
+        ..release
+    };
+    assert_eq!(plain.app_spec().unwrap().services["web"].replicas, 3);
+}
