@@ -192,6 +192,7 @@ impl RunArgs {
                 max_file_bytes: self.log_max_size.0,
                 max_files: self.log_max_files,
             },
+            secret_env: Default::default(),
         })
     }
 }

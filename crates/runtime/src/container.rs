@@ -186,6 +186,25 @@ pub struct ContainerRequest {
     /// How much log to keep.
     #[serde(default)]
     pub log: LogLimits,
+    /// `KEY=value` entries holding secrets, added after (and overriding) `env`. Never
+    /// serialized: they are written only into the bundle's `config.json` (mode 0600), so the
+    /// container record, `berth inspect` and the state file never hold them.
+    #[serde(skip)]
+    pub secret_env: SecretEnv,
+}
+
+/// Environment entries holding secrets: `Debug` shows only the names.
+#[derive(Clone, Default, PartialEq)]
+pub struct SecretEnv(pub Vec<String>);
+
+impl std::fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = self
+            .0
+            .iter()
+            .map(|var| var.split_once('=').map_or("?", |(k, _)| k));
+        f.debug_list().entries(names).finish()
+    }
 }
 
 fn default_stop_timeout() -> u64 {
@@ -431,12 +450,34 @@ pub fn write_json_fast(path: &Path, value: &impl Serialize) -> io::Result<()> {
     write_json_with(path, value, false)
 }
 
+/// Like [`write_json_fast`], but readable by the owner only (mode 0600, from its creation):
+/// for the bundle's `config.json`, which holds the container's secret environment.
+pub fn write_json_private(path: &Path, value: &impl Serialize) -> io::Result<()> {
+    write_json_with_mode(path, value, false, 0o600)
+}
+
 fn write_json_with(path: &Path, value: &impl Serialize, durable: bool) -> io::Result<()> {
+    write_json_with_mode(path, value, durable, 0o666)
+}
+
+fn write_json_with_mode(
+    path: &Path,
+    value: &impl Serialize,
+    durable: bool,
+    mode: u32,
+) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("json.tmp");
     let data = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     {
         use std::io::Write;
-        let mut file = fs::File::create(&tmp)?;
+        // A leftover temporary file keeps its old mode on open: start afresh.
+        let _ = fs::remove_file(&tmp);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         file.write_all(&data)?;
         if durable {
             file.sync_all()?;

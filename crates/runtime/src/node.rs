@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::container::{
-    process_for, read_json, resolve_user, write_json, write_json_fast, ContainerRecord,
+    process_for, read_json, resolve_user, write_json, write_json_private, ContainerRecord,
     ContainerRequest, ContainerState, NetworkMode, Status, RECORD_FILE, STATE_FILE, STOP_FILE,
 };
 use crate::host::RuntimeKind;
@@ -380,8 +380,10 @@ impl Node {
                 .process
                 .env
                 .iter()
+                .filter(|var| !overridden_by(var, &record.request.secret_env.0))
                 .cloned()
                 .chain(std::iter::once(format!("HOSTNAME={hostname}")))
+                .chain(record.request.secret_env.0.iter().cloned())
                 .collect(),
             cwd: record.process.cwd.clone(),
             user,
@@ -395,8 +397,8 @@ impl Node {
             resources: record.request.resources,
             host_nofile_hard: crate::host::nofile_limits().map(|(_, hard)| hard),
         };
-        // Made again from the record if lost; the state's absence reads as `created`.
-        write_json_fast(&dir.join("bundle/config.json"), &spec::config_json(&spec))
+        // Owner-only: it is the one file that holds the secret environment.
+        write_json_private(&dir.join("bundle/config.json"), &spec::config_json(&spec))
             .map_err(io("writing the bundle's config.json"))
     }
 
@@ -753,4 +755,13 @@ pub fn short(id: &str) -> String {
 fn new_id() -> String {
     let bytes: [u8; 32] = rand::random();
     hex::encode(bytes)
+}
+
+/// Whether the `KEY=value` entry `var` is replaced by one of `secrets`.
+fn overridden_by(var: &str, secrets: &[String]) -> bool {
+    let key = |v: &str| v.split_once('=').map(|(k, _)| k.to_owned());
+    let Some(name) = key(var) else { return false };
+    secrets
+        .iter()
+        .any(|s| key(s).as_deref() == Some(name.as_str()))
 }

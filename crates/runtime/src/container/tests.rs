@@ -154,3 +154,13 @@ fn restart_policies_parse_and_decide_with_backoff() {
         Some(BACKOFF_MAX)
     );
 }
+
+#[test]
+fn secret_env_is_neither_serialized_nor_debug_printed() {
+    let mut r = request();
+    r.secret_env = SecretEnv(vec!["TOKEN=hunter2".into()]);
+    let json = serde_json::to_string(&r).unwrap();
+    assert!(!json.contains("hunter2"), "{json}");
+    let debug = format!("{r:?}");
+    assert!(!debug.contains("hunter2") && debug.contains("TOKEN"), "{debug}");
+}
