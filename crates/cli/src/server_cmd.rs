@@ -111,7 +111,11 @@ pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Re
         let store = berth_store::RedbStore::open(&db)
             .await
             .with_context(|| format!("opening the state store {}", db.display()))?;
-        let controller = Controller::new(Arc::new(store), node, Default::default());
+        let key_file = root.join("secret.key");
+        let (secret_key, source) =
+            berth_agent::secrets::SecretKey::load(&key_file).context("loading the secret key")?;
+        tracing::info!(key_id = secret_key.id(), %source, "secret key loaded");
+        let controller = Controller::new(Arc::new(store), node, Default::default(), secret_key);
         tokio::spawn(controller.clone().run());
         if let Some(listen) = args.registry_listen {
             let settings = file

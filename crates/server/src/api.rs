@@ -45,6 +45,11 @@ impl ApiState {
             writes: tokio::sync::Mutex::new(()),
         })
     }
+
+    /// The controller.
+    pub(crate) fn controller(&self) -> &Arc<Controller> {
+        &self.controller
+    }
 }
 
 /// The routes, behind the bearer-token check.
@@ -55,6 +60,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/apps/{app}/deploy", post(deploy))
         .route("/v1/apps/{app}/releases", get(releases))
         .route("/v1/apps/{app}/rollback", post(rollback))
+        .merge(crate::secrets_api::routes())
+        .merge(crate::volumes_api::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
@@ -68,7 +75,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
@@ -120,19 +127,25 @@ impl<S: Send + Sync> FromRequestParts<S> for AppName {
         let Path(app) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::bad_request(e.body_text()))?;
-        let valid = app.len() <= 63
-            && app.starts_with(|c: char| c.is_ascii_lowercase())
-            && !app.ends_with('-')
-            && app
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !valid {
-            return Err(ApiError::bad_request(format!(
-                "{app:?} is not an app name: lowercase letters, digits and '-', starting with a letter"
-            )));
-        }
+        check_app_name(&app)?;
         Ok(AppName(app))
     }
+}
+
+/// 400 unless `app` is an app name (a DNS label, as in `berth.toml`).
+pub(crate) fn check_app_name(app: &str) -> Result<(), ApiError> {
+    let valid = app.len() <= 63
+        && app.starts_with(|c: char| c.is_ascii_lowercase())
+        && !app.ends_with('-')
+        && app
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        return Err(ApiError::bad_request(format!(
+            "{app:?} is not an app name: lowercase letters, digits and '-', starting with a letter"
+        )));
+    }
+    Ok(())
 }
 
 async fn authorize(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
@@ -249,10 +262,7 @@ async fn deploy(
             spec.app
         )));
     }
-    let unsupported = unsupported(&spec);
-    if !unsupported.is_empty() {
-        return Err(ApiError::bad_request(unsupported.join("; ")));
-    }
+    let secrets = crate::secrets_api::pin_versions(&state, &spec).await?;
     let mut images = BTreeMap::new();
     for (name, service) in &spec.services {
         images.insert(
@@ -280,6 +290,7 @@ async fn deploy(
             file: file.clone(),
             env: request.env.clone(),
             images: images.clone(),
+            secrets: secrets.clone(),
             created_at: now().as_millis(),
         };
         let next = current.with_desired(&app, number);
@@ -315,25 +326,6 @@ async fn deploy(
             images,
         }),
     ))
-}
-
-/// What the spec asks for that this server cannot do yet: refused rather than silently
-/// ignored (a database without its volume would lose its data at the next deploy).
-fn unsupported(spec: &AppSpec) -> Vec<String> {
-    let mut problems = Vec::new();
-    for (name, service) in &spec.services {
-        if !service.volumes.is_empty() {
-            problems.push(format!(
-                "service `{name}` has volumes, which berth server does not mount yet: remove them or run it with berth run -v"
-            ));
-        }
-        if !service.secrets.is_empty() {
-            problems.push(format!(
-                "service `{name}` has secrets, which berth server does not inject yet: pass them as env for now"
-            ));
-        }
-    }
-    problems
 }
 
 /// Pulls a service's image and pins it by digest.

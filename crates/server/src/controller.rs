@@ -15,12 +15,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use berth_agent::health::{HealthChecker, HealthPolicy, Probe};
+use berth_agent::secrets::{env_vars, SecretKey, SecretStore};
 use berth_core::plan::{
     plan, Action, Desired, Instance, InstanceState, Observed, ReleaseId, Timestamp,
 };
 use berth_core::spec::ServiceSpec;
 use berth_core::AppSpec;
-use berth_runtime::container::{ContainerRequest, NetworkMode, RestartPolicy, Status};
+use berth_runtime::container::{ContainerRequest, NetworkMode, RestartPolicy, SecretEnv, Status};
 use berth_runtime::image::PullOptions;
 use berth_runtime::node::{Container, Node};
 use berth_store::{CasOutcome, Expect, Store};
@@ -29,6 +30,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, Notify};
 
+use crate::mounts::mounts;
 use crate::releases::{
     release_key, releases_prefix, state_key, AppState, InstanceName, Release, ReleaseStatus,
     APPS_PREFIX,
@@ -49,6 +51,7 @@ pub struct Controller {
     store: Arc<dyn Store>,
     node: Arc<Node>,
     pull: PullOptions,
+    secrets: SecretStore,
     wake: Notify,
     inner: Mutex<Inner>,
     views: RwLock<BTreeMap<String, AppView>>,
@@ -393,9 +396,16 @@ fn replaced(service: Option<&ServiceSpec>, code: Option<i32>) -> bool {
 }
 
 impl Controller {
-    /// A controller for `node`, keeping its state in `store`; pulls use `pull`.
-    pub fn new(store: Arc<dyn Store>, node: Arc<Node>, pull: PullOptions) -> Arc<Controller> {
+    /// A controller for `node`, keeping its state in `store`; pulls use `pull`; the apps'
+    /// secrets are sealed with `secret_key` in `store`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        node: Arc<Node>,
+        pull: PullOptions,
+        secret_key: SecretKey,
+    ) -> Arc<Controller> {
         Arc::new(Controller {
+            secrets: SecretStore::new(store.clone(), secret_key),
             store,
             node,
             pull,
@@ -418,6 +428,11 @@ impl Controller {
     /// The pull options.
     pub fn pull_options(&self) -> &PullOptions {
         &self.pull
+    }
+
+    /// The apps' secrets.
+    pub fn secrets(&self) -> &SecretStore {
+        &self.secrets
     }
 
     /// Plans again soon.
@@ -784,7 +799,7 @@ impl Controller {
                                 .await
                                 .map_err(|e| e.to_string())?;
                         }
-                        let request = container_request(
+                        let mut request = container_request(
                             &app,
                             &instance,
                             &service,
@@ -792,6 +807,14 @@ impl Controller {
                             &release_record,
                             &image.digest,
                         );
+                        request.secret_env = self.secret_env(&app, &spec, &release_record).await?;
+                        let mounts = mounts(&self.node.root().join("volumes"), &app, &spec);
+                        for dir in &mounts.named {
+                            std::fs::create_dir_all(dir)
+                                .map_err(|e| format!("creating volume {}: {e}", dir.display()))?;
+                        }
+                        request.volumes = mounts.binds;
+                        request.tmpfs = mounts.tmpfs;
                         let node = self.node.clone();
                         tokio::task::spawn_blocking(move || node.run(request))
                             .await
@@ -824,6 +847,36 @@ impl Controller {
             }
             self.wake();
         });
+    }
+
+    /// `NAME=value` for each secret `service` uses, at the version `release` pinned.
+    async fn secret_env(
+        &self,
+        app: &str,
+        service: &ServiceSpec,
+        release: &Release,
+    ) -> Result<SecretEnv, String> {
+        let mut values = Vec::new();
+        for name in &service.secrets {
+            let version = release.secrets.get(name).ok_or_else(|| {
+                format!(
+                    "release {} pins no version of secret {name}",
+                    release.number
+                )
+            })?;
+            let value = self
+                .secrets
+                .get(app, name, *version)
+                .await
+                .map_err(|e| e.to_string())?;
+            values.push((name.clone(), value));
+        }
+        let vars = env_vars(&values).map_err(|e| e.to_string())?;
+        Ok(SecretEnv(
+            vars.iter()
+                .filter_map(|var| var.expose_str().map(str::to_owned))
+                .collect(),
+        ))
     }
 
     fn stop(self: Arc<Self>, app: &str, instance: &str, spec: &AppSpec) {

@@ -5,7 +5,10 @@
 
 pub mod api;
 pub mod controller;
+pub mod mounts;
 pub mod releases;
+pub mod secrets_api;
+pub mod volumes_api;
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

@@ -48,6 +48,10 @@ pub struct Release {
     pub env: Option<String>,
     /// Each service's image, resolved at deploy time.
     pub images: BTreeMap<String, ResolvedImage>,
+    /// The version of each secret its services use, pinned when the release was made (the
+    /// values stay sealed in the secret store).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, u64>,
     /// Milliseconds since the Unix epoch.
     pub created_at: u64,
 }

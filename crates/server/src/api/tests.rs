@@ -39,7 +39,8 @@ fn api() -> Api {
         retries: 0,
         ..Default::default()
     };
-    let controller = Controller::new(store.clone(), Arc::new(node), pull);
+    let key = berth_agent::secrets::SecretKey::generate().unwrap();
+    let controller = Controller::new(store.clone(), Arc::new(node), pull, key);
     Api {
         _dir: dir,
         store,
@@ -95,6 +96,7 @@ impl Api {
                 file: "berth.toml".into(),
                 env: None,
                 images: BTreeMap::new(),
+                secrets: BTreeMap::new(),
                 created_at: number,
             };
             self.store
@@ -167,13 +169,16 @@ async fn client_mistakes_are_4xx() {
         "{body}"
     );
 
-    let with_volume = format!("{SPEC}volumes = {{ data = \"/data\" }}\n");
+    let with_secret = format!("{SPEC}secrets = [\"TOKEN\"]\n");
     let (status, body) = api
-        .post("/v1/apps/shop/deploy", &deploy_body(&with_volume))
+        .post("/v1/apps/shop/deploy", &deploy_body(&with_secret))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
-        body["error"].as_str().unwrap().contains("volumes"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("berth secret set shop TOKEN"),
         "{body}"
     );
 
@@ -273,4 +278,51 @@ fn the_token_file_is_private_and_kept() {
         crate::load_or_create_token(Path::new(dir.path())).unwrap(),
         token
     );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn secrets_are_set_listed_and_deleted_without_their_values() {
+    let api = api();
+    for expected in [1, 2] {
+        let (status, body) = api
+            .call(
+                "PUT",
+                "/v1/apps/shop/secrets/TOKEN",
+                Some("hunter2"),
+                Some(TOKEN),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["version"], expected);
+    }
+    let (status, body) = api.get("/v1/apps/shop/secrets").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        serde_json::json!([{"name": "TOKEN", "versions": [1, 2]}])
+    );
+    let stored = api.store.list("/secrets/").await.unwrap();
+    assert!(stored
+        .entries
+        .iter()
+        .all(|e| !String::from_utf8_lossy(&e.value).contains("hunter2")));
+
+    let (status, _) = api
+        .call("PUT", "/v1/apps/shop/secrets/1BAD", Some("x"), Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = api
+        .call("PUT", "/v1/apps/shop/secrets/EMPTY", Some(""), Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = api
+        .call("DELETE", "/v1/apps/shop/secrets/TOKEN", None, Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api
+        .call("DELETE", "/v1/apps/shop/secrets/TOKEN", None, Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = api.call("GET", "/v1/apps/shop/secrets", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }

@@ -210,6 +210,7 @@ resources = { memory = "64Mi", pids = 32 }
         file: "berth.toml".into(),
         env: None,
         images: BTreeMap::new(),
+        secrets: BTreeMap::new(),
         created_at: 0,
     };
     let request = container_request(

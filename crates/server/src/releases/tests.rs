@@ -215,6 +215,7 @@ fn a_release_parses_with_the_overlay_it_was_made_with() {
         file: "shop.toml".into(),
         env: Some("staging".into()),
         images: BTreeMap::new(),
+        secrets: BTreeMap::new(),
         created_at: 0,
     };
     assert_eq!(release.app_spec().unwrap().services["web"].replicas, 1);
