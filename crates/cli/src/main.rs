@@ -6,7 +6,9 @@ mod container_cmd;
 mod image_cmd;
 mod info;
 mod registry_cmd;
+mod secret_cmd;
 mod server_cmd;
+mod volume_cmd;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -99,6 +101,12 @@ enum Command {
     Releases(server_cmd::ReleasesArgs),
     /// Make an earlier release of an app desired again and follow its deploy.
     Rollback(server_cmd::RollbackArgs),
+    /// An app's secrets on the server: set (value from stdin), list, rm.
+    #[command(subcommand)]
+    Secret(secret_cmd::SecretCommand),
+    /// An app's named volumes on the server: ls, rm.
+    #[command(subcommand)]
+    Volume(volume_cmd::VolumeCommand),
     /// The per-container monitor (started by berth itself).
     #[command(hide = true)]
     InternalMonitor {
@@ -150,6 +158,8 @@ fn main() -> std::process::ExitCode {
         Command::Status(args) => ok(server_cmd::status(args, &cli.root)),
         Command::Releases(args) => ok(server_cmd::releases(args, &cli.root)),
         Command::Rollback(args) => server_cmd::rollback(args, &cli.root),
+        Command::Secret(cmd) => ok(secret_cmd::run(cmd, &cli.root)),
+        Command::Volume(cmd) => ok(volume_cmd::run(cmd, &cli.root)),
         Command::InternalMonitor { dir } => container_cmd::monitor(&dir),
         Command::InternalCgroupNs { program, args } => Err(
             berth_runtime::oci_runtime::exec_in_private_cgroup_namespace(&program, &args).into(),

@@ -161,14 +161,14 @@ pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Re
 }
 
 /// A blocking client of the /v1 API.
-struct Client {
+pub(crate) struct Client {
     base: String,
     token: String,
     http: reqwest::blocking::Client,
 }
 
 impl Client {
-    fn new(args: &ClientArgs, root: &Path) -> anyhow::Result<Client> {
+    pub(crate) fn new(args: &ClientArgs, root: &Path) -> anyhow::Result<Client> {
         let token = match &args.token {
             Some(token) => token.clone(),
             None => {
@@ -193,17 +193,27 @@ impl Client {
         })
     }
 
-    fn call(
+    pub(crate) fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
+        self.send(method, path, |request| match body {
+            Some(body) => request.json(&body),
+            None => request,
+        })
+    }
+
+    /// Sends a request with the body `with_body` gives it.
+    pub(crate) fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        with_body: impl FnOnce(reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
+        let request = with_body(self.http.request(method, &url).bearer_auth(&self.token));
         let response = request
             .send()
             .with_context(|| format!("cannot reach the berth server at {} (is `berth server` running? --server / BERTH_SERVER)", self.base))?;
@@ -216,7 +226,7 @@ impl Client {
         Ok(value)
     }
 
-    fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call(reqwest::Method::GET, path, None)
     }
 
