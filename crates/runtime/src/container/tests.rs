@@ -162,5 +162,8 @@ fn secret_env_is_neither_serialized_nor_debug_printed() {
     let json = serde_json::to_string(&r).unwrap();
     assert!(!json.contains("hunter2"), "{json}");
     let debug = format!("{r:?}");
-    assert!(!debug.contains("hunter2") && debug.contains("TOKEN"), "{debug}");
+    assert!(
+        !debug.contains("hunter2") && debug.contains("TOKEN"),
+        "{debug}"
+    );
 }

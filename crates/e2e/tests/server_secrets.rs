@@ -1,0 +1,446 @@
+//! `berth server` with secrets and volumes, end to end: a secret set with `berth secret set`
+//! reaches the instance's environment (the instance serves it back over HTTP) and nothing
+//! else — not `inspect`, `status`, any API answer, the server's log, the state store, the
+//! container's files (but the owner-only bundle `config.json`) or the registry; a named
+//! volume keeps its data across a deploy and a rollback.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_e2e::berth_binary;
+use berth_e2e::busybox::{busybox_layer, push_image, raw_layer};
+use serde_json::Value;
+
+/// A berth server with its own root, bridge and /24, serving the registry too.
+struct Server {
+    dir: tempfile::TempDir,
+    bridge: String,
+    port: u16,
+    registry_port: u16,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-secrets.")
+            .tempdir()
+            .unwrap();
+        let tag: [u8; 3] = rand_bytes();
+        let bridge = format!("bx{}", hex::encode(tag));
+        let config = format!(
+            "[node]\nruntime = \"runc\"\n[node.network]\nbridge = \"{bridge}\"\nsubnet = \"10.{}.{}.0/24\"\nmasquerade = false\n",
+            203 + tag[1] % 40,
+            10 + tag[0] % 200
+        );
+        fs::write(dir.path().join("node.toml"), config).unwrap();
+        let log = File::create(dir.path().join("server.log")).unwrap();
+        let stdout = dir.path().join("stdout.log");
+        let mut server = Server {
+            dir,
+            bridge,
+            port: free_port(),
+            registry_port: free_port(),
+            child: None,
+        };
+        let mut child = server
+            .berth()
+            .args(["server", "--listen", &format!("127.0.0.1:{}", server.port)])
+            .args(["--registry-listen", &server.registry()])
+            .env("BERTH_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !fs::read_to_string(&stdout)
+            .unwrap_or_default()
+            .contains("berth server listening on")
+        {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("berth server exited with {status}:\n{}", server.log());
+            }
+            assert!(Instant::now() < deadline, "no server:\n{}", server.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server.child = Some(child);
+        server
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn registry(&self) -> String {
+        format!("127.0.0.1:{}", self.registry_port)
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn berth(&self) -> Command {
+        let mut cmd = Command::new(berth_binary());
+        cmd.arg("--root")
+            .arg(self.root())
+            .arg("--config")
+            .arg(self.dir.path().join("node.toml"))
+            .env("BERTH_LOG", "warn")
+            .env("BERTH_SERVER", self.url());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.berth().args(args).output().unwrap()
+    }
+
+    #[track_caller]
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "berth {args:?} failed ({}):\n{}\nserver log:\n{}",
+            out.status,
+            text(&out),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `berth secret set shop NAME` with `value` on stdin.
+    fn set_secret(&self, name: &str, value: &str) -> String {
+        let mut child = self
+            .berth()
+            .args(["secret", "set", "shop", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(value.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "secret set: {}", text(&out));
+        text(&out)
+    }
+
+    fn spec(&self, tag: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("berth-{tag}.toml"));
+        // The instance counts its starts in the named volume and serves the count and its
+        // secret from a tmpfs, so neither lands in the container's root filesystem.
+        let text = format!(
+            r#"app = "shop"
+
+[services.web]
+image = "{}/shop/web:{tag}"
+command = ["sh", "-c", "n=$(cat /data/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > /data/count; echo $n > /scratch/count; echo \"$TOKEN\" > /scratch/token; cat /www/index.html > /scratch/index.html; exec httpd -f -p 8080 -h /scratch"]
+secrets = ["TOKEN"]
+ports = {{ http = 8080 }}
+stop_grace = "1s"
+health = {{ http = {{ port = "http", path = "/index.html" }}, interval = "300ms", timeout = "1s" }}
+deploy = {{ healthy_deadline = "20s" }}
+
+[services.web.volumes]
+data = "/data"
+scratch = {{ tmpfs = "/scratch", size = "1Mi" }}
+"#,
+            self.registry()
+        );
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn deploy(&self, tag: &str) -> Output {
+        let spec = self.spec(tag);
+        self.run(&["deploy", "-f", spec.to_str().unwrap()])
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_str(&self.ok(&["status", "shop", "--json"])).unwrap()
+    }
+
+    /// The address of the one healthy instance of `release`, once there is exactly one.
+    #[track_caller]
+    fn serving(&self, release: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status();
+            let healthy: Vec<&Value> = status["services"][0]["instances"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|i| i["state"] == "running" && i["health"] == "healthy")
+                .collect();
+            if let [one] = healthy.as_slice() {
+                if one["release"] == release {
+                    return one["address"].as_str().unwrap().to_owned();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "release {release} not serving alone:\n{status}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn api_get(&self, path: &str) -> String {
+        let token = fs::read_to_string(self.root().join("server.token")).unwrap();
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5", "-H"])
+            .arg(format!("Authorization: Bearer {}", token.trim()))
+            .arg(format!("{}{path}", self.url()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "GET {path}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- berth server log ---\n{}", self.log());
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Ok(out) = self.berth().args(["ps", "-aq"]).output() {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = self.berth().args(["rm", "-f", id]).output();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
+
+fn rand_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut bytes)
+        .unwrap();
+    bytes
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(url: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "GET {url}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn push_web(registry: &str, tag: &str) -> String {
+    push_image(
+        registry,
+        "shop/web",
+        tag,
+        &[
+            busybox_layer(),
+            raw_layer("www/index.html", format!("{tag}\n").as_bytes()),
+        ],
+        &["httpd", "-f", "-p", "8080", "-h", "/www"],
+    )
+    .digest
+}
+
+/// Every regular file under `dir` (symlinks not followed) whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if meta.is_file() {
+            let bytes = fs::read(&path).unwrap_or_default();
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn secrets_reach_the_instance_only_and_volumes_outlive_deploys() {
+    let server = Server::start();
+    let registry = format!("http://{}", server.registry());
+    push_web(&registry, "v1");
+    push_web(&registry, "v2");
+    let marker = format!("marker-{}", hex::encode(rand_bytes::<12>()));
+
+    // A release cannot be made without its secret; the error says how to set it.
+    let out = server.deploy("v1");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("berth secret set shop TOKEN"),
+        "{}",
+        text(&out)
+    );
+
+    let said = server.set_secret("TOKEN", &format!("{marker}\n"));
+    assert!(said.contains("version 1"), "{said}");
+
+    // 1. Deploy: the instance has the secret and counts its first start in the volume.
+    let out = server.deploy("v1");
+    assert!(
+        out.status.success(),
+        "deploy v1: {}\n{}",
+        text(&out),
+        server.log()
+    );
+    let address = server.serving(1);
+    assert_eq!(http_get(&format!("http://{address}:8080/token")), marker);
+    assert_eq!(http_get(&format!("http://{address}:8080/count")), "1");
+
+    // 2. A new release: the volume's data is still there.
+    let out = server.deploy("v2");
+    assert!(
+        out.status.success(),
+        "deploy v2: {}\n{}",
+        text(&out),
+        server.log()
+    );
+    let address = server.serving(2);
+    assert_eq!(http_get(&format!("http://{address}:8080/index.html")), "v2");
+    assert_eq!(http_get(&format!("http://{address}:8080/count")), "2");
+    assert_eq!(http_get(&format!("http://{address}:8080/token")), marker);
+
+    // 3. A rollback: still there, and the secret too.
+    let out = server.run(&["rollback", "shop"]);
+    assert!(
+        out.status.success(),
+        "rollback: {}\n{}",
+        text(&out),
+        server.log()
+    );
+    let address = server.serving(1);
+    assert_eq!(http_get(&format!("http://{address}:8080/index.html")), "v1");
+    assert_eq!(http_get(&format!("http://{address}:8080/count")), "3");
+    assert_eq!(http_get(&format!("http://{address}:8080/token")), marker);
+
+    // The CLI lists names and versions only.
+    let listed = server.ok(&["secret", "list", "shop"]);
+    assert!(
+        listed.contains("TOKEN") && !listed.contains(&marker),
+        "{listed}"
+    );
+    let volumes = server.ok(&["volume", "ls", "shop"]);
+    assert!(volumes.contains("data"), "{volumes}");
+    // A mounted volume is not removed.
+    let out = server.run(&["volume", "rm", "shop", "data"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("mounted by"), "{}", text(&out));
+
+    // Where the marker must not be.
+    let mut leaks = Vec::new();
+    let ps: Value = serde_json::from_str(&server.ok(&["ps", "-a", "--json"])).unwrap();
+    let containers: Vec<String> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["record"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!containers.is_empty());
+    for id in &containers {
+        if server.ok(&["inspect", id]).contains(&marker) {
+            leaks.push(format!("berth inspect {id}"));
+        }
+    }
+    if server.ok(&["ps", "-a", "--json"]).contains(&marker) {
+        leaks.push("berth ps --json".into());
+    }
+    for args in [
+        &["status", "--json"][..],
+        &["status", "shop", "--json"],
+        &["status", "shop"],
+        &["releases", "shop"],
+    ] {
+        if server.ok(args).contains(&marker) {
+            leaks.push(format!("berth {args:?}"));
+        }
+    }
+    for path in [
+        "/v1/apps",
+        "/v1/apps/shop",
+        "/v1/apps/shop/releases",
+        "/v1/apps/shop/secrets",
+        "/v1/apps/shop/volumes",
+    ] {
+        if server.api_get(path).contains(&marker) {
+            leaks.push(format!("GET {path}"));
+        }
+    }
+    if server.log().contains(&marker) {
+        leaks.push("the server's log".into());
+    }
+    // Every file under the root: the state store, the registry's blobs, the images, the
+    // containers' records, state, logs and root filesystems, the runtime's state.
+    let mut config_files = Vec::new();
+    for path in files_containing(&server.root(), marker.as_bytes()) {
+        if path.ends_with("bundle/config.json") {
+            config_files.push(path);
+        } else {
+            leaks.push(path.display().to_string());
+        }
+    }
+    assert!(leaks.is_empty(), "the secret leaked into: {leaks:#?}");
+    // The secret is in the running instance's bundle config only, readable by root only.
+    assert!(
+        !config_files.is_empty(),
+        "no bundle config.json holds the secret"
+    );
+    for path in &config_files {
+        let mode = fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
+    let registry_dir = server.root().join("registry");
+    assert!(
+        registry_dir.is_dir(),
+        "the registry keeps its blobs elsewhere"
+    );
+    assert!(server.root().join("server.redb").is_file());
+}
