@@ -362,12 +362,41 @@ fn secrets_reach_the_instance_only_and_volumes_outlive_deploys() {
     assert_eq!(http_get(&format!("http://{address}:8080/count")), "3");
     assert_eq!(http_get(&format!("http://{address}:8080/token")), marker);
 
-    // The CLI lists names and versions only.
+    // 4. A new value is a new version: the next release uses it, a rollback to release 2
+    //    the version that release was made with.
+    let rotated = format!("rotated-{}", hex::encode(rand_bytes::<12>()));
+    let said = server.set_secret("TOKEN", &rotated);
+    assert!(said.contains("version 2"), "{said}");
+    let out = server.deploy("v2");
+    assert!(
+        out.status.success(),
+        "deploy v2 again: {}\n{}",
+        text(&out),
+        server.log()
+    );
+    let address = server.serving(3);
+    assert_eq!(http_get(&format!("http://{address}:8080/token")), rotated);
+    assert_eq!(http_get(&format!("http://{address}:8080/count")), "4");
+    let out = server.run(&["rollback", "shop"]);
+    assert!(
+        out.status.success(),
+        "rollback: {}\n{}",
+        text(&out),
+        server.log()
+    );
+    let address = server.serving(2);
+    assert_eq!(http_get(&format!("http://{address}:8080/token")), marker);
+    assert_eq!(http_get(&format!("http://{address}:8080/count")), "5");
+
+    // The CLI lists names and versions only; a secret the desired release uses stays.
     let listed = server.ok(&["secret", "list", "shop"]);
     assert!(
-        listed.contains("TOKEN") && !listed.contains(&marker),
+        listed.contains("TOKEN") && listed.contains("1,2"),
         "{listed}"
     );
+    let out = server.run(&["secret", "rm", "shop", "TOKEN"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("uses secret TOKEN"), "{}", text(&out));
     let volumes = server.ok(&["volume", "ls", "shop"]);
     assert!(volumes.contains("data"), "{volumes}");
     // A mounted volume is not removed.
@@ -375,7 +404,24 @@ fn secrets_reach_the_instance_only_and_volumes_outlive_deploys() {
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("mounted by"), "{}", text(&out));
 
-    // Where the marker must not be.
+    assert_eq!(
+        assert_not_leaked(&server, &marker),
+        1,
+        "the running instance's bundle"
+    );
+    assert_eq!(
+        assert_not_leaked(&server, &rotated),
+        0,
+        "a removed instance's bundle"
+    );
+    assert!(server.root().join("registry").is_dir());
+    assert!(server.root().join("server.redb").is_file());
+}
+
+/// Looks for `marker` everywhere berth writes or answers: it may only be in bundle
+/// `config.json` files, which must be owner-only.
+/// Returns how many such files there are.
+fn assert_not_leaked(server: &Server, marker: &str) -> usize {
     let mut leaks = Vec::new();
     let ps: Value = serde_json::from_str(&server.ok(&["ps", "-a", "--json"])).unwrap();
     let containers: Vec<String> = ps
@@ -386,11 +432,11 @@ fn secrets_reach_the_instance_only_and_volumes_outlive_deploys() {
         .collect();
     assert!(!containers.is_empty());
     for id in &containers {
-        if server.ok(&["inspect", id]).contains(&marker) {
+        if server.ok(&["inspect", id]).contains(marker) {
             leaks.push(format!("berth inspect {id}"));
         }
     }
-    if server.ok(&["ps", "-a", "--json"]).contains(&marker) {
+    if server.ok(&["ps", "-a", "--json"]).contains(marker) {
         leaks.push("berth ps --json".into());
     }
     for args in [
@@ -399,7 +445,7 @@ fn secrets_reach_the_instance_only_and_volumes_outlive_deploys() {
         &["status", "shop"],
         &["releases", "shop"],
     ] {
-        if server.ok(args).contains(&marker) {
+        if server.ok(args).contains(marker) {
             leaks.push(format!("berth {args:?}"));
         }
     }
@@ -410,11 +456,11 @@ fn secrets_reach_the_instance_only_and_volumes_outlive_deploys() {
         "/v1/apps/shop/secrets",
         "/v1/apps/shop/volumes",
     ] {
-        if server.api_get(path).contains(&marker) {
+        if server.api_get(path).contains(marker) {
             leaks.push(format!("GET {path}"));
         }
     }
-    if server.log().contains(&marker) {
+    if server.log().contains(marker) {
         leaks.push("the server's log".into());
     }
     // Every file under the root: the state store, the registry's blobs, the images, the
@@ -428,19 +474,9 @@ fn secrets_reach_the_instance_only_and_volumes_outlive_deploys() {
         }
     }
     assert!(leaks.is_empty(), "the secret leaked into: {leaks:#?}");
-    // The secret is in the running instance's bundle config only, readable by root only.
-    assert!(
-        !config_files.is_empty(),
-        "no bundle config.json holds the secret"
-    );
     for path in &config_files {
         let mode = fs::metadata(path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", path.display());
     }
-    let registry_dir = server.root().join("registry");
-    assert!(
-        registry_dir.is_dir(),
-        "the registry keeps its blobs elsewhere"
-    );
-    assert!(server.root().join("server.redb").is_file());
+    config_files.len()
 }
