@@ -167,3 +167,19 @@ fn secret_env_is_neither_serialized_nor_debug_printed() {
         "{debug}"
     );
 }
+
+#[test]
+fn private_json_is_owner_only_even_over_a_leftover_temporary_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    fs::write(path.with_extension("json.tmp"), "old").unwrap();
+    fs::set_permissions(
+        path.with_extension("json.tmp"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    write_json_private(&path, &serde_json::json!({"env": ["TOKEN=x"]})).unwrap();
+    let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
