@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod events;
 pub mod releases;
 
 use std::io::Write;
