@@ -274,3 +274,5 @@ fn the_token_file_is_private_and_kept() {
         token
     );
 }
+
+mod ops_and_events;
