@@ -275,4 +275,5 @@ fn the_token_file_is_private_and_kept() {
     );
 }
 
+mod openapi;
 mod ops_and_events;
