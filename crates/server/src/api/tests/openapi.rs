@@ -169,6 +169,14 @@ async fn answers_have_the_documented_required_fields() {
         r#"{"service": "web", "replicas": 2}"#,
     )
     .await;
+    // Events are stored in the background.
+    for _ in 0..200 {
+        let (_, events) = api.get("/v1/apps/shop/events").await;
+        if !events.as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let checks = [
         ("get", "/v1/apps", "/v1/apps"),
         ("get", "/v1/apps/{app}", "/v1/apps/shop"),
