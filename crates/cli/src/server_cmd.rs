@@ -36,10 +36,10 @@ pub struct ServerArgs {
 pub struct ClientArgs {
     /// The server's URL.
     #[arg(long, env = "BERTH_SERVER", default_value_t = format!("http://{DEFAULT_LISTEN}"), value_name = "URL")]
-    server: String,
+    pub(crate) server: String,
     /// The API token [default: the contents of <root>/server.token].
     #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
 }
 
 /// `berth deploy`
@@ -157,14 +157,14 @@ pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Re
 }
 
 /// A blocking client of the /v1 API.
-struct Client {
-    base: String,
-    token: String,
-    http: reqwest::blocking::Client,
+pub(crate) struct Client {
+    pub(crate) base: String,
+    pub(crate) token: String,
+    pub(crate) http: reqwest::blocking::Client,
 }
 
 impl Client {
-    fn new(args: &ClientArgs, root: &Path) -> anyhow::Result<Client> {
+    pub(crate) fn new(args: &ClientArgs, root: &Path) -> anyhow::Result<Client> {
         let token = match &args.token {
             Some(token) => token.clone(),
             None => {
@@ -212,11 +212,11 @@ impl Client {
         Ok(value)
     }
 
-    fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call(reqwest::Method::GET, path, None)
     }
 
-    fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+    pub(crate) fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.call(reqwest::Method::POST, path, Some(body))
     }
 }
@@ -454,6 +454,6 @@ pub fn rollback(args: RollbackArgs, root: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// `#7` for a release number in a JSON answer.
-fn release(number: &Value) -> String {
+pub(crate) fn release(number: &Value) -> String {
     format!("#{}", number.as_u64().unwrap_or_default())
 }

@@ -41,6 +41,9 @@ pub struct LogsQuery {
     /// Only this service's instances.
     #[serde(default)]
     pub service: Option<String>,
+    /// Only lines written at or after this time (RFC 3339).
+    #[serde(default)]
+    pub since: Option<String>,
     /// Only the last N lines (of the merged history).
     #[serde(default)]
     pub tail: Option<usize>,
@@ -191,9 +194,10 @@ fn log_line(name: &InstanceName, record: &LogRecord) -> LogLine {
 /// The merged history of `containers`' logs: ordered by time, the last `tail` of them.
 pub fn merged_history(
     containers: &[(InstanceName, Container)],
+    since: Option<time::OffsetDateTime>,
     tail: Option<usize>,
 ) -> std::io::Result<Vec<LogLine>> {
-    let query = LogQuery { since: None, tail };
+    let query = LogQuery { since, tail };
     let mut lines: Vec<(Option<time::OffsetDateTime>, LogLine)> = Vec::new();
     for (name, container) in containers {
         for record in logs::read(&container.log_dir(), &query)? {
@@ -225,9 +229,21 @@ pub(super) async fn app_logs(
         .collect();
     containers.sort_by(|a, b| a.0.instance.cmp(&b.0.instance));
     let tail = query.tail;
+    let since = query
+        .since
+        .as_deref()
+        .map(|since| {
+            time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| {
+                    ApiError::bad_request(format!(
+                        "since={since:?} is not an RFC 3339 time like 2026-11-29T13:00:00Z: {e}"
+                    ))
+                })
+        })
+        .transpose()?;
     let history = {
         let containers = containers.clone();
-        tokio::task::spawn_blocking(move || merged_history(&containers, tail))
+        tokio::task::spawn_blocking(move || merged_history(&containers, since, tail))
             .await
             .map_err(|e| ServerError::Internal(e.to_string()))?
             .map_err(|e| ServerError::Internal(format!("reading logs: {e}")))?
