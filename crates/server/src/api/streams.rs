@@ -204,7 +204,7 @@ pub fn merged_history(
             lines.push((record.timestamp(), log_line(name, &record)));
         }
     }
-    lines.sort_by(|a, b| a.0.cmp(&b.0));
+    lines.sort_by_key(|line| line.0);
     let skip = tail.map_or(0, |tail| lines.len().saturating_sub(tail));
     Ok(lines.into_iter().skip(skip).map(|(_, line)| line).collect())
 }
