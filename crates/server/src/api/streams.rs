@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use berth_runtime::logs::{self, LogQuery, LogRecord, Stream};
@@ -252,33 +252,41 @@ pub(super) async fn app_logs(
         return Ok(Json(history).into_response());
     }
     let (sender, receiver) = mpsc::channel(256);
-    for entry in &history {
-        // The channel is new: the backlog fits unless it is huge, then it waits.
-        if sender.send(line(entry)).await.is_err() {
-            return Err(ApiError::new(StatusCode::GONE, "client went away"));
-        }
-    }
-    for (name, container) in containers {
-        let sender = sender.clone();
-        let node = state.controller.node().clone();
-        tokio::task::spawn_blocking(move || {
-            let dir = container.log_dir();
-            let id = container.record.id.clone();
-            let keep_going =
-                || !sender.is_closed() && node.get(&id).map(|c| c.is_active()).unwrap_or(false);
-            let sink = |record: &LogRecord| {
-                sender
-                    .blocking_send(line(&log_line(&name, record)))
-                    .map_err(|_| std::io::Error::other("client went away"))
-            };
-            let after_history = LogQuery {
-                since: None,
-                tail: Some(0),
-            };
-            if let Err(e) = logs::follow(&dir, &after_history, keep_going, sink) {
-                tracing::debug!(container = container.record.name, error = %e, "following logs");
+    let node = state.controller.node().clone();
+    tokio::spawn(async move {
+        for entry in &history {
+            if sender.send(line(entry)).await.is_err() {
+                return;
             }
-        });
-    }
+        }
+        for (name, container) in containers {
+            let sender = sender.clone();
+            let node = node.clone();
+            tokio::task::spawn_blocking(move || follow_instance(&node, &name, &container, &sender));
+        }
+    });
     Ok(ndjson(receiver))
+}
+
+/// Sends the lines `container` writes from now on until it exits or the client goes away.
+fn follow_instance(
+    node: &berth_runtime::node::Node,
+    name: &InstanceName,
+    container: &Container,
+    sender: &mpsc::Sender<Bytes>,
+) {
+    let id = &container.record.id;
+    let keep_going = || !sender.is_closed() && node.get(id).is_ok_and(|c| c.is_active());
+    let sink = |record: &LogRecord| {
+        sender
+            .blocking_send(line(&log_line(name, record)))
+            .map_err(|_| std::io::Error::other("client went away"))
+    };
+    let after_history = LogQuery {
+        since: None,
+        tail: Some(0),
+    };
+    if let Err(e) = logs::follow(&container.log_dir(), &after_history, keep_going, sink) {
+        tracing::debug!(container = container.record.name, error = %e, "following logs");
+    }
 }
