@@ -277,6 +277,33 @@ fn events_ps_logs_scale_and_promote() {
     assert!(logs.lines().all(|l| l.starts_with("web-1-")), "{logs}");
     let container = server.ok(&["logs", "--tail", "1", "shop.web-1-a"]);
     assert_eq!(container.trim(), "tick web-1-a");
+    let mut follower = server
+        .berth()
+        .args(["logs", "shop/web", "-f", "--tail", "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (sender, received) = mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut instances = std::collections::BTreeSet::new();
+    while instances.len() < 2 {
+        let line = received
+            .recv_timeout(Duration::from_secs(10))
+            .expect("followed lines of both instances");
+        let (instance, text) = line.split_once(" | ").unwrap();
+        assert_eq!(text, format!("tick {instance}"));
+        instances.insert(instance.to_owned());
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
     let out = server.run(&["logs", "nosuch"]);
     assert!(!out.status.success());
 

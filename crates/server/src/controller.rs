@@ -406,8 +406,8 @@ fn stop_event(
     event
 }
 
-/// The events of a deploy-bookkeeping action the store has recorded.
-fn bookkeeping_events(app: &str, action: &Action) -> Vec<Event> {
+/// The events of a deploy-bookkeeping action the store has recorded in `state`.
+fn bookkeeping_events(app: &str, action: &Action, state: &AppState) -> Vec<Event> {
     let reason = action.reason().to_owned();
     match action {
         Action::BeginDeploy {
@@ -431,20 +431,23 @@ fn bookkeeping_events(app: &str, action: &Action) -> Vec<Event> {
         }
         Action::MarkDeployFailed {
             service, release, ..
-        } => vec![
-            Event::new(app, EventKind::DeployFailed, reason)
+        } => {
+            let failed = Event::new(app, EventKind::DeployFailed, reason)
                 .service(service)
-                .release(*release),
-            Event::new(
-                app,
-                EventKind::RolledBack,
-                format!(
-                    "release {release} failed: its deploy goes back to the release it replaced"
-                ),
-            )
-            .service(service)
-            .release(*release),
-        ],
+                .release(*release);
+            // A failed first deploy has nothing to go back to.
+            let from = state.deploys.get(service).and_then(|d| d.from_release);
+            let back = from.map(|from| {
+                Event::new(
+                    app,
+                    EventKind::RolledBack,
+                    format!("release {release} failed: back to release {from}"),
+                )
+                .service(service)
+                .release(from)
+            });
+            std::iter::once(failed).chain(back).collect()
+        }
         Action::Start { .. } | Action::Stop { .. } | Action::Wait { .. } => Vec::new(),
     }
 }
@@ -703,7 +706,7 @@ impl Controller {
                     service, reason, ..
                 } => waiting.entry(service).or_default().push(reason),
                 other => {
-                    for event in bookkeeping_events(app, &other) {
+                    for event in bookkeeping_events(app, &other, &state) {
                         self.event(event);
                     }
                 }
