@@ -242,7 +242,12 @@ pub struct PsArgs {
     quiet: bool,
     /// JSON (record and state of each).
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
+    /// An app of berth server: its instances (service, instance, release, state, health,
+    /// address, uptime) as the server sees them. Without: this node's containers.
+    pub(crate) app: Option<String>,
+    #[command(flatten)]
+    pub(crate) client: crate::server_cmd::ClientArgs,
 }
 
 /// `berth stop`
@@ -283,18 +288,26 @@ pub struct RmArgs {
 pub struct LogsArgs {
     /// Keep printing new output until the container exits.
     #[arg(short, long)]
-    follow: bool,
+    pub(crate) follow: bool,
     /// Only output since a time (RFC 3339) or for a duration back (e.g. 5m).
     #[arg(long, value_name = "WHEN")]
-    since: Option<String>,
+    pub(crate) since: Option<String>,
     /// Only the last N lines.
     #[arg(long, value_name = "N")]
-    tail: Option<usize>,
+    pub(crate) tail: Option<usize>,
     /// Show each line's timestamp.
     #[arg(short, long)]
-    timestamps: bool,
-    /// The container.
-    container: String,
+    pub(crate) timestamps: bool,
+    /// NAME is an app of berth server (also when a container has that name).
+    #[arg(long)]
+    pub(crate) app: bool,
+    /// A container, or an app of berth server as APP or APP/SERVICE: its instances' output
+    /// merged by time, each line after the instance's name. A NAME without `/` is an app
+    /// when no container on this node has that name (or with --app).
+    #[arg(value_name = "NAME")]
+    pub(crate) container: String,
+    #[command(flatten)]
+    pub(crate) client: crate::server_cmd::ClientArgs,
 }
 
 /// `berth exec`
@@ -548,7 +561,7 @@ pub fn logs(node: &Node, args: LogsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn parse_since(when: &str) -> anyhow::Result<OffsetDateTime> {
+pub(crate) fn parse_since(when: &str) -> anyhow::Result<OffsetDateTime> {
     if let Ok(at) = OffsetDateTime::parse(when, &Rfc3339) {
         return Ok(at);
     }

@@ -1,6 +1,7 @@
 //! The `berth` binary: parses the command line and hands off to the library crates.
 
 mod admin_cmd;
+mod app_cmd;
 mod config;
 mod container_cmd;
 mod image_cmd;
@@ -107,6 +108,14 @@ enum Command {
     /// An app's named volumes on the server: ls, rm.
     #[command(subcommand)]
     Volume(volume_cmd::VolumeCommand),
+    /// Show the events of an app (or of every app): releases, deploy steps, instances
+    /// starting, becoming healthy, exiting, being replaced; -f follows.
+    Events(app_cmd::EventsArgs),
+    /// Set how many instances of an app's service run, without a new release (until the
+    /// next deploy or rollback).
+    Scale(app_cmd::ScaleArgs),
+    /// Let a canary deploy paused at a step with pause = "manual" go on.
+    Promote(app_cmd::PromoteArgs),
     /// The per-container monitor (started by berth itself).
     #[command(hide = true)]
     InternalMonitor {
@@ -152,6 +161,17 @@ fn main() -> std::process::ExitCode {
             .and_then(|file| image_cmd::pull(args, &cli.root, &file.node.images))),
         Command::Images(args) => ok(image_cmd::images(args, &cli.root)),
         Command::Image(cmd) => ok(image_cmd::run(cmd, &cli.root)),
+        Command::Node(container_cmd::NodeCommand::Ps(args)) if args.app.is_some() => {
+            ok(app_cmd::ps(
+                &args.client,
+                &cli.root,
+                args.app.as_deref().unwrap_or_default(),
+                args.json,
+            ))
+        }
+        Command::Node(container_cmd::NodeCommand::Logs(args)) => {
+            app_cmd::logs_command(args, cli.config.as_deref(), &cli.root)
+        }
         Command::Node(cmd) => container_cmd::run_command(cmd, cli.config.as_deref(), &cli.root),
         Command::Server(args) => ok(server_cmd::serve(args, cli.config.as_deref(), &cli.root)),
         Command::Deploy(args) => server_cmd::deploy(args, &cli.root),
@@ -160,6 +180,9 @@ fn main() -> std::process::ExitCode {
         Command::Rollback(args) => server_cmd::rollback(args, &cli.root),
         Command::Secret(cmd) => ok(secret_cmd::run(cmd, &cli.root)),
         Command::Volume(cmd) => ok(volume_cmd::run(cmd, &cli.root)),
+        Command::Events(args) => ok(app_cmd::events(args, &cli.root)),
+        Command::Scale(args) => ok(app_cmd::scale(args, &cli.root)),
+        Command::Promote(args) => app_cmd::promote(args, &cli.root),
         Command::InternalMonitor { dir } => container_cmd::monitor(&dir),
         Command::InternalCgroupNs { program, args } => Err(
             berth_runtime::oci_runtime::exec_in_private_cgroup_namespace(&program, &args).into(),

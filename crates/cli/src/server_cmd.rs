@@ -36,10 +36,10 @@ pub struct ServerArgs {
 pub struct ClientArgs {
     /// The server's URL.
     #[arg(long, env = "BERTH_SERVER", default_value_t = format!("http://{DEFAULT_LISTEN}"), value_name = "URL")]
-    server: String,
+    pub(crate) server: String,
     /// The API token [default: the contents of <root>/server.token].
     #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
 }
 
 /// `berth deploy`
@@ -162,9 +162,9 @@ pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Re
 
 /// A blocking client of the /v1 API.
 pub(crate) struct Client {
-    base: String,
-    token: String,
-    http: reqwest::blocking::Client,
+    pub(crate) base: String,
+    pub(crate) token: String,
+    pub(crate) http: reqwest::blocking::Client,
 }
 
 impl Client {
@@ -230,7 +230,7 @@ impl Client {
         self.call(reqwest::Method::GET, path, None)
     }
 
-    fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+    pub(crate) fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.call(reqwest::Method::POST, path, Some(body))
     }
 }
@@ -468,6 +468,6 @@ pub fn rollback(args: RollbackArgs, root: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// `#7` for a release number in a JSON answer.
-fn release(number: &Value) -> String {
+pub(crate) fn release(number: &Value) -> String {
     format!("#{}", number.as_u64().unwrap_or_default())
 }

@@ -2,6 +2,8 @@
 //! store and read what the controller published; they never start or stop anything
 //! themselves. Every error is JSON `{"error": "..."}`; client mistakes are 4xx.
 
+mod ops;
+mod streams;
 #[cfg(test)]
 mod tests;
 
@@ -23,10 +25,14 @@ use berth_store::{Expect, Op, TxnOutcome};
 use serde::{Deserialize, Serialize};
 
 use crate::controller::{load_releases, AppView, Controller};
+use crate::events::{Event, EventKind};
 use crate::releases::{
     release_key, state_key, AppState, Release, ReleaseStatus, ResolvedImage, APPS_PREFIX,
 };
 use crate::{now, ServerError};
+
+pub use ops::{PromoteRequest, PromoteResponse, ScaleRequest, ScaleResponse};
+pub use streams::LogLine;
 
 /// What the handlers share.
 pub struct ApiState {
@@ -62,6 +68,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/apps/{app}/rollback", post(rollback))
         .merge(crate::secrets_api::routes())
         .merge(crate::volumes_api::routes())
+        .route("/v1/apps/{app}/scale", post(ops::scale))
+        .route("/v1/apps/{app}/promote", post(ops::promote))
+        .route("/v1/apps/{app}/events", get(streams::app_events))
+        .route("/v1/apps/{app}/logs", get(streams::app_logs))
+        .route("/v1/events", get(streams::all_events))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
@@ -310,11 +321,15 @@ async fn deploy(
         }
     };
     state.controller.event(
-        &app,
-        format!(
-            "release {number} created{}",
-            previous.map_or(String::new(), |p| format!(" (replaces release {p})"))
-        ),
+        Event::new(
+            &app,
+            EventKind::ReleaseCreated,
+            format!(
+                "release {number} created{}",
+                previous.map_or(String::new(), |p| format!(" (replaces release {p})"))
+            ),
+        )
+        .release(number),
     );
     state.controller.wake();
     Ok((
@@ -473,9 +488,14 @@ async fn rollback(
         .await
         {
             Ok(()) => {
-                state
-                    .controller
-                    .event(&app, format!("rollback: release {from} -> release {to}"));
+                state.controller.event(
+                    Event::new(
+                        &app,
+                        EventKind::RollbackRequested,
+                        format!("rollback: release {from} -> release {to}"),
+                    )
+                    .release(to),
+                );
                 state.controller.wake();
                 return Ok(Json(RollbackResponse { app, from, to }));
             }

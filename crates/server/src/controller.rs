@@ -30,6 +30,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, Notify};
 
+use crate::events::{Event, EventKind, EventLog, EVENTS_KEPT};
 use crate::mounts::mounts;
 use crate::releases::{
     release_key, releases_prefix, state_key, AppState, InstanceName, Release, ReleaseStatus,
@@ -43,8 +44,8 @@ pub const TICK: Duration = Duration::from_millis(500);
 /// How long a failed start is reported as `failed` before the planner may try again.
 const START_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// How many events an app keeps for the API.
-const EVENTS_KEPT: usize = 100;
+/// How many recent events `GET /v1/apps/{app}` shows (the store keeps more).
+const RECENT_EVENTS: usize = 100;
 
 /// Carries out the planner's actions on one node.
 pub struct Controller {
@@ -53,6 +54,7 @@ pub struct Controller {
     pull: PullOptions,
     secrets: SecretStore,
     wake: Notify,
+    events: EventLog,
     inner: Mutex<Inner>,
     views: RwLock<BTreeMap<String, AppView>>,
 }
@@ -109,15 +111,6 @@ struct HealthEntry {
     healthy: Option<bool>,
     since: Option<Timestamp>,
     detail: String,
-}
-
-/// A line of an app's history, for `berth status` and the deploy progress.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Event {
-    /// Milliseconds since the Unix epoch.
-    pub at: u64,
-    /// What happened and why.
-    pub message: String,
 }
 
 /// An app as the controller last saw it.
@@ -395,6 +388,73 @@ fn replaced(service: Option<&ServiceSpec>, code: Option<i32>) -> bool {
     }
 }
 
+/// The event of a planner's `Stop`: a replacement when the instance is of another release
+/// than the desired one, else a plain stop (scale down, unhealthy, removed service).
+fn stop_event(
+    app: &str,
+    instances: &[Instance],
+    desired: ReleaseId,
+    instance: &str,
+    reason: &str,
+) -> Event {
+    let found = instances.iter().find(|i| i.id == instance);
+    let kind = match found {
+        Some(found) if found.release != desired => EventKind::InstanceReplaced,
+        _ => EventKind::InstanceStopping,
+    };
+    let mut event = Event::new(app, kind, format!("stop {instance}: {reason}")).instance(instance);
+    if let Some(found) = found {
+        event = event.service(&found.service).release(found.release);
+    }
+    event
+}
+
+/// The events of a deploy-bookkeeping action the store has recorded in `state`.
+fn bookkeeping_events(app: &str, action: &Action, state: &AppState) -> Vec<Event> {
+    let reason = action.reason().to_owned();
+    match action {
+        Action::BeginDeploy {
+            service,
+            to_release,
+            ..
+        } => vec![Event::new(app, EventKind::DeployBegun, reason)
+            .service(service)
+            .release(*to_release)],
+        Action::AdvanceStep {
+            service, release, ..
+        } => vec![Event::new(app, EventKind::StepAdvanced, reason)
+            .service(service)
+            .release(*release)],
+        Action::FinishDeploy {
+            service, release, ..
+        } => {
+            vec![Event::new(app, EventKind::DeployFinished, reason)
+                .service(service)
+                .release(*release)]
+        }
+        Action::MarkDeployFailed {
+            service, release, ..
+        } => {
+            let failed = Event::new(app, EventKind::DeployFailed, reason)
+                .service(service)
+                .release(*release);
+            // A failed first deploy has nothing to go back to.
+            let from = state.deploys.get(service).and_then(|d| d.from_release);
+            let back = from.map(|from| {
+                Event::new(
+                    app,
+                    EventKind::RolledBack,
+                    format!("release {release} failed: back to release {from}"),
+                )
+                .service(service)
+                .release(from)
+            });
+            std::iter::once(failed).chain(back).collect()
+        }
+        Action::Start { .. } | Action::Stop { .. } | Action::Wait { .. } => Vec::new(),
+    }
+}
+
 impl Controller {
     /// A controller for `node`, keeping its state in `store`; pulls use `pull`; the apps'
     /// secrets are sealed with `secret_key` in `store`.
@@ -406,6 +466,7 @@ impl Controller {
     ) -> Arc<Controller> {
         Arc::new(Controller {
             secrets: SecretStore::new(store.clone(), secret_key),
+            events: EventLog::new(store.clone(), EVENTS_KEPT),
             store,
             node,
             pull,
@@ -449,19 +510,17 @@ impl Controller {
             .cloned()
     }
 
-    /// Records an event of `app` (also logged).
-    pub fn event(&self, app: &str, message: impl Into<String>) {
-        let message = message.into();
-        tracing::info!(app, "{message}");
+    /// Records an event (also traced): in the store, and among the app's recent ones.
+    pub fn event(&self, event: Event) {
+        tracing::info!(app = event.app, kind = ?event.kind, "{}", event.message);
         let mut inner = self.lock();
-        let events = inner.events.entry(app.to_owned()).or_default();
-        events.push_back(Event {
-            at: now().as_millis(),
-            message,
-        });
-        while events.len() > EVENTS_KEPT {
+        let events = inner.events.entry(event.app.clone()).or_default();
+        events.push_back(event.clone());
+        while events.len() > RECENT_EVENTS {
             events.pop_front();
         }
+        drop(inner);
+        self.events.record(event);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -567,12 +626,13 @@ impl Controller {
             .iter()
             .filter_map(|(number, release)| release.app_spec().ok().map(|spec| (*number, spec)))
             .collect();
-        let Some(spec) = specs.get(&state.desired) else {
+        let Some(spec) = specs.get(&state.desired).map(|spec| state.scaled(spec)) else {
             return Err(ServerError::Internal(format!(
                 "{app}: release {} no longer parses",
                 release.number
             )));
         };
+        let spec = &spec;
 
         self.watch_health(app, seen, containers, &specs);
         let (health, details) = self.health_snapshot();
@@ -634,18 +694,37 @@ impl Controller {
                         ));
                         continue;
                     }
-                    self.event(app, format!("start {instance}: {reason}"));
+                    self.event(
+                        Event::new(
+                            app,
+                            EventKind::InstanceStarting,
+                            format!("start {instance}: {reason}"),
+                        )
+                        .service(&service)
+                        .instance(&instance)
+                        .release(release),
+                    );
                     self.clone()
                         .start(app, &service, release, &instance, &releases, &specs);
                 }
                 Action::Stop { instance, reason } => {
-                    self.event(app, format!("stop {instance}: {reason}"));
+                    self.event(stop_event(
+                        app,
+                        &instances,
+                        state.desired,
+                        &instance,
+                        &reason,
+                    ));
                     self.clone().stop(app, &instance, spec);
                 }
                 Action::Wait {
                     service, reason, ..
                 } => waiting.entry(service).or_default().push(reason),
-                other => self.event(app, other.reason()),
+                other => {
+                    for event in bookkeeping_events(app, &other, &state) {
+                        self.event(event);
+                    }
+                }
             }
         }
         self.remove_exited(app, seen, work, &specs);
@@ -719,6 +798,7 @@ impl Controller {
             );
             let controller = Arc::downgrade(self);
             let id = container.id.clone();
+            let name = container.name.clone();
             tokio::spawn(async move {
                 while let Some(event) = receiver.recv().await {
                     let Some(controller) = controller.upgrade() else {
@@ -730,6 +810,21 @@ impl Controller {
                         entry.since = healthy.then(now);
                         entry.detail = event.result.detail.clone();
                     }
+                    let (kind, verdict) = if healthy {
+                        (EventKind::InstanceHealthy, "healthy")
+                    } else {
+                        (EventKind::InstanceUnhealthy, "unhealthy")
+                    };
+                    controller.event(
+                        Event::new(
+                            &name.app,
+                            kind,
+                            format!("{} is {verdict}: {}", name.instance, event.result.detail),
+                        )
+                        .service(&name.service)
+                        .instance(&name.instance)
+                        .release(name.release),
+                    );
                     controller.wake();
                 }
             });
@@ -827,9 +922,28 @@ impl Controller {
             match result {
                 Ok(()) => {
                     self.lock().work.remove(&container);
+                    self.event(
+                        Event::new(
+                            &app,
+                            EventKind::InstanceStarted,
+                            format!("{instance} started"),
+                        )
+                        .service(&service)
+                        .instance(&instance)
+                        .release(release),
+                    );
                 }
                 Err(error) => {
-                    self.event(&app, format!("{instance} failed to start: {error}"));
+                    self.event(
+                        Event::new(
+                            &app,
+                            EventKind::InstanceFailed,
+                            format!("{instance} failed to start: {error}"),
+                        )
+                        .service(&service)
+                        .instance(&instance)
+                        .release(release),
+                    );
                     let node = self.node.clone();
                     let name = container.clone();
                     // Whatever of it was created goes, so the name is free for a retry.
@@ -894,10 +1008,30 @@ impl Controller {
                 node.remove(&name, true)
             })
             .await;
+            let name = InstanceName::parse(&container);
+            let event = |kind, message: String| {
+                let mut event = Event::new(&app, kind, message);
+                if let Some(name) = &name {
+                    event = event
+                        .service(&name.service)
+                        .instance(&name.instance)
+                        .release(name.release);
+                }
+                event
+            };
             match result {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => self.event(&app, format!("stopping {container}: {e}")),
-                Err(e) => self.event(&app, format!("stopping {container}: {e}")),
+                Ok(Ok(())) => self.event(event(
+                    EventKind::InstanceStopped,
+                    format!("{container} stopped and removed"),
+                )),
+                Ok(Err(e)) => self.event(event(
+                    EventKind::InstanceStopped,
+                    format!("stopping {container}: {e}"),
+                )),
+                Err(e) => self.event(event(
+                    EventKind::InstanceStopped,
+                    format!("stopping {container}: {e}"),
+                )),
             }
             self.lock().work.remove(&container);
             self.wake();
@@ -923,12 +1057,18 @@ impl Controller {
                 continue;
             }
             self.event(
-                app,
-                format!(
-                    "{} exited with code {}; removing it",
-                    container.name.instance,
-                    container.exit_code.unwrap_or(-1)
-                ),
+                Event::new(
+                    app,
+                    EventKind::InstanceExited,
+                    format!(
+                        "{} exited with code {}; removing it",
+                        container.name.instance,
+                        container.exit_code.unwrap_or(-1)
+                    ),
+                )
+                .service(&container.name.service)
+                .instance(&container.name.instance)
+                .release(container.name.release),
             );
             self.lock()
                 .work

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod events;
 pub mod mounts;
 pub mod releases;
 pub mod secrets_api;

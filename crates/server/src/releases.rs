@@ -91,6 +91,11 @@ pub struct AppState {
     /// node after a rollback, so going forward again is as quick as going back.
     #[serde(default)]
     pub previous: Option<ReleaseId>,
+    /// Replicas set by `berth scale`, by service: they override the desired release's spec
+    /// until another release is made desired (a deploy or a rollback runs the replicas its
+    /// spec says).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scale: BTreeMap<String, u32>,
 }
 
 impl AppState {
@@ -100,6 +105,9 @@ impl AppState {
         if self.desired != number && self.desired != 0 && !self.failed.contains_key(&self.desired) {
             self.previous = Some(self.desired);
         }
+        if self.desired != number {
+            self.scale.clear();
+        }
         self.desired = number;
         self.latest = self.latest.max(number);
         // Deploying a release again (a rollback to it) starts a fresh deploy, even if it
@@ -107,6 +115,36 @@ impl AppState {
         self.deploys.retain(|_, deploy| deploy.to_release != number);
         self.failed.remove(&number);
         self
+    }
+
+    /// `spec` with the replicas `berth scale` set.
+    pub fn scaled(&self, spec: &AppSpec) -> AppSpec {
+        let mut spec = spec.clone();
+        for (service, replicas) in &self.scale {
+            if let Some(service) = spec.services.get_mut(service) {
+                service.replicas = *replicas;
+            }
+        }
+        spec
+    }
+
+    /// Promotes the current step of the unfinished deploys of `service` (every service when
+    /// `None`) that are not promoted yet, for canary steps with `pause = "manual"`. Returns
+    /// the services promoted.
+    pub fn promote(&mut self, service: Option<&str>, now: Timestamp) -> Vec<String> {
+        let mut promoted = Vec::new();
+        for (name, deploy) in &mut self.deploys {
+            if service.is_some_and(|s| s != name)
+                || deploy.finished
+                || deploy.failed
+                || deploy.promoted_at.is_some()
+            {
+                continue;
+            }
+            deploy.promoted_at = Some(now.as_millis());
+            promoted.push(name.clone());
+        }
+        promoted
     }
 
     /// The deploy progress in the planner's terms.

@@ -76,9 +76,11 @@ async fn set(
         .set(&app, &name, &body)
         .await
         .map_err(secret_error)?;
-    state
-        .controller()
-        .event(&app, format!("secret {name} set (version {version})"));
+    state.controller().event(crate::events::Event::new(
+        &app,
+        crate::events::EventKind::SecretSet,
+        format!("secret {name} set (version {version})"),
+    ));
     Ok(Json(SecretSet { app, name, version }))
 }
 
@@ -120,9 +122,11 @@ async fn delete(
             format!("{app} has no secret {name} (see berth secret list {app})"),
         ));
     }
-    state
-        .controller()
-        .event(&app, format!("secret {name} deleted"));
+    state.controller().event(crate::events::Event::new(
+        &app,
+        crate::events::EventKind::SecretDeleted,
+        format!("secret {name} deleted"),
+    ));
     Ok(Json(SecretDeleted {
         app,
         name,

@@ -112,8 +112,10 @@ async fn remove(
         .await
         .map_err(|e| ServerError::Internal(e.to_string()))?
         .map_err(|e| ServerError::Internal(format!("removing {}: {e}", path.display())))?;
-    state
-        .controller()
-        .event(&app, format!("volume {name} removed"));
+    state.controller().event(crate::events::Event::new(
+        &app,
+        crate::events::EventKind::VolumeRemoved,
+        format!("volume {name} removed"),
+    ));
     Ok(Json(volume))
 }

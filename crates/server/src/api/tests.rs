@@ -326,3 +326,5 @@ async fn secrets_are_set_listed_and_deleted_without_their_values() {
     let (status, _) = api.call("GET", "/v1/apps/shop/secrets", None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+mod openapi;
+mod ops_and_events;

@@ -225,3 +225,52 @@ fn a_release_parses_with_the_overlay_it_was_made_with() {
     };
     assert_eq!(plain.app_spec().unwrap().services["web"].replicas, 3);
 }
+
+#[test]
+fn promote_marks_only_unfinished_unpromoted_deploys() {
+    let running = |promoted_at, finished, failed| DeployRecord {
+        from_release: Some(1),
+        to_release: 2,
+        started_at: 1,
+        step: 1,
+        step_started_at: 1,
+        promoted_at,
+        finished,
+        failed,
+    };
+    let mut state = AppState {
+        deploys: BTreeMap::from([
+            ("api".to_owned(), running(None, false, false)),
+            ("web".to_owned(), running(None, false, false)),
+            ("db".to_owned(), running(None, true, false)),
+            ("bad".to_owned(), running(None, false, true)),
+            ("old".to_owned(), running(Some(5), false, false)),
+        ]),
+        ..AppState::default()
+    };
+    let now = Timestamp::from_millis(9);
+    assert_eq!(state.promote(Some("web"), now), ["web"]);
+    assert_eq!(state.deploys["web"].promoted_at, Some(9));
+    assert_eq!(state.deploys["api"].promoted_at, None);
+    assert_eq!(state.promote(None, now), ["api"]);
+    assert!(state.promote(None, now).is_empty());
+    assert_eq!(state.deploys["old"].promoted_at, Some(5));
+}
+
+#[test]
+fn scale_overrides_replicas_until_another_release_is_desired() {
+    let spec = AppSpec::parse_file(
+        "berth.toml",
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nreplicas = 2\n",
+        None,
+    )
+    .unwrap();
+    let mut state = AppState::default().with_desired("shop", 1);
+    state.scale.insert("web".into(), 5);
+    state.scale.insert("gone".into(), 3);
+    assert_eq!(state.scaled(&spec).services["web"].replicas, 5);
+    assert_eq!(state.clone().with_desired("shop", 1).scale.len(), 2);
+    let next = state.with_desired("shop", 2);
+    assert!(next.scale.is_empty());
+    assert_eq!(next.scaled(&spec).services["web"].replicas, 2);
+}

@@ -1,0 +1,197 @@
+//! `POST /v1/apps/{app}/scale` and `POST /v1/apps/{app}/promote`: changes to an app's
+//! state that the controller's planner carries out; no new release.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use berth_store::Expect;
+use serde::{Deserialize, Serialize};
+
+use super::{load_state, write_state, ApiError, ApiState, AppName};
+use crate::controller::load_releases;
+use crate::events::{Event, EventKind};
+use crate::releases::AppState;
+use crate::{now, ServerError};
+
+/// The most replicas `berth scale` sets.
+pub const MAX_REPLICAS: u32 = 1000;
+
+/// `POST /v1/apps/{app}/scale`
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// The service.
+    pub service: String,
+    /// Its new number of instances (0 stops them all).
+    pub replicas: u32,
+}
+
+/// The answer to a scale.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ScaleResponse {
+    /// The app.
+    pub app: String,
+    /// The service.
+    pub service: String,
+    /// The replicas before.
+    pub previous: u32,
+    /// The replicas now.
+    pub replicas: u32,
+}
+
+/// `POST /v1/apps/{app}/promote`
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteRequest {
+    /// The service; every service with a deploy under way when absent.
+    #[serde(default)]
+    pub service: Option<String>,
+}
+
+/// The answer to a promote.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PromoteResponse {
+    /// The app.
+    pub app: String,
+    /// The services whose current step was promoted.
+    pub promoted: Vec<String>,
+}
+
+/// Changes the app state with `change` and writes it if nobody changed it meanwhile
+/// (the controller records deploy progress concurrently), trying again if they did.
+async fn update<R>(
+    state: &ApiState,
+    app: &str,
+    mut change: impl FnMut(&mut AppState) -> Result<R, ApiError>,
+) -> Result<R, ApiError> {
+    let _turn = state.writes.lock().await;
+    for _ in 0..20 {
+        let (mut current, entry) = load_state(&state.controller, app).await?;
+        let answer = change(&mut current)?;
+        match write_state(
+            state.controller.store().as_ref(),
+            app,
+            Expect::ModRevision(entry.mod_revision),
+            &current,
+            None,
+        )
+        .await
+        {
+            Ok(()) => return Ok(answer),
+            Err(e) if e.status == StatusCode::CONFLICT => {
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        format!("{app} keeps changing: try again"),
+    ))
+}
+
+pub(super) async fn scale(
+    State(state): State<Arc<ApiState>>,
+    AppName(app): AppName,
+    body: Result<Json<ScaleRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<ScaleResponse>, ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if request.replicas > MAX_REPLICAS {
+        return Err(ApiError::bad_request(format!(
+            "{} replicas is more than berth runs of one service ({MAX_REPLICAS})",
+            request.replicas
+        )));
+    }
+    let releases = load_releases(state.controller.store().as_ref(), &app).await?;
+    let service = request.service.clone();
+    let previous = update(&state, &app, |current| {
+        let spec = releases
+            .get(&current.desired)
+            .ok_or_else(|| ApiError::no_app(&app))?
+            .app_spec()
+            .map_err(|e| ServerError::Internal(format!("release {}: {e}", current.desired)))?;
+        let Some(spec) = spec.services.get(&service) else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "release {} of {app} has no service `{service}` (see berth status {app})",
+                    current.desired
+                ),
+            ));
+        };
+        if request.replicas > 1 && spec.has_exclusive_volume() {
+            return Err(ApiError::bad_request(format!(
+                "`{service}` mounts a named volume exclusive to one instance: it runs 1 replica at most"
+            )));
+        }
+        let previous = current
+            .scale
+            .get(&service)
+            .copied()
+            .unwrap_or(spec.replicas);
+        current.scale.insert(service.clone(), request.replicas);
+        Ok(previous)
+    })
+    .await?;
+    state.controller.event(
+        Event::new(
+            &app,
+            EventKind::Scaled,
+            format!(
+                "{service} scaled from {previous} to {} replicas",
+                request.replicas
+            ),
+        )
+        .service(&service),
+    );
+    state.controller.wake();
+    Ok(Json(ScaleResponse {
+        app,
+        service,
+        previous,
+        replicas: request.replicas,
+    }))
+}
+
+pub(super) async fn promote(
+    State(state): State<Arc<ApiState>>,
+    AppName(app): AppName,
+    body: axum::body::Bytes,
+) -> Result<Json<PromoteResponse>, ApiError> {
+    // The body is optional: an empty one promotes every service.
+    let request: PromoteRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        PromoteRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("promote request: {e}")))?
+    };
+    let promoted = update(&state, &app, |current| {
+        let promoted = current.promote(request.service.as_deref(), now());
+        if promoted.is_empty() {
+            let which = request
+                .service
+                .as_ref()
+                .map_or(String::new(), |s| format!(" of `{s}`"));
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("no deploy{which} of {app} waits to be promoted (see berth status {app})"),
+            ));
+        }
+        Ok(promoted)
+    })
+    .await?;
+    for service in &promoted {
+        state.controller.event(
+            Event::new(
+                &app,
+                EventKind::Promoted,
+                format!("{service}: the current step was promoted"),
+            )
+            .service(service),
+        );
+    }
+    state.controller.wake();
+    Ok(Json(PromoteResponse { app, promoted }))
+}
