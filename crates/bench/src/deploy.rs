@@ -82,7 +82,9 @@ fn measure(o: &Options) -> anyhow::Result<String> {
     );
     let _ = writeln!(out, "{:<58} {:>9}", "workload", "median");
     let rows: [(&str, fn(&Round) -> Duration); 4] = [
-        ("first deploy, until all healthy (berth deploy)", |r| r.deploy),
+        ("first deploy, until all healthy (berth deploy)", |r| {
+            r.deploy
+        }),
         ("update to v2, until all healthy and v1 gone", |r| r.update),
         ("rollback to v1, until a v1 instance answers HTTP", |r| {
             r.rollback_serving
@@ -144,10 +146,18 @@ fn timed(what: &str, run: impl FnOnce() -> std::process::Output) -> anyhow::Resu
 
 fn time_round(server: &BerthServer, app: &str, replicas: usize) -> anyhow::Result<Round> {
     let deploy = timed("deploy v1", || {
-        server.deploy_text(&format!("{app}-v1"), &spec(server, app, "v1", replicas), true)
+        server.deploy_text(
+            &format!("{app}-v1"),
+            &spec(server, app, "v1", replicas),
+            true,
+        )
     })?;
     let update = timed("deploy v2", || {
-        server.deploy_text(&format!("{app}-v2"), &spec(server, app, "v2", replicas), true)
+        server.deploy_text(
+            &format!("{app}-v2"),
+            &spec(server, app, "v2", replicas),
+            true,
+        )
     })?;
     let began = Instant::now();
     let out = server.run(&["rollback", app, "--no-wait"]);

@@ -159,7 +159,12 @@ fn push(server: &BerthServer, app: &str, tags: &[&str]) {
 #[track_caller]
 fn deploy_ok(server: &BerthServer, name: &str, spec: &str) {
     let out = server.deploy_text(name, spec, true);
-    assert!(out.status.success(), "{name}:\n{}\n{}", text(&out), server.log());
+    assert!(
+        out.status.success(),
+        "{name}:\n{}\n{}",
+        text(&out),
+        server.log()
+    );
 }
 
 /// Waits for `replicas` healthy instances, all of `release`, each serving `content`, and no
@@ -200,19 +205,30 @@ keep_old = "4s""#;
         .position(|s| s.healthy_of(2) == R)
         .expect("never saw all of release 2 healthy");
     for s in &samples[..all_new_healthy] {
-        assert_eq!(s.healthy_of(1), R, "release 1 lost an instance before the switch at {:?}", s.at);
+        assert_eq!(
+            s.healthy_of(1),
+            R,
+            "release 1 lost an instance before the switch at {:?}",
+            s.at
+        );
     }
     // ...and keeps running for keep_old after that.
     let first_old_stop = samples
         .iter()
-        .position(|s| s.instances_of(1).iter().any(|i| i["state"] == "stopping") || s.containers_of(1) < R)
+        .position(|s| {
+            s.instances_of(1).iter().any(|i| i["state"] == "stopping") || s.containers_of(1) < R
+        })
         .expect("never saw release 1 stop");
     let kept = samples[first_old_stop].at - samples[all_new_healthy].at;
     assert!(
         kept >= Duration::from_millis(3500),
         "release 1 kept only {kept:?} after the switch (keep_old = 4s)"
     );
-    let most = samples.iter().map(|s| s.live_containers.len()).max().unwrap();
+    let most = samples
+        .iter()
+        .map(|s| s.live_containers.len())
+        .max()
+        .unwrap();
     assert!(most <= 2 * R, "{most} live containers (at most {})", 2 * R);
     eprintln!("blue/green: old set kept {kept:?} after all new instances were healthy");
 }
@@ -255,13 +271,24 @@ healthy_deadline = "30s""#;
         all - half
     );
     // Step 1 holds exactly one new instance, step 2 two.
-    assert!(samples.iter().filter(|s| s.at < half).all(|s| s.instances_of(2).len() <= 1));
-    assert!(samples.iter().filter(|s| s.at < all).all(|s| s.instances_of(2).len() <= 2));
+    assert!(samples
+        .iter()
+        .filter(|s| s.at < half)
+        .all(|s| s.instances_of(2).len() <= 1));
+    assert!(samples
+        .iter()
+        .filter(|s| s.at < all)
+        .all(|s| s.instances_of(2).len() <= 2));
     // Never fewer than R ready, never more than R + the largest step increase live.
     for s in samples.iter().filter(|s| s.status.is_some()) {
         let ready = s.healthy_of(1) + s.healthy_of(2);
         assert!(ready >= R, "{ready} ready instances at {:?}", s.at);
-        assert!(s.live_containers.len() <= R + 2, "{:?} at {:?}", s.live_containers, s.at);
+        assert!(
+            s.live_containers.len() <= R + 2,
+            "{:?} at {:?}",
+            s.live_containers,
+            s.at
+        );
     }
 }
 
@@ -278,7 +305,7 @@ image = "{registry}/dep/web:v1"
 command = ["sh", "-c", "sleep 2; exec httpd -f -p 8080 -h /www"]
 ports = {{ http = 8080 }}
 stop_grace = "1s"
-health = {{ http = {{ port = "http", path = "/index.html" }}, interval = "300ms", timeout = "1s" }}
+health = {{ http = {{ port = "http", path = "/index.html" }}, interval = "300ms", timeout = "1s", start_period = "5s" }}
 
 [services.web]
 image = "{registry}/dep/web:v1"
@@ -330,17 +357,25 @@ healthy_deadline = "60s""#;
     let sampler = Sampler::start(server, app);
     let out = server.deploy_text(&format!("{tag}-{replicas}"), &spec, false);
     assert!(out.status.success(), "{}", text(&out));
-    server.wait_for(app, "the first new instance to start", Duration::from_secs(30), || {
-        let infix = format!("{app}.web-{release}-");
-        server.containers(app).iter().any(|c| c.starts_with(&infix))
-    });
+    server.wait_for(
+        app,
+        "the first new instance to start",
+        Duration::from_secs(30),
+        || {
+            let infix = format!("{app}.web-{release}-");
+            server.containers(app).iter().any(|c| c.starts_with(&infix))
+        },
+    );
     server.kill9();
     std::thread::sleep(Duration::from_secs(2));
     server.spawn();
     assert_converged(server, app, release, replicas, tag);
     std::thread::sleep(Duration::from_secs(2));
     let samples = sampler.stop();
-    assert!(samples.iter().any(|s| s.status.is_none()), "no sample while the server was down");
+    assert!(
+        samples.iter().any(|s| s.status.is_none()),
+        "no sample while the server was down"
+    );
     for s in &samples {
         assert!(
             s.live_containers.len() <= replicas + 1,

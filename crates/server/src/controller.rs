@@ -261,7 +261,13 @@ pub fn observe(
                 },
                 since: container.started_at.unwrap_or_default(),
             },
-            (_, Status::Created) => InstanceState::Starting,
+            (Some(_), Status::Created) => InstanceState::Starting,
+            // Created but never started, and no start of ours under way: a server killed
+            // between the two steps left it. It is dead; the planner replaces it.
+            (None, Status::Created) => InstanceState::Exited {
+                code: -1,
+                at: container.finished_at.unwrap_or_default(),
+            },
             // The server starts containers without a restart policy; a monitor restarting
             // one is not serving now.
             (_, Status::Restarting) => InstanceState::Running {
