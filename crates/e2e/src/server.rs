@@ -1,5 +1,7 @@
 //! `berth server` under test: its own root, bridge and /24, serving the registry that holds
-//! the test images too (`--registry-listen`), driven through the real `berth` CLI.
+//! the test images too (`--registry-listen`), driven through the real `berth` CLI. Like the
+//! rest of this crate's helpers, it panics with the story when something fails.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};

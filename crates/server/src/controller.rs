@@ -857,7 +857,8 @@ impl Controller {
         });
     }
 
-    /// Removes exited containers the planner has replaced (or will), so they do not pile up.
+    /// Removes exited containers the planner has replaced (or will), and containers created
+    /// but never started by an earlier server process, so they do not pile up.
     fn remove_exited(
         self: &Arc<Self>,
         app: &str,
@@ -869,10 +870,13 @@ impl Controller {
             let service = specs
                 .get(&container.name.release)
                 .and_then(|spec| spec.services.get(&container.name.service));
-            if container.status != Status::Exited
-                || work.contains_key(&container.container)
-                || !replaced(service, container.exit_code)
-            {
+            // Created with no start under way: a killed server's leftover (see `observe`).
+            let dead = match container.status {
+                Status::Exited => replaced(service, container.exit_code),
+                Status::Created => true,
+                _ => false,
+            };
+            if !dead || work.contains_key(&container.container) {
                 continue;
             }
             self.event(
