@@ -25,6 +25,9 @@ pub struct Options {
     runs: usize,
 }
 
+/// Reads one of a round's times.
+type Pick = fn(&Round) -> Duration;
+
 /// The times of one round.
 struct Round {
     deploy: Duration,
@@ -68,7 +71,7 @@ fn measure(o: &Options) -> anyhow::Result<String> {
         );
         rounds.push(round);
     }
-    let median = |pick: fn(&Round) -> Duration| {
+    let median = |pick: Pick| {
         let mut times: Vec<Duration> = rounds.iter().map(pick).collect();
         times.sort();
         times[times.len() / 2]
@@ -81,7 +84,7 @@ fn measure(o: &Options) -> anyhow::Result<String> {
         o.replicas, o.replicas, o.runs
     );
     let _ = writeln!(out, "{:<58} {:>9}", "workload", "median");
-    let rows: [(&str, fn(&Round) -> Duration); 4] = [
+    let rows: [(&str, Pick); 4] = [
         ("first deploy, until all healthy (berth deploy)", |r| {
             r.deploy
         }),
