@@ -1,12 +1,63 @@
 #!/usr/bin/env bash
-# Builds berth (release) and runs its main job on the embedded default: today the OCI
-# registry, listening on 127.0.0.1:5000 with data under /var/lib/berth/registry.
-# Extra arguments go to `berth registry serve` (see `berth registry serve --help`).
+# berth's main command: builds berth (release), starts `berth server` with its built-in
+# registry, builds the example app (examples/hello: busybox httpd) as images v1 and v2,
+# pushes them, deploys v1 with 3 replicas, prints where the instances answer and what to try
+# next, and keeps the server in the foreground until Ctrl-C.
+#
+# On exit only the server stops. The app's containers keep running (each under its own
+# monitor, as `berth ps` shows), and the state stays under the root (default
+# /var/lib/berth: server.redb, server.token, registry/, images/, containers/): the next
+# run.sh picks them up again. Remove the instances with `berth rm -f $(berth ps -q)`.
+#
+# Environment: BERTH_ROOT (/var/lib/berth), BERTH_SERVER_LISTEN (127.0.0.1:7480),
+# BERTH_REGISTRY_LISTEN (127.0.0.1:5000), BERTH_CONFIG (node config, optional).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "$(id -u)" -ne 0 ]; then
+    echo "run.sh: run as root (berth server runs containers on a bridge)" >&2
+    exit 1
+fi
 if ! command -v cargo >/dev/null 2>&1; then
     echo "run.sh: cargo is required (install Rust with rustup)" >&2
     exit 1
 fi
+scripts/install-deps.sh >&2
 cargo build --release --locked -p berth
-exec target/release/berth registry serve "$@"
+berth="${CARGO_TARGET_DIR:-target}/release/berth"
+export BERTH_ROOT=${BERTH_ROOT:-/var/lib/berth}
+listen=${BERTH_SERVER_LISTEN:-127.0.0.1:7480}
+registry=${BERTH_REGISTRY_LISTEN:-127.0.0.1:5000}
+export BERTH_SERVER=http://$listen
+# The server's own variables would override the flags below; the flags say it all.
+unset BERTH_SERVER_LISTEN BERTH_REGISTRY_LISTEN
+
+"$berth" server --listen "$listen" --registry-listen "$registry" &
+server=$!
+trap 'kill -TERM "$server" 2>/dev/null; wait "$server"; echo "berth server stopped; the hello instances keep running (berth ps)"' EXIT
+trap 'exit 130' INT TERM
+for _ in $(seq 100); do
+    curl -fsS -o /dev/null "http://$registry/v2/" 2>/dev/null && break
+    kill -0 "$server" 2>/dev/null || { echo "run.sh: berth server exited" >&2; exit 1; }
+    sleep 0.1
+done
+
+examples/hello/push.sh v1 "$registry"
+examples/hello/push.sh v2 "$registry"
+spec=$(mktemp --suffix=.toml)
+sed "s#127.0.0.1:5000#$registry#" examples/hello/berth.toml > "$spec"
+"$berth" deploy -f "$spec"
+rm -f "$spec"
+
+echo
+echo "hello is live. Its instances:"
+"$berth" status hello --json | sed -n 's/.*"address": "\([0-9.]*\)".*/  curl http:\/\/\1:8080\//p'
+cat <<NEXT
+
+Next, in another shell (as root, with $berth or berth on PATH):
+  berth status hello                                  # instances, health, events
+  berth deploy -f examples/hello/berth-v2.toml        # a rolling update to v2
+  berth releases hello
+  berth rollback hello                                # back to v1
+Ctrl-C stops the server; the instances keep running and the next run picks them up.
+NEXT
+wait "$server"

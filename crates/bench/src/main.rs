@@ -1,6 +1,7 @@
 //! `berth-bench`: benchmarks that run berth and a named peer side by side in one run, with
 //! the same clients and the same content, and print the ratio.
 
+mod deploy;
 mod gc;
 mod registry;
 mod runtime;
@@ -26,6 +27,8 @@ enum Command {
     Gc(gc::Options),
     /// berth's node: container starts vs bare runc and podman, pulls vs skopeo + umoci.
     Runtime(runtime::Options),
+    /// berth server: deploy, update and rollback times of a 10-replica app (no peer).
+    Deploy(deploy::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +42,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Registry(options) => registry::run(options).await,
                 Command::Gc(options) => gc::run(options).await,
                 Command::Runtime(options) => runtime::run(options).await,
+                Command::Deploy(options) => deploy::run(options).await,
             }
         };
         // On SIGINT or SIGTERM the benchmark's future is dropped, and with it the guards

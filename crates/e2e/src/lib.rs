@@ -6,6 +6,8 @@
 //!   compare with.
 //! - [`Podman`] runs podman, buildah and skopeo against a private, throw-away configuration
 //!   and storage, and builds small busybox images FROM scratch to push around.
+//! - [`server::BerthServer`] runs `berth server` with its built-in registry on its own bridge,
+//!   for the deploy tests and `berth-bench deploy`.
 //! - [`api`] speaks the distribution API directly, for what no client here can do (artifacts
 //!   with a `subject`, the referrers API).
 //!
@@ -24,6 +26,7 @@ mod distribution;
 mod images;
 mod podman;
 pub mod process;
+pub mod server;
 
 use std::time::{Duration, Instant};
 

@@ -5,145 +5,41 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::collections::BTreeSet;
-use std::fs::{self, File};
-use std::io::Read;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::fs;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use berth_e2e::berth_binary;
-use berth_e2e::busybox::{busybox_layer, push_image, raw_layer};
+use berth_e2e::server::{healthy_in, http_get, text, BerthServer};
 use serde_json::Value;
 
 const REPLICAS: usize = 3;
 const MAX_UNAVAILABLE: usize = 1;
 
-/// A berth server with its own root, bridge and /24, serving the registry that holds the
-/// test images too (`--registry-listen`).
-struct Server {
-    dir: tempfile::TempDir,
-    bridge: String,
-    port: u16,
-    registry_port: u16,
-    child: Option<Child>,
+/// `berth server` with the shop app's helpers.
+struct Server(BerthServer);
+
+impl std::ops::Deref for Server {
+    type Target = BerthServer;
+    fn deref(&self) -> &BerthServer {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut BerthServer {
+        &mut self.0
+    }
 }
 
 impl Server {
     fn start() -> Server {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-server.")
-            .tempdir()
-            .unwrap();
-        let tag: [u8; 3] = rand_bytes();
-        let bridge = format!("bs{}", hex::encode(tag));
-        let config = format!(
-            "[node]\nruntime = \"runc\"\n[node.network]\nbridge = \"{bridge}\"\nsubnet = \"10.{}.{}.0/24\"\nmasquerade = false\n",
-            203 + tag[1] % 40,
-            10 + tag[0] % 200
-        );
-        fs::write(dir.path().join("node.toml"), config).unwrap();
-        let mut server = Server {
-            dir,
-            bridge,
-            port: free_port(),
-            registry_port: free_port(),
-            child: None,
-        };
-        server.spawn();
-        server
+        Server(BerthServer::start())
     }
 
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("root")
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn registry(&self) -> String {
-        format!("127.0.0.1:{}", self.registry_port)
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
-    fn spawn(&mut self) {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("server.log"))
-            .unwrap();
-        let stdout = self.dir.path().join("stdout.log");
-        let mut cmd = self.berth();
-        cmd.args(["server", "--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(["--registry-listen", &self.registry()])
-            .env("BERTH_LOG", "info,berth_server=debug")
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(log);
-        let mut child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !fs::read_to_string(&stdout)
-            .unwrap_or_default()
-            .contains("berth server listening on")
-        {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("berth server exited with {status}:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "berth server did not start:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.child = Some(child);
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn berth(&self) -> Command {
-        let mut cmd = Command::new(berth_binary());
-        cmd.arg("--root")
-            .arg(self.root())
-            .arg("--config")
-            .arg(self.dir.path().join("node.toml"))
-            .env("BERTH_LOG", "warn")
-            .env("BERTH_SERVER", self.url());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.berth().args(args).output().unwrap()
-    }
-
-    #[track_caller]
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "berth {args:?} failed ({}):\n{}{}\nserver log:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn spec(&self, tag: &str) -> PathBuf {
-        let path = self.dir.path().join(format!("berth-{tag}.toml"));
-        let text = format!(
+    fn spec(&self, tag: &str) -> String {
+        format!(
             r#"app = "shop"
 
 [services.web]
@@ -167,20 +63,15 @@ min_healthy_time = "1s"
 healthy_deadline = "6s"
 "#,
             self.registry()
-        );
-        fs::write(&path, text).unwrap();
-        path
+        )
     }
 
     fn deploy(&self, tag: &str) -> Output {
-        let spec = self.spec(tag);
-        let out = self.run(&["deploy", "-f", spec.to_str().unwrap()]);
-        eprintln!("$ berth deploy ({tag}): {}\n{}", out.status, text(&out));
-        out
+        self.deploy_text(&format!("berth-{tag}"), &self.spec(tag), true)
     }
 
     fn status(&self) -> Value {
-        serde_json::from_str(&self.ok(&["status", "shop", "--json"])).unwrap()
+        self.0.status("shop")
     }
 
     /// The running, healthy instances: (container, release, address).
@@ -188,29 +79,13 @@ healthy_deadline = "6s"
         healthy_in(&self.status())
     }
 
-    /// The names of the app's containers on the node.
     fn containers(&self) -> BTreeSet<String> {
-        let all: Value = serde_json::from_str(&self.ok(&["ps", "-a", "--json"])).unwrap();
-        all.as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["record"]["name"].as_str().unwrap().to_owned())
-            .filter(|name| name.starts_with("shop."))
-            .collect()
+        self.0.containers("shop")
     }
 
     #[track_caller]
-    fn wait_for(&self, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + timeout;
-        while !done() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; status:\n{}\nserver log:\n{}",
-                self.ok(&["status", "shop"]),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    fn wait_for(&self, what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+        self.0.wait_for("shop", what, timeout, done);
     }
 
     /// Every healthy instance answers with `content`, and there are `REPLICAS` of them, all
@@ -228,91 +103,9 @@ healthy_deadline = "6s"
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- berth server log ---\n{}", self.log());
-        }
-        self.kill9();
-        if let Ok(out) = self.berth().args(["ps", "-aq"]).output() {
-            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = self.berth().args(["rm", "-f", id]).output();
-            }
-        }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .output();
-    }
-}
-
-fn healthy_in(view: &Value) -> Vec<(String, u64, String)> {
-    view["services"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["instances"].as_array().cloned().unwrap_or_default())
-        .filter(|i| i["state"] == "running" && i["health"] == "healthy")
-        .map(|i| {
-            (
-                i["container"].as_str().unwrap().to_owned(),
-                i["release"].as_u64().unwrap(),
-                i["address"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
-fn rand_bytes<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut bytes)
-        .unwrap();
-    bytes
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(url: &str) -> Result<String, String> {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "5", url])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Pushes `shop/web:{tag}` serving `content` at /index.html on `port`.
 fn push_web(registry: &str, tag: &str, content: &str, port: u16) -> String {
-    let port = port.to_string();
-    push_image(
-        registry,
-        "shop/web",
-        tag,
-        &[
-            busybox_layer(),
-            raw_layer("www/index.html", format!("{content}\n").as_bytes()),
-        ],
-        &["httpd", "-f", "-p", &port, "-h", "/www"],
-    )
-    .digest
+    berth_e2e::server::push_web(registry, "shop/web", tag, content, port)
 }
 
 #[test]
@@ -325,7 +118,7 @@ fn deploys_roll_back_heal_and_survive_a_server_restart() {
     let v3 = push_web(&registry, "v3", "v3", 8081);
 
     // A spec mistake is reported with its place, and nothing is deployed.
-    let bad = server.dir.path().join("bad.toml");
+    let bad = server.dir().join("bad.toml");
     fs::write(
         &bad,
         "app = \"shop\"\n[services.web]\nimage = \"x:1\"\nreplicas = -1\n",

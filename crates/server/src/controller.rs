@@ -257,7 +257,13 @@ pub fn observe(
                 },
                 since: container.started_at.unwrap_or_default(),
             },
-            (_, Status::Created) => InstanceState::Starting,
+            (Some(_), Status::Created) => InstanceState::Starting,
+            // Created but never started, and no start of ours under way: a server killed
+            // between the two steps left it. It is dead; the planner replaces it.
+            (None, Status::Created) => InstanceState::Exited {
+                code: -1,
+                at: container.finished_at.unwrap_or_default(),
+            },
             // The server starts containers without a restart policy; a monitor restarting
             // one is not serving now.
             (_, Status::Restarting) => InstanceState::Running {
@@ -1038,7 +1044,8 @@ impl Controller {
         });
     }
 
-    /// Removes exited containers the planner has replaced (or will), so they do not pile up.
+    /// Removes exited containers the planner has replaced (or will), and containers created
+    /// but never started by an earlier server process, so they do not pile up.
     fn remove_exited(
         self: &Arc<Self>,
         app: &str,
@@ -1050,10 +1057,13 @@ impl Controller {
             let service = specs
                 .get(&container.name.release)
                 .and_then(|spec| spec.services.get(&container.name.service));
-            if container.status != Status::Exited
-                || work.contains_key(&container.container)
-                || !replaced(service, container.exit_code)
-            {
+            // Created with no start under way: a killed server's leftover (see `observe`).
+            let dead = match container.status {
+                Status::Exited => replaced(service, container.exit_code),
+                Status::Created => true,
+                _ => false,
+            };
+            if !dead || work.contains_key(&container.container) {
                 continue;
             }
             self.event(

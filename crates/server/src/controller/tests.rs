@@ -192,6 +192,25 @@ fn a_started_container_is_not_also_pending() {
 }
 
 #[test]
+fn a_created_container_nobody_is_starting_is_dead() {
+    // A server SIGKILLed between creating and starting it left it behind.
+    let containers = [seen("shop.web-2-a", "aaa", Status::Created)];
+    let instances = observe(
+        "shop",
+        &containers,
+        &HashMap::new(),
+        &HashMap::new(),
+        &checked("web", 2),
+    );
+    assert_eq!(instances.len(), 1);
+    assert!(
+        matches!(instances[0].state, InstanceState::Exited { .. }),
+        "{:?}",
+        instances[0].state
+    );
+}
+
+#[test]
 fn requests_carry_the_spec_and_no_restart_policy() {
     let text = r#"
 app = "shop"
