@@ -247,7 +247,7 @@ pub fn deploy(args: DeployArgs, root: &Path) -> anyhow::Result<ExitCode> {
     println!("pulling images of {app}…");
     let created = client.post(
         &format!("/v1/apps/{app}/deploy"),
-        json!({ "spec": text, "env": args.env, "file": file }),
+        json!({ "spec": text, "env": args.env, "file": file, "by": who() }),
     )?;
     let release = created["release"].as_u64().unwrap_or_default();
     let replaces = created["previous"]
@@ -407,7 +407,10 @@ pub fn status(args: StatusArgs, root: &Path) -> anyhow::Result<()> {
 pub fn releases(args: ReleasesArgs, root: &Path) -> anyhow::Result<()> {
     let client = Client::new(&args.client, root)?;
     let releases = client.get(&format!("/v1/apps/{}/releases", args.app))?;
-    println!("{:<8} {:<11} {:<20} IMAGES", "RELEASE", "STATUS", "CREATED");
+    println!(
+        "{:<8} {:<11} {:<20} {:<20} IMAGES",
+        "RELEASE", "STATUS", "CREATED", "BY"
+    );
     for release in releases.as_array().into_iter().flatten() {
         let created = release["created_at"]
             .as_u64()
@@ -438,12 +441,16 @@ pub fn releases(args: ReleasesArgs, root: &Path) -> anyhow::Result<()> {
             })
             .collect();
         println!(
-            "{:<8} {:<11} {:<20} {}",
+            "{:<8} {:<11} {:<20} {:<20} {}",
             self::release(&release["number"]),
             release["status"].as_str().unwrap_or_default(),
             created,
+            release["by"].as_str().unwrap_or("-"),
             images.join(" ")
         );
+        for change in release["changes"].as_array().into_iter().flatten() {
+            println!("         {}", change.as_str().unwrap_or_default());
+        }
         if let Some(failure) = release["failure"].as_str() {
             println!("         {failure}");
         }
@@ -470,4 +477,17 @@ pub fn rollback(args: RollbackArgs, root: &Path) -> anyhow::Result<ExitCode> {
 /// `#7` for a release number in a JSON answer.
 pub(crate) fn release(number: &Value) -> String {
     format!("#{}", number.as_u64().unwrap_or_default())
+}
+
+/// `user@host` of whoever runs this command, for the release record.
+fn who() -> String {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| format!("uid {}", nix::unistd::getuid()));
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{user}@{host}")
 }

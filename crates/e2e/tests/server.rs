@@ -212,6 +212,13 @@ fn deploys_roll_back_heal_and_survive_a_server_restart() {
     server.assert_serving(2, "v2");
     let releases = server.ok(&["releases", "shop"]);
     assert!(releases.contains("failed"), "{releases}");
+    // Who deployed each release, and what it changed.
+    assert!(
+        releases.contains("BY") && releases.contains('@'),
+        "{releases}"
+    );
+    assert!(releases.contains("first release"), "{releases}");
+    assert!(releases.contains("web: image "), "{releases}");
 
     // 4. A manual rollback skips the failed release and goes to release 1.
     let out = server.run(&["rollback", "shop"]);

@@ -193,6 +193,9 @@ pub struct DeployRequest {
     /// The file name, for error messages (`berth.toml` by default).
     #[serde(default)]
     pub file: Option<String>,
+    /// Who deploys (`user@host`), recorded with the release.
+    #[serde(default)]
+    pub by: Option<String>,
 }
 
 /// The answer to a deploy.
@@ -256,6 +259,12 @@ pub struct ReleaseSummary {
     pub images: BTreeMap<String, ResolvedImage>,
     /// Why its deploy failed.
     pub failure: Option<String>,
+    /// Who asked for it.
+    #[serde(default)]
+    pub by: Option<String>,
+    /// What it changed compared with the release it replaced.
+    #[serde(default)]
+    pub changes: Vec<String>,
 }
 
 async fn deploy(
@@ -294,7 +303,7 @@ async fn deploy(
         };
         let previous = entry.as_ref().map(|_| current.desired);
         let number = current.latest + 1;
-        let release = Release {
+        let mut release = Release {
             app: app.clone(),
             number,
             spec: request.spec.clone(),
@@ -303,7 +312,17 @@ async fn deploy(
             images: images.clone(),
             secrets: secrets.clone(),
             created_at: now().as_millis(),
+            by: request.by.clone(),
+            changes: Vec::new(),
         };
+        let replaced = match previous {
+            Some(previous) => store
+                .get(&crate::releases::release_key(&app, previous))
+                .await?
+                .and_then(|entry| serde_json::from_slice::<Release>(&entry.value).ok()),
+            None => None,
+        };
+        release.changes = crate::releases::changes(replaced.as_ref(), &release);
         let next = current.with_desired(&app, number);
         let compare = match &entry {
             Some(entry) => Expect::ModRevision(entry.mod_revision),
@@ -569,6 +588,8 @@ async fn releases(
                 env: release.env,
                 images: release.images,
                 failure: current.failed.get(&release.number).cloned(),
+                by: release.by,
+                changes: release.changes,
             })
             .collect(),
     ))

@@ -54,6 +54,12 @@ pub struct Release {
     pub secrets: BTreeMap<String, u64>,
     /// Milliseconds since the Unix epoch.
     pub created_at: u64,
+    /// Who asked for it (`user@host` as the client said), if known.
+    #[serde(default)]
+    pub by: Option<String>,
+    /// What it changed compared with the release it replaced, for people.
+    #[serde(default)]
+    pub changes: Vec<String>,
 }
 
 impl Release {
@@ -364,4 +370,81 @@ impl InstanceName {
             release,
         })
     }
+}
+
+/// What `new` changes compared with `old` (the release it replaces), one line per change:
+/// services added or removed, images, replicas, commands, environment variables (names
+/// only: values may be sensitive), secret versions.
+pub fn changes(old: Option<&Release>, new: &Release) -> Vec<String> {
+    let Some(old) = old else {
+        return vec!["first release".to_owned()];
+    };
+    let (Ok(before), Ok(after)) = (old.app_spec(), new.app_spec()) else {
+        return vec!["the spec changed".to_owned()];
+    };
+    let mut lines = Vec::new();
+    for name in before.services.keys() {
+        if !after.services.contains_key(name) {
+            lines.push(format!("{name}: removed"));
+        }
+    }
+    for (name, service) in &after.services {
+        let Some(previous) = before.services.get(name) else {
+            lines.push(format!("{name}: added"));
+            continue;
+        };
+        let (old_image, new_image) = (old.images.get(name), new.images.get(name));
+        if old_image.map(|i| &i.digest) != new_image.map(|i| &i.digest) {
+            let show = |image: Option<&ResolvedImage>| {
+                image.map_or_else(String::new, |i| {
+                    format!("{} ({})", i.reference, short_digest(&i.digest))
+                })
+            };
+            lines.push(format!(
+                "{name}: image {} -> {}",
+                show(old_image),
+                show(new_image)
+            ));
+        }
+        if previous.replicas != service.replicas {
+            lines.push(format!(
+                "{name}: replicas {} -> {}",
+                previous.replicas, service.replicas
+            ));
+        }
+        if previous.command != service.command {
+            lines.push(format!("{name}: command changed"));
+        }
+        let keys: std::collections::BTreeSet<&String> =
+            previous.env.keys().chain(service.env.keys()).collect();
+        let changed: Vec<&str> = keys
+            .into_iter()
+            .filter(|k| previous.env.get(*k) != service.env.get(*k))
+            .map(String::as_str)
+            .collect();
+        if !changed.is_empty() {
+            lines.push(format!("{name}: env {}", changed.join(", ")));
+        }
+    }
+    for (secret, version) in &new.secrets {
+        match old.secrets.get(secret) {
+            Some(before) if before != version => {
+                lines.push(format!("secret {secret}: v{before} -> v{version}"));
+            }
+            None => lines.push(format!("secret {secret}: v{version}")),
+            _ => {}
+        }
+    }
+    if lines.is_empty() && (old.spec != new.spec || old.env != new.env) {
+        lines.push("spec changed (health, deploy or other settings)".to_owned());
+    }
+    if lines.is_empty() {
+        lines.push("no changes: the same spec, images and secrets".to_owned());
+    }
+    lines
+}
+
+fn short_digest(digest: &str) -> &str {
+    let end = digest.find(':').map_or(0, |i| i + 1) + 12;
+    digest.get(..end).unwrap_or(digest)
 }

@@ -98,6 +98,8 @@ impl Api {
                 images: BTreeMap::new(),
                 secrets: BTreeMap::new(),
                 created_at: number,
+                by: None,
+                changes: Vec::new(),
             };
             self.store
                 .put(

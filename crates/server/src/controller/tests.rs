@@ -231,6 +231,8 @@ resources = { memory = "64Mi", pids = 32 }
         images: BTreeMap::new(),
         secrets: BTreeMap::new(),
         created_at: 0,
+        by: None,
+        changes: Vec::new(),
     };
     let request = container_request(
         "shop",

@@ -217,6 +217,8 @@ fn a_release_parses_with_the_overlay_it_was_made_with() {
         images: BTreeMap::new(),
         secrets: BTreeMap::new(),
         created_at: 0,
+        by: None,
+        changes: Vec::new(),
     };
     assert_eq!(release.app_spec().unwrap().services["web"].replicas, 1);
     let plain = Release {
@@ -273,4 +275,67 @@ fn scale_overrides_replicas_until_another_release_is_desired() {
     let next = state.with_desired("shop", 2);
     assert!(next.scale.is_empty());
     assert_eq!(next.scaled(&spec).services["web"].replicas, 2);
+}
+
+#[test]
+fn changes_say_what_a_release_changed_without_env_values() {
+    let release = |number, spec: &str, digest: &str, secrets: &[(&str, u64)]| Release {
+        app: "shop".into(),
+        number,
+        spec: spec.into(),
+        file: "berth.toml".into(),
+        env: None,
+        images: BTreeMap::from([(
+            "web".to_owned(),
+            ResolvedImage {
+                reference: "r/web:1".into(),
+                digest: digest.into(),
+                pinned_reference: format!("r/web@{digest}"),
+            },
+        )]),
+        secrets: secrets.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        created_at: 0,
+        by: None,
+        changes: Vec::new(),
+    };
+    let v1 = release(
+        1,
+        "app = \"shop\"\n[services.web]\nimage = \"r/web:1\"\nreplicas = 2\nenv = { MODE = \"a\" }\n",
+        "sha256:1111111111111111111111",
+        &[("TOKEN", 1)],
+    );
+    assert_eq!(changes(None, &v1), ["first release"]);
+    let v2 = release(
+        2,
+        "app = \"shop\"\n[services.web]\nimage = \"r/web:1\"\nreplicas = 3\nenv = { MODE = \"secret-b\", NEW = \"x\" }\n[services.db]\nimage = \"r/db:1\"\n",
+        "sha256:2222222222222222222222",
+        &[("TOKEN", 2)],
+    );
+    let lines = changes(Some(&v1), &v2);
+    assert_eq!(
+        lines,
+        [
+            "db: added",
+            "web: image r/web:1 (sha256:111111111111) -> r/web:1 (sha256:222222222222)",
+            "web: replicas 2 -> 3",
+            "web: env MODE, NEW",
+            "secret TOKEN: v1 -> v2",
+        ]
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains("secret-b")),
+        "no env values"
+    );
+    assert_eq!(
+        changes(
+            Some(&v1),
+            &release(
+                3,
+                &v1.spec,
+                "sha256:1111111111111111111111",
+                &[("TOKEN", 1)]
+            )
+        ),
+        ["no changes: the same spec, images and secrets"]
+    );
 }
