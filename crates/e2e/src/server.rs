@@ -20,6 +20,7 @@ use crate::busybox::{busybox_layer, push_image, raw_layer};
 pub struct BerthServer {
     dir: tempfile::TempDir,
     binary: PathBuf,
+    log_filter: String,
     bridge: String,
     port: u16,
     registry_port: u16,
@@ -34,6 +35,11 @@ impl BerthServer {
 
     /// Starts `binary` as the server.
     pub fn start_with(binary: &Path) -> BerthServer {
+        BerthServer::start_logging(binary, "info,berth_server=debug")
+    }
+
+    /// Starts `binary` as the server, logging with `filter` (`BERTH_LOG`) into its log.
+    pub fn start_logging(binary: &Path, filter: &str) -> BerthServer {
         let dir = tempfile::Builder::new()
             .prefix("berth-server.")
             .tempdir()
@@ -49,6 +55,7 @@ impl BerthServer {
         let mut server = BerthServer {
             dir,
             binary: binary.to_owned(),
+            log_filter: filter.to_owned(),
             bridge,
             port: free_port(),
             registry_port: free_port(),
@@ -94,7 +101,7 @@ impl BerthServer {
         let mut cmd = self.berth();
         cmd.args(["server", "--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--registry-listen", &self.registry()])
-            .env("BERTH_LOG", "info,berth_server=debug")
+            .env("BERTH_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).unwrap())
             .stderr(log);

@@ -7,115 +7,32 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_e2e::berth_binary;
 use berth_e2e::busybox::{busybox_layer, push_image, raw_layer};
+use berth_e2e::server::BerthServer;
 use serde_json::Value;
 
-/// A berth server with its own root, bridge and /24, serving the registry too.
-struct Server {
-    dir: tempfile::TempDir,
-    bridge: String,
-    port: u16,
-    registry_port: u16,
-    child: Option<Child>,
+/// A berth server (`berth_e2e::server::BerthServer`: its own root, bridge and /24, serving
+/// the registry too) that logs at debug level everywhere, so that the log check below sees
+/// everything the server could write.
+struct Server(BerthServer);
+
+impl std::ops::Deref for Server {
+    type Target = BerthServer;
+
+    fn deref(&self) -> &BerthServer {
+        &self.0
+    }
 }
 
 impl Server {
     fn start() -> Server {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-secrets.")
-            .tempdir()
-            .unwrap();
-        let tag: [u8; 3] = rand_bytes();
-        let bridge = format!("bx{}", hex::encode(tag));
-        let config = format!(
-            "[node]\nruntime = \"runc\"\n[node.network]\nbridge = \"{bridge}\"\nsubnet = \"10.{}.{}.0/24\"\nmasquerade = false\n",
-            203 + tag[1] % 40,
-            10 + tag[0] % 200
-        );
-        fs::write(dir.path().join("node.toml"), config).unwrap();
-        let log = File::create(dir.path().join("server.log")).unwrap();
-        let stdout = dir.path().join("stdout.log");
-        let mut server = Server {
-            dir,
-            bridge,
-            port: free_port(),
-            registry_port: free_port(),
-            child: None,
-        };
-        let mut child = server
-            .berth()
-            .args(["server", "--listen", &format!("127.0.0.1:{}", server.port)])
-            .args(["--registry-listen", &server.registry()])
-            .env("BERTH_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !fs::read_to_string(&stdout)
-            .unwrap_or_default()
-            .contains("berth server listening on")
-        {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("berth server exited with {status}:\n{}", server.log());
-            }
-            assert!(Instant::now() < deadline, "no server:\n{}", server.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server.child = Some(child);
-        server
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("root")
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn registry(&self) -> String {
-        format!("127.0.0.1:{}", self.registry_port)
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
-    fn berth(&self) -> Command {
-        let mut cmd = Command::new(berth_binary());
-        cmd.arg("--root")
-            .arg(self.root())
-            .arg("--config")
-            .arg(self.dir.path().join("node.toml"))
-            .env("BERTH_LOG", "warn")
-            .env("BERTH_SERVER", self.url());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.berth().args(args).output().unwrap()
-    }
-
-    #[track_caller]
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "berth {args:?} failed ({}):\n{}\nserver log:\n{}",
-            out.status,
-            text(&out),
-            self.log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        Server(BerthServer::start_logging(&berth_binary(), "debug"))
     }
 
     /// `berth secret set shop NAME` with `value` on stdin.
@@ -140,7 +57,7 @@ impl Server {
     }
 
     fn spec(&self, tag: &str) -> PathBuf {
-        let path = self.dir.path().join(format!("berth-{tag}.toml"));
+        let path = self.dir().join(format!("berth-{tag}.toml"));
         // The instance counts its starts in the named volume and serves the count and its
         // secret from a tmpfs, so neither lands in the container's root filesystem.
         let text = format!(
@@ -213,26 +130,6 @@ scratch = {{ tmpfs = "/scratch", size = "1Mi" }}
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- berth server log ---\n{}", self.log());
-        }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Ok(out) = self.berth().args(["ps", "-aq"]).output() {
-            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = self.berth().args(["rm", "-f", id]).output();
-            }
-        }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .output();
-    }
-}
-
 fn rand_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     File::open("/dev/urandom")
@@ -240,14 +137,6 @@ fn rand_bytes<const N: usize>() -> [u8; N] {
         .read_exact(&mut bytes)
         .unwrap();
     bytes
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn http_get(url: &str) -> String {
