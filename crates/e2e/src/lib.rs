@@ -24,7 +24,7 @@ mod berth;
 pub mod busybox;
 mod distribution;
 mod images;
-mod podman;
+pub mod podman;
 pub mod process;
 pub mod server;
 

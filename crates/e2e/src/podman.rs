@@ -57,43 +57,7 @@ impl Podman {
             .tempdir()
             .expect("a temporary directory");
         let root = dir.path();
-        for sub in ["tmp", "networks"] {
-            fs::create_dir(root.join(sub)).expect("creating a podman directory");
-        }
-        let containers_conf = format!(
-            r#"[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
-[network]
-network_config_dir = "{root}/networks"
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-events_logfile_path = "{root}/events.log"
-tmp_dir = "{root}/libpod-tmp"
-image_copy_tmp_dir = "{root}/tmp"
-"#,
-            root = root.display()
-        );
-        let storage_conf = format!(
-            r#"[storage]
-driver = "overlay"
-graphroot = "{root}/graphroot"
-runroot = "{root}/runroot"
-"#,
-            root = root.display()
-        );
-        // Every registry of the tests listens on 127.0.0.1: plain HTTP is fine there.
-        let registries_conf = r#"unqualified-search-registries = []
-[[registry]]
-location = "127.0.0.1"
-insecure = true
-"#;
-        fs::write(root.join("containers.conf"), containers_conf).expect("containers.conf");
-        fs::write(root.join("storage.conf"), storage_conf).expect("storage.conf");
-        fs::write(root.join("registries.conf"), registries_conf).expect("registries.conf");
-        // podman refuses to run when REGISTRY_AUTH_FILE names a file that does not exist.
-        fs::write(root.join("auth.json"), "{\"auths\":{}}\n").expect("auth.json");
+        write_config(root).expect("writing the podman configuration");
         Podman { dir }
     }
 
@@ -147,55 +111,6 @@ insecure = true
             .env("TMPDIR", root.join("tmp"));
         cmd
     }
-
-    /// Kills processes whose command line names this environment's directory: container
-    /// monitors (conmon) and containers a failed test left running.
-    fn kill_leftover_processes(&self) {
-        let needle = self.dir().to_string_lossy().into_owned();
-        let me = std::process::id();
-        let Ok(entries) = fs::read_dir("/proc") else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if pid == me {
-                continue;
-            }
-            let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&needle) {
-                let _ = process::try_output(
-                    Command::new("kill").args(["-KILL", &pid.to_string()]),
-                    None,
-                    Duration::from_secs(10),
-                );
-            }
-        }
-    }
-
-    /// Unmounts whatever is still mounted under this environment's directory, deepest first.
-    fn unmount_leftovers(&self) {
-        let prefix = self.dir().to_string_lossy().into_owned();
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<&str> = mountinfo
-            .lines()
-            .filter_map(|line| line.split(' ').nth(4))
-            .filter(|point| point.starts_with(&prefix))
-            .collect();
-        points.sort_by_key(|point| std::cmp::Reverse(point.len()));
-        for point in points {
-            let _ = process::try_output(
-                Command::new("umount").args(["--lazy", point]),
-                None,
-                Duration::from_secs(10),
-            );
-        }
-    }
 }
 
 impl Default for Podman {
@@ -226,7 +141,54 @@ impl Drop for Podman {
             ),
             Err(problem) => eprintln!("cleanup: {problem}"),
         }
-        self.kill_leftover_processes();
-        self.unmount_leftovers();
+        process::kill_processes_naming(self.dir());
+        process::unmount_under(self.dir());
     }
+}
+
+/// Writes a podman/buildah/skopeo configuration that works on this machine kind into `root`
+/// (see shared/MACHINE-PROBE.md): nofile and nproc ulimits within the hard limits (root lacks
+/// CAP_SYS_RESOURCE), runc (crun refuses hybrid cgroups), cgroupfs, file events (no
+/// systemd), overlay storage under `root` set before podman first runs (or conmon's cleanup
+/// fails and podman waits 20 s), plain HTTP for registries on 127.0.0.1, an empty auth file.
+/// Point the tools at it with `CONTAINERS_CONF`, `CONTAINERS_STORAGE_CONF`,
+/// `CONTAINERS_REGISTRIES_CONF` and `REGISTRY_AUTH_FILE`.
+pub fn write_config(root: &Path) -> std::io::Result<()> {
+    for sub in ["tmp", "networks"] {
+        fs::create_dir_all(root.join(sub))?;
+    }
+    let containers_conf = format!(
+        r#"[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[network]
+network_config_dir = "{root}/networks"
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "{root}/events.log"
+tmp_dir = "{root}/libpod-tmp"
+image_copy_tmp_dir = "{root}/tmp"
+"#,
+        root = root.display()
+    );
+    let storage_conf = format!(
+        r#"[storage]
+driver = "overlay"
+graphroot = "{root}/graphroot"
+runroot = "{root}/runroot"
+"#,
+        root = root.display()
+    );
+    // Every registry of the tests and benchmarks listens on 127.0.0.1: plain HTTP is fine.
+    let registries_conf = r#"unqualified-search-registries = []
+[[registry]]
+location = "127.0.0.1"
+insecure = true
+"#;
+    fs::write(root.join("containers.conf"), containers_conf)?;
+    fs::write(root.join("storage.conf"), storage_conf)?;
+    fs::write(root.join("registries.conf"), registries_conf)?;
+    // podman refuses to run when REGISTRY_AUTH_FILE names a file that does not exist.
+    fs::write(root.join("auth.json"), "{\"auths\":{}}\n")
 }

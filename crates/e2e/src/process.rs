@@ -173,3 +173,52 @@ fn finish(rx: Collected, until: Instant) -> Vec<u8> {
     rx.recv_timeout(wait)
         .unwrap_or_else(|_| b"(output not collected: a child process kept the pipe open)".to_vec())
 }
+
+/// For cleanup: kills (SIGKILL, by pid) every process whose command line names `dir`, a
+/// temporary directory only the caller's own processes can name.
+pub fn kill_processes_naming(dir: &std::path::Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            let _ = try_output(
+                Command::new("kill").args(["-KILL", &pid.to_string()]),
+                None,
+                Duration::from_secs(10),
+            );
+        }
+    }
+}
+
+/// For cleanup: unmounts (lazily) whatever is mounted under `dir`, deepest first.
+pub fn unmount_under(dir: &std::path::Path) {
+    let prefix = dir.to_string_lossy().into_owned();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| point.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|point| std::cmp::Reverse(point.len()));
+    for point in points {
+        let _ = try_output(
+            Command::new("umount").args(["--lazy", point]),
+            None,
+            Duration::from_secs(10),
+        );
+    }
+}

@@ -133,8 +133,8 @@ impl Drop for BerthNode {
                 );
             }
         }
-        process::kill_processes_naming(&self.root);
-        process::unmount_under(&self.root);
+        berth_e2e::process::kill_processes_naming(&self.root);
+        berth_e2e::process::unmount_under(&self.root);
         if Path::new("/sys/class/net").join(&self.bridge).exists() {
             process::cleanup("ip", &["link", "del", &self.bridge]);
         }

@@ -33,39 +33,7 @@ impl Podman {
     /// Writes the configuration into a new dir under `work`.
     pub fn new(work: &Path) -> anyhow::Result<Podman> {
         let dir = work.join("podman");
-        for sub in ["tmp", "networks"] {
-            std::fs::create_dir_all(dir.join(sub))?;
-        }
-        let root = dir.display();
-        std::fs::write(
-            dir.join("containers.conf"),
-            format!(
-                r#"[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
-[network]
-network_config_dir = "{root}/networks"
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-events_logfile_path = "{root}/events.log"
-tmp_dir = "{root}/libpod-tmp"
-image_copy_tmp_dir = "{root}/tmp"
-"#
-            ),
-        )?;
-        std::fs::write(
-            dir.join("storage.conf"),
-            format!(
-                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{root}/graphroot\"\n\
-                 runroot = \"{root}/runroot\"\n"
-            ),
-        )?;
-        std::fs::write(
-            dir.join("registries.conf"),
-            "unqualified-search-registries = []\n",
-        )?;
-        std::fs::write(dir.join("auth.json"), "{\"auths\":{}}\n")?;
+        berth_e2e::podman::write_config(&dir)?;
         Ok(Podman { dir })
     }
 
@@ -134,7 +102,7 @@ impl Drop for Podman {
                 String::from_utf8_lossy(&reset.stderr).trim()
             );
         }
-        process::kill_processes_naming(&self.dir);
-        process::unmount_under(&self.dir);
+        berth_e2e::process::kill_processes_naming(&self.dir);
+        berth_e2e::process::unmount_under(&self.dir);
     }
 }
