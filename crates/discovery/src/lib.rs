@@ -1,0 +1,7 @@
+//! Service discovery: the [`catalog`] of healthy instances that the controller fills, read by
+//! the DNS server and the Consul-compatible HTTP catalog (and by the proxy, through the
+//! server). See `docs/discovery.md`.
+
+pub mod catalog;
+
+pub use catalog::{Catalog, Change, Endpoint, Snapshot};
