@@ -242,6 +242,8 @@ impl Catalog {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn endpoint(id: &str, service: &str) -> Endpoint {
