@@ -10,6 +10,9 @@ PACKAGES=(
     runc crun containernetworking-plugins uidmap fuse-overlayfs
     iptables iproute2 util-linux        # CNI portmap/bridge rules, ip, unshare/nsenter/umount
     jq curl openssl
+    bind9-dnsutils dnsmasq-base         # dig for the DNS tests; dnsmasq is bench/dns's peer
+    prometheus                          # a real Consul-catalog client (consul_sd_configs)
+    nginx-light wrk                     # bench/proxy's peer and the load generator
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -20,7 +23,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "install-deps: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get -o DPkg::Lock::Timeout=600 update -q
+    # Packages with services (nginx, prometheus) must not start them here: tests and
+    # benchmarks run their own instances on free ports.
+    policy=/usr/sbin/policy-rc.d
+    had_policy=0
+    [ -e "$policy" ] && had_policy=1
+    [ "$had_policy" = 1 ] || printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod +x "$policy"
     apt-get -o DPkg::Lock::Timeout=600 install -y -q "${missing[@]}"
+    [ "$had_policy" = 1 ] || rm -f "$policy"
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
