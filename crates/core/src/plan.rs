@@ -208,6 +208,14 @@ pub enum InstanceState {
         /// When the process started.
         since: Timestamp,
     },
+    /// Its process runs, but nobody knows yet whether it is healthy: it was running before
+    /// the controller started (a restarted server), and its health check has not decided
+    /// since. It may well be serving, so it is neither stopped for being unready nor counted
+    /// as available until the check decides.
+    Unknown {
+        /// When the process started.
+        since: Timestamp,
+    },
     /// Asked to stop; still holding its resources and volumes.
     Stopping,
     /// Its process exited.
@@ -241,9 +249,12 @@ impl Instance {
         )
     }
 
-    /// Running, healthy or not.
+    /// Running, healthy or not (or not known yet).
     pub fn is_running(&self) -> bool {
-        matches!(self.state, InstanceState::Running { .. })
+        matches!(
+            self.state,
+            InstanceState::Running { .. } | InstanceState::Unknown { .. }
+        )
     }
 
     /// Since when it has been ready, if it is.

@@ -57,6 +57,9 @@ pub struct Controller {
     events: EventLog,
     inner: Mutex<Inner>,
     views: RwLock<BTreeMap<String, AppView>>,
+    /// When this controller started: instances running since before then have no health
+    /// verdict of ours until their checks decide.
+    started: Timestamp,
 }
 
 #[derive(Default)]
@@ -232,13 +235,16 @@ pub struct SeenHealth {
 
 /// Builds the planner's view of `app` from its containers, the controller's work and the
 /// health verdicts (by container id). Services without a health check (`checked` lacks
-/// them) count as healthy as soon as they run. Pure, so it is unit-tested.
+/// them) count as healthy as soon as they run. An instance with a health check that was
+/// running before `started` (when this controller started) and has no verdict yet is
+/// [`InstanceState::Unknown`]: it may be serving. Pure, so it is unit-tested.
 pub fn observe(
     app: &str,
     seen: &[Seen],
     work: &HashMap<String, Work>,
     health: &HashMap<String, SeenHealth>,
     checked: &BTreeSet<(String, ReleaseId)>,
+    started: Timestamp,
 ) -> Vec<Instance> {
     let mut instances = Vec::new();
     let mut named = BTreeSet::new();
@@ -248,7 +254,16 @@ pub fn observe(
         let key = (container.name.service.clone(), container.name.release);
         let verdict = health.get(&container.id).copied();
         let state = match (work, container.status) {
-            (Some(Work::Stopping), _) => InstanceState::Stopping,
+            (Some(Work::Stopping | Work::Removing), _) => InstanceState::Stopping,
+            (_, Status::Running)
+                if checked.contains(&key)
+                    && verdict.and_then(|v| v.healthy).is_none()
+                    && container.started_at.is_some_and(|at| at < started) =>
+            {
+                InstanceState::Unknown {
+                    since: container.started_at.unwrap_or_default(),
+                }
+            }
             (_, Status::Running) => InstanceState::Running {
                 healthy: if checked.contains(&key) {
                     verdict.and_then(|v| v.healthy)
@@ -259,11 +274,10 @@ pub fn observe(
             },
             (Some(_), Status::Created) => InstanceState::Starting,
             // Created but never started, and no start of ours under way: a server killed
-            // between the two steps left it. It is dead; the planner replaces it.
-            (None, Status::Created) => InstanceState::Exited {
-                code: -1,
-                at: container.finished_at.unwrap_or_default(),
-            },
+            // between the two steps left it. It is dead and `remove_exited` removes it; until
+            // it is gone it still holds an address and counts against the surge, so the
+            // planner sees it as stopping and starts its replacement only after.
+            (None, Status::Created) => InstanceState::Stopping,
             // The server starts containers without a restart policy; a monitor restarting
             // one is not serving now.
             (_, Status::Restarting) => InstanceState::Running {
@@ -479,6 +493,7 @@ impl Controller {
             wake: Notify::new(),
             inner: Mutex::new(Inner::default()),
             views: RwLock::new(BTreeMap::new()),
+            started: now(),
         })
     }
 
@@ -651,7 +666,7 @@ impl Controller {
                     .map(|(name, _)| (name.clone(), *number))
             })
             .collect();
-        let instances = observe(app, seen, work, &health, &checked);
+        let instances = observe(app, seen, work, &health, &checked, self.started);
         let desired = Desired::from_spec(spec, state.desired);
         let observed = Observed {
             instances: instances.clone(),
@@ -1152,6 +1167,7 @@ impl Controller {
                         Some(false) => "unhealthy",
                     },
                 ),
+                InstanceState::Unknown { .. } => ("running", "unknown"),
                 InstanceState::Stopping => ("stopping", "none"),
                 InstanceState::Exited { .. } => ("exited", "none"),
                 InstanceState::Failed => ("failed", "none"),

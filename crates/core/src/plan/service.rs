@@ -182,6 +182,17 @@ pub(super) fn plan_service(
     let mut old_sorted = old.clone();
     old_sorted.sort_by_key(|i| (i.is_ready(), i.started_at, i.id.clone()));
     for instance in old_sorted {
+        if matches!(instance.state, InstanceState::Unknown { .. }) {
+            // Maybe serving: neither stopped as unready nor counted as available.
+            waits.push((
+                None,
+                format!(
+                    "waiting for the health check of {} (release {}) to decide",
+                    instance.id, instance.release
+                ),
+            ));
+            continue;
+        }
         if !instance.is_ready() {
             actions.push(Action::Stop {
                 instance: instance.id.clone(),

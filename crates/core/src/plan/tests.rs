@@ -86,6 +86,19 @@ impl Sim {
         self.observed.deploys.insert(name.to_string(), state);
     }
 
+    /// The controller restarted: the running instances of `name` are healthy in fact, but
+    /// their health is not known until their checks decide (on the next tick).
+    fn restarted(&mut self, name: &str) {
+        for instance in &mut self.observed.instances {
+            if let (true, InstanceState::Running { since, .. }) =
+                (instance.service == name, instance.state)
+            {
+                instance.state = InstanceState::Unknown { since };
+                instance.healthy_since = None;
+            }
+        }
+    }
+
     fn behaves(&mut self, name: &str, release: ReleaseId, behaviour: Behaviour) {
         self.behaviour
             .insert((name.to_string(), release), behaviour);
@@ -99,8 +112,13 @@ impl Sim {
             .collect()
     }
 
+    /// Instances that can take traffic in fact: ready ones, and the ones whose health the
+    /// planner does not know yet (they are healthy in this simulation).
     fn ready(&self, name: &str) -> usize {
-        self.live(name).iter().filter(|i| i.is_ready()).count()
+        self.live(name)
+            .iter()
+            .filter(|i| i.is_ready() || matches!(i.state, InstanceState::Unknown { .. }))
+            .count()
     }
 
     fn instance(&mut self, id: &str) -> &mut Instance {
@@ -260,6 +278,13 @@ impl Sim {
                     Behaviour::Crashes => InstanceState::Exited { code: 1, at: now },
                 },
                 InstanceState::Stopping => InstanceState::Exited { code: 0, at: now },
+                InstanceState::Unknown { since } => {
+                    instance.healthy_since = Some(now);
+                    InstanceState::Running {
+                        healthy: Some(true),
+                        since,
+                    }
+                }
                 state => state,
             };
         }
@@ -415,6 +440,37 @@ fn rolling_surges_one_and_waits_for_min_healthy_time() {
         all.last(),
         Some(Action::FinishDeploy { release: 2, .. })
     ));
+}
+
+/// After a server restart the old instances' health is not known yet: none of them is
+/// stopped (they may be serving) until their checks decide, even with max_unavailable = 1.
+#[test]
+fn old_instances_of_unknown_health_are_not_stopped() {
+    let mut sim = Sim::new(desired(vec![("web", service(2, 3, rolling(1, 1, 0)))]));
+    sim.running("web", 1, 3);
+    sim.restarted("web");
+    let first = plan(&sim.desired, &sim.observed, sim.now);
+    assert!(stops(&first).is_empty(), "{first:#?}");
+    assert_eq!(starts(&first), 1, "max_surge = 1 still starts one");
+    // Once they are known to be healthy, max_unavailable = 1 lets one go.
+    sim.tick().expect("invariants");
+    let next = sim.tick().expect("invariants");
+    assert_eq!(stops(&next).len(), 1, "{next:#?}");
+    sim.run(200).expect("converges");
+}
+
+/// With nothing else to do, the plan says why it waits.
+#[test]
+fn a_deploy_waits_for_unknown_health_and_says_so() {
+    let mut sim = Sim::new(desired(vec![("web", service(2, 1, rolling(0, 1, 0)))]));
+    sim.running("web", 1, 1);
+    sim.restarted("web");
+    let actions = plan(&sim.desired, &sim.observed, sim.now);
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Wait { reason, .. } if reason.contains("health check of web-1-old0"))),
+        "{actions:#?}"
+    );
+    assert!(stops(&actions).is_empty(), "{actions:#?}");
 }
 
 #[test]
@@ -662,6 +718,7 @@ proptest! {
         web_strategy in strategy(),
         web_behaviour in behaviour(),
         web_needs in condition(),
+        web_restarted in any::<bool>(),
     ) {
         let mut db = service(2, db_replicas, db_strategy);
         db.volumes_exclusive = db_exclusive;
@@ -672,6 +729,9 @@ proptest! {
         let mut sim = Sim::new(desired(vec![("db", db), ("web", web)]));
         sim.running("db", 1, db_old);
         sim.running("web", 1, web_old);
+        if web_restarted {
+            sim.restarted("web");
+        }
         sim.behaves("web", 2, web_behaviour);
         if let Err(violation) = sim.run(600) {
             return Err(TestCaseError::fail(violation));

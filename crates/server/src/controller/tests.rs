@@ -50,6 +50,7 @@ fn running_instances_take_their_health_from_the_checker() {
         &HashMap::new(),
         &health,
         &checked("web", 1),
+        Timestamp::default(),
     );
     let states: Vec<(&str, InstanceState, Option<Timestamp>)> = instances
         .iter()
@@ -96,6 +97,7 @@ fn without_a_health_check_running_is_healthy() {
         &HashMap::new(),
         &HashMap::new(),
         &BTreeSet::new(),
+        Timestamp::default(),
     );
     assert!(instances[0].is_ready());
     assert_eq!(
@@ -148,6 +150,7 @@ fn work_in_progress_is_observed() {
         &work,
         &HashMap::new(),
         &checked("web", 1),
+        Timestamp::default(),
     );
     let states: Vec<(&str, InstanceState)> =
         instances.iter().map(|i| (i.id.as_str(), i.state)).collect();
@@ -186,6 +189,7 @@ fn a_started_container_is_not_also_pending() {
         &work,
         &HashMap::new(),
         &checked("web", 2),
+        Timestamp::default(),
     );
     assert_eq!(instances.len(), 1);
     assert_eq!(instances[0].state, InstanceState::Starting);
@@ -201,13 +205,10 @@ fn a_created_container_nobody_is_starting_is_dead() {
         &HashMap::new(),
         &HashMap::new(),
         &checked("web", 2),
+        Timestamp::default(),
     );
     assert_eq!(instances.len(), 1);
-    assert!(
-        matches!(instances[0].state, InstanceState::Exited { .. }),
-        "{:?}",
-        instances[0].state
-    );
+    assert_eq!(instances[0].state, InstanceState::Stopping, "being removed");
 }
 
 #[test]
@@ -251,4 +252,70 @@ resources = { memory = "64Mi", pids = 32 }
     assert_eq!(request.resources.pids, Some(32));
     assert!(request.env.contains(&"MODE=prod".to_owned()));
     assert!(request.env.contains(&"BERTH_RELEASE=4".to_owned()));
+}
+
+#[test]
+fn instances_running_before_the_controller_started_have_unknown_health_until_checked() {
+    // Started at 1s; the controller started at 5s (a restarted server).
+    let containers = [
+        seen("shop.web-1-a", "aaa", Status::Running),
+        seen("shop.web-1-b", "bbb", Status::Running),
+        seen("shop.db-1-a", "ccc", Status::Running),
+    ];
+    let health = HashMap::from([(
+        "bbb".to_owned(),
+        SeenHealth {
+            healthy: Some(true),
+            since: Some(Timestamp::from_millis(6_000)),
+        },
+    )]);
+    let restarted = Timestamp::from_millis(5_000);
+    let instances = observe(
+        "shop",
+        &containers,
+        &HashMap::new(),
+        &health,
+        &checked("web", 1),
+        restarted,
+    );
+    let states: Vec<(&str, InstanceState)> =
+        instances.iter().map(|i| (i.id.as_str(), i.state)).collect();
+    let since = Timestamp::from_millis(1_000);
+    assert_eq!(
+        states,
+        vec![
+            ("web-1-a", InstanceState::Unknown { since }),
+            (
+                "web-1-b",
+                InstanceState::Running {
+                    healthy: Some(true),
+                    since
+                }
+            ),
+            // No health check: healthy as soon as it runs.
+            (
+                "db-1-a",
+                InstanceState::Running {
+                    healthy: Some(true),
+                    since
+                }
+            ),
+        ]
+    );
+    // Started after the controller: simply still starting.
+    let fresh = observe(
+        "shop",
+        &containers[..1],
+        &HashMap::new(),
+        &HashMap::new(),
+        &checked("web", 1),
+        Timestamp::from_millis(500),
+    );
+    assert_eq!(
+        fresh[0].state,
+        InstanceState::Running {
+            healthy: None,
+            since
+        }
+    );
 }
