@@ -57,6 +57,10 @@ pub struct ServiceSpec {
     pub route: Option<RouteSpec>,
     /// How a new release replaces the old one.
     pub deploy: DeploySpec,
+    /// Tags the catalog shows for its instances (Consul's `ServiceTags`).
+    pub tags: Vec<String>,
+    /// Metadata the catalog shows for its instances (Consul's `ServiceMeta`).
+    pub meta: BTreeMap<String, String>,
 }
 
 impl ServiceSpec {

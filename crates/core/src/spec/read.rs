@@ -85,6 +85,8 @@ const SERVICE: Schema = &[
         "route = { host = \"shop.example.test\", port = \"http\" }",
     ),
     ("deploy", "deploy = { strategy = \"rolling\" }"),
+    ("tags", "tags = [\"public\", \"v2\"]"),
+    ("meta", "meta = { team = \"payments\" }"),
 ];
 const RESOURCES: Schema = &[
     ("memory", "memory = \"256Mi\""),
@@ -747,6 +749,8 @@ fn read_service(
     let volumes = read_volumes(r, s);
     let route = read_route(r, s, &ports);
     let deploy = read_deploy(r, s);
+    let tags = read_tags(r, s);
+    let meta = read_meta(r, s);
     if r.problems.len() > before {
         return None;
     }
@@ -765,6 +769,8 @@ fn read_service(
         volumes,
         route,
         deploy,
+        tags,
+        meta,
     })
 }
 
@@ -870,6 +876,66 @@ fn read_secrets(r: &mut Reader, s: &Tbl<'_, '_>, env: &BTreeMap<String, String>)
         }
     }
     secrets
+}
+
+/// Catalog tags: short printable words, each once.
+fn read_tags(r: &mut Reader, s: &Tbl<'_, '_>) -> Vec<String> {
+    let Some(tags) = r.strings(s, "tags") else {
+        return Vec::new();
+    };
+    let span = s.get("tags").map_or(s.span.clone(), Spanned::span);
+    let mut seen = BTreeSet::new();
+    for tag in &tags {
+        if tag.is_empty() || tag.len() > 128 || !tag.chars().all(|c| c.is_ascii_graphic()) {
+            r.problem(
+                span.clone(),
+                format!("tag `{tag}` must be 1 to 128 printable characters without spaces"),
+                "write tags like: tags = [\"public\", \"v2\"]",
+            );
+        } else if !seen.insert(tag) {
+            r.problem(
+                span.clone(),
+                format!("tag `{tag}` is listed twice"),
+                "list each tag once",
+            );
+        }
+    }
+    tags
+}
+
+/// Catalog metadata: string values under keys like Consul's (letters, digits, `-`, `_`).
+fn read_meta(r: &mut Reader, s: &Tbl<'_, '_>) -> BTreeMap<String, String> {
+    let mut meta = BTreeMap::new();
+    let Some(table) = r.table(s, "meta", &[]) else {
+        return meta;
+    };
+    for (key, value) in table.table {
+        let name = key.get_ref().as_ref();
+        if name.is_empty()
+            || name.len() > 128
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            r.problem(
+                key.span(),
+                format!("meta key `{name}` must be 1 to 128 letters, digits, `-` or `_`"),
+                "write it like: meta = { team = \"payments\" }",
+            );
+            continue;
+        }
+        match value.get_ref().as_str() {
+            Some(text) => {
+                meta.insert(name.to_string(), text.to_string());
+            }
+            None => r.problem(
+                value.span(),
+                format!("meta `{name}` must be a string"),
+                format!("write it like: {name} = \"value\""),
+            ),
+        }
+    }
+    meta
 }
 
 fn read_resources(r: &mut Reader, s: &Tbl<'_, '_>) -> Resources {

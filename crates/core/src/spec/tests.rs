@@ -28,6 +28,8 @@ fn shop_example_parses() {
         ]
     );
     assert_eq!(canary.pause, Pause::For(Duration::from_secs(30)));
+    assert_eq!(web.tags, ["public"]);
+    assert_eq!(web.meta["team"], "storefront");
     let db = &spec.services["db"];
     assert!(db.has_exclusive_volume());
     assert!(!web.has_exclusive_volume());
@@ -221,6 +223,26 @@ const INVALID: &[(&str, &str, &str)] = &[
         "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nenv = { PORT = 8080, \"bad name\" = \"x\" }\n",
         "4:22: `bad name` is not a valid environment variable name",
         "use letters, digits and `_`, not starting with a digit",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\ntags = [\"a b\"]\n",
+        "4:8: tag `a b` must be 1 to 128 printable characters without spaces",
+        "write tags like: tags = [\"public\", \"v2\"]",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\ntags = [\"x\", \"x\"]\n",
+        "4:8: tag `x` is listed twice",
+        "list each tag once",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nmeta = { \"a.b\" = \"1\" }\n",
+        "4:10: meta key `a.b` must be 1 to 128 letters, digits, `-` or `_`",
+        "write it like: meta = { team = \"payments\" }",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nmeta = { team = 3 }\n",
+        "4:17: meta `team` must be a string",
+        "write it like: team = \"value\"",
     ),
     (
         "app = \"shop\"\n[services.web\nimage = \"web:1\"\n",
