@@ -36,7 +36,9 @@ use crate::releases::{
     release_key, releases_prefix, state_key, AppState, InstanceName, Release, ReleaseStatus,
     APPS_PREFIX,
 };
-use crate::{now, ServerError};
+use crate::traffic::{listed, routes, sync_catalog, NoTraffic, RouteIntent, Traffic};
+use crate::{node_name, now, ServerError};
+use berth_discovery::Catalog;
 
 /// The longest a controller waits between two passes.
 pub const TICK: Duration = Duration::from_millis(500);
@@ -60,6 +62,12 @@ pub struct Controller {
     /// When this controller started: instances running since before then have no health
     /// verdict of ours until their checks decide.
     started: Timestamp,
+    /// The healthy instances, for DNS, the HTTP catalog and the proxy.
+    catalog: Catalog,
+    /// The proxy: routes and draining.
+    traffic: RwLock<Arc<dyn Traffic>>,
+    /// This node's name in the catalog.
+    node_name: String,
 }
 
 #[derive(Default)]
@@ -72,6 +80,8 @@ struct Inner {
     pinned: BTreeMap<String, BTreeSet<String>>,
     /// Recent events of each app.
     events: BTreeMap<String, VecDeque<Event>>,
+    /// The routes last given to the proxy, by app.
+    routes: BTreeMap<String, Vec<RouteIntent>>,
 }
 
 /// Something the controller is doing to a container.
@@ -494,7 +504,30 @@ impl Controller {
             inner: Mutex::new(Inner::default()),
             views: RwLock::new(BTreeMap::new()),
             started: now(),
+            catalog: Catalog::new(),
+            traffic: RwLock::new(Arc::new(NoTraffic)),
+            node_name: node_name(),
         })
+    }
+
+    /// The catalog of healthy instances this controller keeps.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Routes and drains through `traffic` (the proxy) from now on.
+    pub fn set_traffic(&self, traffic: Arc<dyn Traffic>) {
+        *self
+            .traffic
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = traffic;
+    }
+
+    fn traffic(&self) -> Arc<dyn Traffic> {
+        self.traffic
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The node.
@@ -696,6 +729,32 @@ impl Controller {
                 self.wake();
                 return Ok(());
             }
+        }
+
+        // The catalog and the proxy first: an instance about to stop leaves them before its
+        // stop begins (and `stop` drains it), a new healthy one joins them.
+        let stopping: BTreeSet<String> = actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::Stop { instance, .. } => Some(instance.clone()),
+                _ => None,
+            })
+            .collect();
+        let endpoints = listed(
+            app,
+            &self.node_name,
+            &specs,
+            &state.deploy_states(),
+            &instances,
+            seen,
+            &stopping,
+        );
+        sync_catalog(&self.catalog, app, &endpoints);
+        let routes = routes(app, spec, &endpoints);
+        let changed = self.lock().routes.get(app) != Some(&routes);
+        if changed {
+            self.traffic().set_routes(app, routes.clone());
+            self.lock().routes.insert(app.to_owned(), routes);
         }
 
         let mut waiting: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -1022,6 +1081,19 @@ impl Controller {
         self.lock().work.insert(container.clone(), Work::Stopping);
         let app = app.to_owned();
         tokio::spawn(async move {
+            // It left the catalog and the proxy's rotation in this pass: let its in-flight
+            // requests finish before SIGTERM.
+            if let Some(address) = self
+                .node
+                .get(&container)
+                .ok()
+                .and_then(|c| c.record.network.as_ref().map(|n| n.ip))
+            {
+                let left = self.traffic().drain(address.into(), grace).await;
+                if left > 0 {
+                    tracing::warn!(container, left, "stopping with requests still in flight");
+                }
+            }
             let node = self.node.clone();
             let name = container.clone();
             let result = tokio::task::spawn_blocking(move || {

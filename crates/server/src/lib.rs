@@ -9,6 +9,7 @@ pub mod events;
 pub mod mounts;
 pub mod releases;
 pub mod secrets_api;
+pub mod traffic;
 pub mod volumes_api;
 
 use std::io::Write;
@@ -36,6 +37,15 @@ pub enum ServerError {
     /// Something that should not happen.
     #[error("{0}")]
     Internal(String),
+}
+
+/// This node's name in the catalog: the host name.
+pub fn node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "berth".to_owned())
 }
 
 /// Now, for the planner.
