@@ -68,6 +68,9 @@ pub struct Controller {
     traffic: RwLock<Arc<dyn Traffic>>,
     /// This node's name in the catalog.
     node_name: String,
+    /// Held shared while a start creates and mounts named volumes, exclusively while
+    /// `berth volume rm` checks and removes one: a volume is never removed under a start.
+    volumes: tokio::sync::RwLock<()>,
 }
 
 #[derive(Default)]
@@ -507,7 +510,13 @@ impl Controller {
             catalog: Catalog::new(),
             traffic: RwLock::new(Arc::new(NoTraffic)),
             node_name: node_name(),
+            volumes: tokio::sync::RwLock::new(()),
         })
+    }
+
+    /// Excludes starts from creating or mounting named volumes while held (for removing one).
+    pub async fn lock_volumes(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.volumes.write().await
     }
 
     /// The catalog of healthy instances this controller keeps.
@@ -983,6 +992,7 @@ impl Controller {
                             &image.digest,
                         );
                         request.secret_env = self.secret_env(&app, &spec, &release_record).await?;
+                        let _volumes = self.volumes.read().await;
                         let mounts = mounts(&self.node.root().join("volumes"), &app, &spec);
                         for dir in &mounts.named {
                             std::fs::create_dir_all(dir)

@@ -88,6 +88,8 @@ async fn remove(
         ));
     }
     let path = volume_dir(&volumes_root(&state), &app, &name);
+    // No start may create or mount a volume between the check and the removal.
+    let _volumes = state.controller().lock_volumes().await;
     let volume = volumes(&state, &app)
         .await?
         .into_iter()
