@@ -115,28 +115,10 @@ fn measure(o: &Options) -> anyhow::Result<String> {
 }
 
 fn spec(server: &BerthServer, app: &str, tag: &str, replicas: usize) -> String {
-    format!(
-        r#"app = "{app}"
-
-[services.web]
-image = "{registry}/{app}/web:{tag}"
-replicas = {replicas}
-ports = {{ http = 8080 }}
-stop_grace = "1s"
-
-[services.web.health]
-http = {{ port = "http", path = "/index.html" }}
-interval = "200ms"
-timeout = "1s"
-
-[services.web.deploy]
-strategy = "rolling"
-max_surge = {replicas}
-max_unavailable = 0
-min_healthy_time = "0s"
-"#,
-        registry = server.registry()
-    )
+    let deploy = format!(
+        "strategy = \"rolling\"\nmax_surge = {replicas}\nmax_unavailable = 0\nmin_healthy_time = \"0s\""
+    );
+    berth_e2e::server::web_spec(server, app, tag, replicas, "200ms", &deploy)
 }
 
 fn timed(what: &str, run: impl FnOnce() -> std::process::Output) -> anyhow::Result<Duration> {

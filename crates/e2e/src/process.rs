@@ -222,3 +222,14 @@ pub fn unmount_under(dir: &std::path::Path) {
         );
     }
 }
+
+/// Tears down a test node: `rm -f` of every container `berth` (a command with the node's
+/// `--root` and config) lists, then the node's bridge.
+pub fn remove_node(berth: impl Fn() -> Command, bridge: &str) {
+    if let Ok(out) = berth().args(["ps", "-aq"]).output() {
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = berth().args(["rm", "-f", id]).output();
+        }
+    }
+    let _ = Command::new("ip").args(["link", "del", bridge]).output();
+}

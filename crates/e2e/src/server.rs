@@ -222,14 +222,7 @@ impl Drop for BerthServer {
             eprintln!("--- berth server log ---\n{}", self.log());
         }
         self.kill9();
-        if let Ok(out) = self.berth().args(["ps", "-aq"]).output() {
-            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = self.berth().args(["rm", "-f", id]).output();
-            }
-        }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .output();
+        crate::process::remove_node(|| self.berth(), &self.bridge);
     }
 }
 
@@ -294,6 +287,39 @@ pub fn text(out: &Output) -> String {
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The `berth.toml` of app `app`: one service `web` running `{registry}/{app}/web:{tag}`
+/// (an image from [`push_web`] on port 8080) with `replicas` instances, an HTTP health check
+/// every `interval` (like `"300ms"`), a 1 s stop grace, and `deploy` as the body of its
+/// `[services.web.deploy]` table.
+pub fn web_spec(
+    server: &BerthServer,
+    app: &str,
+    tag: &str,
+    replicas: usize,
+    interval: &str,
+    deploy: &str,
+) -> String {
+    format!(
+        r#"app = "{app}"
+
+[services.web]
+image = "{registry}/{app}/web:{tag}"
+replicas = {replicas}
+ports = {{ http = 8080 }}
+stop_grace = "1s"
+
+[services.web.health]
+http = {{ port = "http", path = "/index.html" }}
+interval = "{interval}"
+timeout = "1s"
+
+[services.web.deploy]
+{deploy}
+"#,
+        registry = server.registry()
     )
 }
 

@@ -164,14 +164,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if let Ok(out) = self.berth().args(["ps", "-aq"]).output() {
-            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = self.berth().args(["rm", "-f", id]).output();
-            }
-        }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .output();
+        berth_e2e::process::remove_node(|| self.berth(), &self.bridge);
     }
 }
 

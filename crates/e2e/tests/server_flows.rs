@@ -128,25 +128,7 @@ impl Sampler {
 /// A spec of one busybox httpd service `web` serving /index.html on 8080, checked every
 /// 300 ms, with `deploy` as its deploy table and `extra` appended.
 fn web_spec(server: &BerthServer, app: &str, tag: &str, replicas: usize, deploy: &str) -> String {
-    format!(
-        r#"app = "{app}"
-
-[services.web]
-image = "{registry}/{app}/web:{tag}"
-replicas = {replicas}
-ports = {{ http = 8080 }}
-stop_grace = "1s"
-
-[services.web.health]
-http = {{ port = "http", path = "/index.html" }}
-interval = "300ms"
-timeout = "1s"
-
-[services.web.deploy]
-{deploy}
-"#,
-        registry = server.registry()
-    )
+    berth_e2e::server::web_spec(server, app, tag, replicas, "300ms", deploy)
 }
 
 fn push(server: &BerthServer, app: &str, tags: &[&str]) {
