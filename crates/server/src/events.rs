@@ -58,6 +58,9 @@ pub enum EventKind {
     DeployFailed,
     /// After a failed deploy, the release it came from is desired again.
     RolledBack,
+    /// The proxy saw a new release cross its `auto_rollback` limits (5xx rate, p99) in the
+    /// watch window; the release it came from is desired again.
+    AutoRolledBack,
     /// An instance is being created and started.
     InstanceStarting,
     /// An instance's process runs.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_core::plan::{DeployState, Instance, InstanceState, ReleaseId};
-use berth_core::spec::{PortRef, RouteSpec};
+use berth_core::spec::{AutoRollback, PortRef, RouteSpec};
 use berth_core::AppSpec;
 use berth_discovery::{Catalog, Change, Endpoint};
 
@@ -28,6 +28,79 @@ pub trait Traffic: Send + Sync {
     /// Waits until no request is in flight to any upstream at `address` (it no longer gets
     /// new ones), or until `timeout`; returns how many were still in flight then.
     async fn drain(&self, address: IpAddr, timeout: Duration) -> usize;
+
+    /// What the proxy measured for `release` of `app`'s `service` so far (`None` when the
+    /// service has no route or the release got no traffic).
+    fn stats(&self, app: &str, service: &str, release: ReleaseId) -> Option<ReleaseStats>;
+}
+
+/// Requests a release served through the proxy.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ReleaseStats {
+    /// Responses.
+    pub requests: u64,
+    /// Of which 5xx (the proxy's own 502/503/504 included).
+    pub errors: u64,
+    /// The 99th-percentile latency.
+    pub p99: Option<Duration>,
+}
+
+impl ReleaseStats {
+    /// The fraction of 5xx responses.
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
+    }
+}
+
+/// Fewer requests than this say nothing about a release.
+pub const MIN_REQUESTS: u64 = 20;
+
+/// Why the new release must be rolled back, if it must: it crossed a limit of `limits` and
+/// did worse than the release before it (when that one served enough requests to compare).
+pub fn traffic_verdict(
+    limits: &AutoRollback,
+    new: &ReleaseStats,
+    old: Option<&ReleaseStats>,
+) -> Option<String> {
+    if new.requests < MIN_REQUESTS {
+        return None;
+    }
+    let old = old.filter(|old| old.requests >= MIN_REQUESTS);
+    if let Some(max) = limits.error_rate {
+        let rate = new.error_rate();
+        if rate > max && old.is_none_or(|old| rate > old.error_rate()) {
+            return Some(format!(
+                "5xx rate {:.1}% ({} of {} requests) is over the limit of {:.1}%{}",
+                rate * 100.0,
+                new.errors,
+                new.requests,
+                max * 100.0,
+                old.map_or(String::new(), |old| format!(
+                    "; the previous release had {:.1}%",
+                    old.error_rate() * 100.0
+                ))
+            ));
+        }
+    }
+    if let (Some(max), Some(p99)) = (limits.p99, new.p99) {
+        if p99 > max && old.and_then(|old| old.p99).is_none_or(|before| p99 > before) {
+            return Some(format!(
+                "p99 latency {} ms is over the limit of {} ms{}",
+                p99.as_millis(),
+                max.as_millis(),
+                old.and_then(|old| old.p99)
+                    .map_or(String::new(), |before| format!(
+                        "; the previous release had {} ms",
+                        before.as_millis()
+                    ))
+            ));
+        }
+    }
+    None
 }
 
 /// No proxy: nothing to route or drain.
@@ -40,6 +113,10 @@ impl Traffic for NoTraffic {
 
     async fn drain(&self, _address: IpAddr, _timeout: Duration) -> usize {
         0
+    }
+
+    fn stats(&self, _app: &str, _service: &str, _release: ReleaseId) -> Option<ReleaseStats> {
+        None
     }
 }
 

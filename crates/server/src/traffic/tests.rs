@@ -106,10 +106,7 @@ fn healthy_and_unknown_instances_are_listed_unless_stopping() {
         &seen,
         &stopping,
     );
-    assert_eq!(
-        ids(&listed),
-        ["id-web-1-a", "id-web-2-b", "id-worker-2-a"]
-    );
+    assert_eq!(ids(&listed), ["id-web-1-a", "id-web-2-b", "id-worker-2-a"]);
     let web = &listed[0];
     assert_eq!(web.name(), "web.shop");
     assert_eq!(web.address.to_string(), "10.0.0.2");
@@ -123,10 +120,7 @@ fn healthy_and_unknown_instances_are_listed_unless_stopping() {
 #[test]
 fn blue_green_lists_the_old_set_until_the_switch_then_only_the_new_one() {
     let specs = BTreeMap::from([(1, spec("blue_green")), (2, spec("blue_green"))]);
-    let instances = [
-        instance("web-1-a", HEALTHY),
-        instance("web-2-a", HEALTHY),
-    ];
+    let instances = [instance("web-1-a", HEALTHY), instance("web-2-a", HEALTHY)];
     let seen = [seen("web-1-a", "10.0.0.2"), seen("web-2-a", "10.0.0.3")];
     let mut deploy = DeployState::begin(Some(1), 2, Timestamp::from_millis(0));
     let listed_at = |deploy: &DeployState| {
@@ -196,7 +190,10 @@ fn routes_group_upstreams_by_release_weighted_by_instances() {
     let routes = routes("shop", &specs[&2], &endpoints);
     assert_eq!(routes.len(), 1, "only web has a route");
     let route = &routes[0];
-    assert_eq!((route.host.as_str(), route.path.as_str()), ("shop.test", "/"));
+    assert_eq!(
+        (route.host.as_str(), route.path.as_str()),
+        ("shop.test", "/")
+    );
     assert_eq!(route.groups.len(), 2);
     assert_eq!((route.groups[0].release, route.groups[0].weight), (1, 3));
     assert_eq!((route.groups[1].release, route.groups[1].weight), (2, 1));
@@ -241,4 +238,38 @@ fn the_catalog_is_synced_in_one_step_per_app() {
     assert_eq!(snapshot.index, index + 1, "one step");
     let all: Vec<&str> = snapshot.endpoints().map(|e| e.id.as_str()).collect();
     assert_eq!(all, ["b", "c", "other"], "other apps are untouched");
+}
+
+#[test]
+fn a_release_is_rolled_back_for_its_traffic_only_past_a_limit_and_worse_than_before() {
+    let limits = AutoRollback {
+        error_rate: Some(0.02),
+        p99: Some(std::time::Duration::from_millis(500)),
+        watch: std::time::Duration::from_secs(60),
+    };
+    let stats = |requests, errors, p99_ms: u64| ReleaseStats {
+        requests,
+        errors,
+        p99: Some(std::time::Duration::from_millis(p99_ms)),
+    };
+    // Too few requests to judge.
+    assert_eq!(traffic_verdict(&limits, &stats(10, 10, 10), None), None);
+    // Within the limits.
+    assert_eq!(traffic_verdict(&limits, &stats(100, 2, 100), None), None);
+    let verdict = traffic_verdict(&limits, &stats(100, 30, 100), Some(&stats(1000, 1, 50)));
+    assert_eq!(
+        verdict.as_deref(),
+        Some("5xx rate 30.0% (30 of 100 requests) is over the limit of 2.0%; the previous release had 0.1%")
+    );
+    // Over the limit, but no worse than the release before: the new one is not to blame.
+    assert_eq!(
+        traffic_verdict(&limits, &stats(100, 30, 100), Some(&stats(100, 40, 100))),
+        None
+    );
+    let slow = traffic_verdict(&limits, &stats(100, 0, 900), Some(&stats(100, 0, 80)));
+    assert_eq!(
+        slow.as_deref(),
+        Some("p99 latency 900 ms is over the limit of 500 ms; the previous release had 80 ms")
+    );
+    assert_eq!(traffic_verdict(&limits, &stats(100, 0, 900), Some(&stats(100, 0, 950))), None);
 }
