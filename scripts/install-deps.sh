@@ -11,7 +11,8 @@ PACKAGES=(
     iptables iproute2 util-linux        # CNI portmap/bridge rules, ip, unshare/nsenter/umount
     jq curl openssl
     bind9-dnsutils dnsmasq-base         # dig for the DNS tests; dnsmasq is bench/dns's peer
-    prometheus                          # a real Consul-catalog client (consul_sd_configs)
+    prometheus                          # a real scraper; Debian builds it without consul_sd_configs
+    python3-consul                      # python-consul: the real client of the Consul-compatible catalog tests
     nginx-light wrk                     # bench/proxy's peer and the load generator
 )
 missing=()

@@ -162,7 +162,10 @@ pub fn router(catalog: Catalog, config: ConsulConfig) -> Router {
         .route("/v1/agent/services", get(agent_services))
         .route("/v1/agent/self", get(agent_self))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), consul_headers))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            consul_headers,
+        ))
         .with_state(state)
 }
 
@@ -220,7 +223,10 @@ fn json<T: Serialize>(body: &T, index: u64, pretty: bool) -> Response {
         Ok(bytes) => (
             [
                 (CONTENT_TYPE, HeaderValue::from_static("application/json")),
-                (HeaderName::from_static(INDEX_HEADER), HeaderValue::from(index)),
+                (
+                    HeaderName::from_static(INDEX_HEADER),
+                    HeaderValue::from(index),
+                ),
             ],
             bytes,
         )

@@ -37,14 +37,25 @@ async fn get(url: &str) -> (StatusCode, u64, Value) {
 }
 
 fn keys(value: &Value) -> BTreeSet<&str> {
-    value.as_object().unwrap().keys().map(String::as_str).collect()
+    value
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect()
 }
 
 /// A catalog with two instances of `web.shop` and one of `db.shop`.
 fn shop() -> Catalog {
     let catalog = Catalog::new();
     catalog.register(endpoint("web-1", "web", "10.88.0.2", 8080, &["v1", "blue"]));
-    catalog.register(endpoint("web-2", "web", "10.88.0.3", 8080, &["v1", "green"]));
+    catalog.register(endpoint(
+        "web-2",
+        "web",
+        "10.88.0.3",
+        8080,
+        &["v1", "green"],
+    ));
     catalog.register(endpoint("db-1", "db", "10.88.0.4", 5432, &[]));
     catalog
 }
@@ -379,11 +390,17 @@ async fn a_change_to_another_service_does_not_wake_a_service_query() {
     let wait = Duration::from_secs(2);
     let started = Instant::now();
     let (_, new_index, body) = get(&format!("{url}?index={index}&wait=2s")).await;
-    assert!(started.elapsed() >= wait, "woken by another service's change");
+    assert!(
+        started.elapsed() >= wait,
+        "woken by another service's change"
+    );
     assert_eq!(new_index, index);
     assert_eq!(body.as_array().unwrap().len(), 2);
     others.await.unwrap();
-    assert!(catalog.snapshot().index > index + 1, "the other changes happened");
+    assert!(
+        catalog.snapshot().index > index + 1,
+        "the other changes happened"
+    );
 
     // Other services change, then this one: the answer is this one's change.
     let (_, index, _) = get(&url).await;
@@ -424,7 +441,10 @@ async fn bad_query_values_are_400_with_a_plain_text_reason() {
     let cases = [
         ("/v1/catalog/services?wait=abc", "invalid wait time \"abc\""),
         ("/v1/catalog/services?index=1&wait=10", "invalid wait time"),
-        ("/v1/health/service/web.shop?index=-1", "invalid index \"-1\""),
+        (
+            "/v1/health/service/web.shop?index=-1",
+            "invalid index \"-1\"",
+        ),
         ("/v1/catalog/service/web.shop?index=x1", "invalid index"),
         ("/v1/health/service/web.shop?passing=maybe", "?passing"),
         ("/v1/health/service/web.shop?node-meta=rack", "node-meta"),
@@ -458,7 +478,11 @@ async fn writes_and_unknown_endpoints_are_refused() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    assert!(response.text().await.unwrap().contains("/v1/health/service"));
+    assert!(response
+        .text()
+        .await
+        .unwrap()
+        .contains("/v1/health/service"));
 
     let response = client()
         .get(format!("{}/v1/kv/some/key", server.url))
@@ -473,4 +497,75 @@ async fn writes_and_unknown_endpoints_are_refused() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+/// The requests Prometheus' consul SD sends through Consul's Go client (`stale` with no value,
+/// `wait` in milliseconds, `index` only from the second request on, one `tag` per tag) and
+/// the fields it turns into targets. Debian's Prometheus is built without consul SD, so this
+/// replays its requests; tests/python_consul.rs runs a real client.
+#[tokio::test]
+async fn the_requests_of_prometheus_consul_sd_are_understood() {
+    let catalog = shop();
+    let server = ConsulServer::start(catalog.clone(), config()).await;
+
+    let (_, _, body) = get(&format!("{}/v1/agent/self", server.url)).await;
+    assert_eq!(body["Config"]["Datacenter"].as_str(), Some("dc-test"));
+
+    let (_, index, body) = get(&format!(
+        "{}/v1/catalog/services?stale=&wait=120000ms",
+        server.url
+    ))
+    .await;
+    assert_eq!(index, catalog.snapshot().index);
+    assert!(body["web.shop"].is_array());
+
+    let url = format!("{}/v1/health/service/web.shop", server.url);
+    let (status, index, body) = get(&format!("{url}?stale=&tag=v1&wait=120000ms")).await;
+    assert_eq!(status, StatusCode::OK);
+    // What Prometheus reads from each entry to make a target.
+    let targets: Vec<(String, String, String)> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            let service = &entry["Service"];
+            let address = match service["Address"].as_str().unwrap() {
+                "" => entry["Node"]["Address"].as_str().unwrap(),
+                address => address,
+            };
+            let health = if entry["Checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|check| check["Status"] == "passing")
+            {
+                "passing"
+            } else {
+                "critical"
+            };
+            (
+                format!("{address}:{}", service["Port"].as_u64().unwrap()),
+                service["ID"].as_str().unwrap().to_owned(),
+                health.to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        targets,
+        vec![
+            ("10.88.0.2:8080".into(), "web-1".into(), "passing".into()),
+            ("10.88.0.3:8080".into(), "web-2".into(), "passing".into()),
+        ]
+    );
+
+    let writer = catalog.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        writer.deregister("web-1");
+    });
+    let (_, new_index, body) =
+        get(&format!("{url}?index={index}&stale=&tag=v1&wait=120000ms")).await;
+    assert!(new_index > index);
+    assert_eq!(body.as_array().unwrap().len(), 1);
+    assert_eq!(body[0]["Service"]["ID"], "web-2");
 }

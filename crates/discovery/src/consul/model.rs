@@ -166,7 +166,9 @@ pub struct ServiceEntry {
     checks: Vec<HealthCheck>,
 }
 
-/// `GET /v1/agent/self`, reduced to what clients read: the datacenter and the node name.
+/// `GET /v1/agent/self`, reduced to what clients read: the datacenter and the node name. Every
+/// top-level value must stay an object: Consul's Go client (Prometheus) decodes the answer as
+/// `map[string]map[string]interface{}`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct AgentSelf {

@@ -88,8 +88,8 @@ impl Query {
                         .map_err(|_| QueryError::Index(value.to_string()))?;
                 }
                 "wait" if !value.is_empty() => {
-                    let wait =
-                        parse_duration(&value).ok_or_else(|| QueryError::Wait(value.to_string()))?;
+                    let wait = parse_duration(&value)
+                        .ok_or_else(|| QueryError::Wait(value.to_string()))?;
                     query.wait = if wait.is_zero() {
                         DEFAULT_WAIT
                     } else {
@@ -135,7 +135,9 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     let mut rest = text;
     let mut total: u128 = 0;
     while !rest.is_empty() {
-        let whole_len = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let whole_len = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let (whole, after) = rest.split_at(whole_len);
         let (fraction, after) = match after.strip_prefix('.') {
             Some(after) => {
@@ -209,7 +211,16 @@ mod tests {
             assert_eq!(parse_duration(text), Some(expected), "{text}");
         }
         for bad in [
-            "", "abc", "10", "s", ".s", "-1s", "1x", "1.2.3s", "1 s", "99999999999999999999h",
+            "",
+            "abc",
+            "10",
+            "s",
+            ".s",
+            "-1s",
+            "1x",
+            "1.2.3s",
+            "1 s",
+            "99999999999999999999h",
         ] {
             assert_eq!(parse_duration(bad), None, "{bad:?} should be refused");
         }
@@ -227,7 +238,10 @@ mod tests {
         assert_eq!(Query::parse(Some("wait=0s")).unwrap().wait, DEFAULT_WAIT);
         assert_eq!(Query::parse(Some("wait=1h")).unwrap().wait, MAX_WAIT);
         // Empty values are absent values.
-        assert_eq!(Query::parse(Some("index=&wait=")).unwrap(), Query::default());
+        assert_eq!(
+            Query::parse(Some("index=&wait=")).unwrap(),
+            Query::default()
+        );
 
         assert_eq!(
             Query::parse(Some("index=-1")),
@@ -245,9 +259,10 @@ mod tests {
 
     #[test]
     fn filters_are_collected() {
-        let query =
-            Query::parse(Some("tag=v1&tag=blue&passing&node-meta=rack:a&dc=berth&stale&pretty"))
-                .unwrap();
+        let query = Query::parse(Some(
+            "tag=v1&tag=blue&passing&node-meta=rack:a&dc=berth&stale&pretty",
+        ))
+        .unwrap();
         assert_eq!(query.tags, vec!["v1", "blue"]);
         assert!(query.passing);
         assert!(query.pretty);
