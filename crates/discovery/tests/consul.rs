@@ -502,7 +502,7 @@ async fn writes_and_unknown_endpoints_are_refused() {
 /// The requests Prometheus' consul SD sends through Consul's Go client (`stale` with no value,
 /// `wait` in milliseconds, `index` only from the second request on, one `tag` per tag) and
 /// the fields it turns into targets. Debian's Prometheus is built without consul SD, so this
-/// replays its requests; tests/python_consul.rs runs a real client.
+/// replays its requests; tests/victoria_metrics.rs and tests/python_consul.rs run real clients.
 #[tokio::test]
 async fn the_requests_of_prometheus_consul_sd_are_understood() {
     let catalog = shop();
