@@ -11,7 +11,8 @@ PACKAGES=(
     iptables iproute2 util-linux        # CNI portmap/bridge rules, ip, unshare/nsenter/umount
     jq curl openssl
     bind9-dnsutils dnsmasq-base         # dig for the DNS tests; dnsmasq is bench/dns's peer
-    prometheus                          # a real Consul-catalog client (consul_sd_configs)
+    prometheus                          # a real scraper; Debian builds it without consul_sd_configs
+    victoria-metrics python3-consul     # real clients of the Consul-compatible catalog (consul_sd_configs, python-consul)
     nginx-light wrk                     # bench/proxy's peer and the load generator
 )
 missing=()
@@ -23,8 +24,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "install-deps: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get -o DPkg::Lock::Timeout=600 update -q
-    # Packages with services (nginx, prometheus) must not start them here: tests and
-    # benchmarks run their own instances on free ports.
+    # Packages with services (nginx, prometheus, victoria-metrics) must not start them here:
+    # tests and benchmarks run their own instances on free ports.
     policy=/usr/sbin/policy-rc.d
     had_policy=0
     [ -e "$policy" ] && had_policy=1

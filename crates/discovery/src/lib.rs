@@ -3,5 +3,7 @@
 //! server). See `docs/discovery.md`.
 
 pub mod catalog;
+pub mod consul;
 
 pub use catalog::{Catalog, Change, Endpoint, Snapshot};
+pub use consul::ConsulConfig;
