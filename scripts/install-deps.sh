@@ -11,7 +11,6 @@ PACKAGES=(
     iptables iproute2 util-linux        # CNI portmap/bridge rules, ip, unshare/nsenter/umount
     jq curl openssl
     bind9-dnsutils dnsmasq-base         # dig for the DNS tests; dnsmasq is bench/dns's peer
-    prometheus                          # a real scraper; Debian builds it without consul_sd_configs
     victoria-metrics python3-consul     # real clients of the Consul-compatible catalog (consul_sd_configs, python-consul)
     nginx-light wrk                     # bench/proxy's peer and the load generator
 )
