@@ -36,7 +36,9 @@ use crate::releases::{
     release_key, releases_prefix, state_key, AppState, InstanceName, Release, ReleaseStatus,
     APPS_PREFIX,
 };
-use crate::traffic::{listed, routes, sync_catalog, NoTraffic, RouteIntent, Traffic};
+use crate::traffic::{
+    listed, routes, sync_catalog, traffic_verdict, NoTraffic, RouteIntent, Traffic,
+};
 use crate::{node_name, now, ServerError};
 use berth_discovery::Catalog;
 
@@ -85,6 +87,8 @@ struct Inner {
     events: BTreeMap<String, VecDeque<Event>>,
     /// The routes last given to the proxy, by app.
     routes: BTreeMap<String, Vec<RouteIntent>>,
+    /// When the traffic watch of a finished deploy ends, by app, service and release.
+    watch_until: BTreeMap<(String, String, ReleaseId), Timestamp>,
 }
 
 /// Something the controller is doing to a container.
@@ -659,6 +663,54 @@ impl Controller {
         Ok(())
     }
 
+    /// A service whose new release the proxy saw cross its `auto_rollback` limits within the
+    /// watch window (which ends `watch` after the deploy finished): the service, the release
+    /// and why.
+    fn traffic_rollback(
+        &self,
+        app: &str,
+        state: &AppState,
+        specs: &BTreeMap<ReleaseId, AppSpec>,
+    ) -> Option<(String, ReleaseId, String)> {
+        let traffic = self.traffic();
+        let now = now();
+        for (service, deploy) in state.deploy_states() {
+            let (Some(from), false) = (deploy.from_release, deploy.failed) else {
+                continue;
+            };
+            let to = deploy.to_release;
+            if to != state.desired {
+                continue;
+            }
+            let Some(limits) = specs
+                .get(&to)
+                .and_then(|spec| spec.services.get(&service))
+                .and_then(|s| s.deploy.auto_rollback.clone())
+            else {
+                continue;
+            };
+            if deploy.finished {
+                let key = (app.to_owned(), service.clone(), to);
+                let until = *self
+                    .lock()
+                    .watch_until
+                    .entry(key)
+                    .or_insert(now + limits.watch);
+                if now > until {
+                    continue;
+                }
+            }
+            let Some(new) = traffic.stats(app, &service, to) else {
+                continue;
+            };
+            let old = traffic.stats(app, &service, from);
+            if let Some(reason) = traffic_verdict(&limits, &new, old.as_ref()) {
+                return Some((service, to, reason));
+            }
+        }
+        None
+    }
+
     /// Drops the health checkers of containers that are gone.
     fn forget_gone(&self, seen: &[Seen]) {
         let ids: BTreeSet<&str> = seen.iter().map(|s| s.id.as_str()).collect();
@@ -696,6 +748,42 @@ impl Controller {
             )));
         };
         let spec = &spec;
+
+        if let Some((service, release, reason)) = self.traffic_rollback(app, &state, &specs) {
+            let action = Action::MarkDeployFailed {
+                service: service.clone(),
+                release,
+                reason: reason.clone(),
+            };
+            state.apply(&action, now());
+            let value = serde_json::to_vec(&state)
+                .map_err(|e| ServerError::Internal(format!("encoding app state: {e}")))?;
+            let outcome = self
+                .store
+                .cas(
+                    &state_key(app),
+                    Expect::ModRevision(entry.mod_revision),
+                    Some(value),
+                    None,
+                )
+                .await?;
+            if let CasOutcome::Applied { .. } = outcome {
+                self.event(
+                    Event::new(
+                        app,
+                        EventKind::AutoRolledBack,
+                        format!(
+                            "release {release} of `{service}` rolled back to release {}: {reason}",
+                            state.desired
+                        ),
+                    )
+                    .service(&service)
+                    .release(release),
+                );
+            }
+            self.wake();
+            return Ok(());
+        }
 
         self.watch_health(app, seen, containers, &specs);
         let (health, details) = self.health_snapshot();
