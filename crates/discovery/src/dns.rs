@@ -152,8 +152,8 @@ pub enum DnsError {
     },
     /// A socket could not be bound.
     #[error(
-        "cannot listen for DNS on {protocol} {address}: {source} (ports below 1024 need root; \
-         pick another address or port)"
+        "cannot listen for DNS on {protocol} {address}: {source}{}",
+        bind_hint(source)
     )]
     Bind {
         /// `udp` or `tcp`.
@@ -174,6 +174,19 @@ pub enum DnsError {
     /// A listener failed while serving.
     #[error("the DNS server failed: {0}")]
     Serve(String),
+}
+
+/// What to do about a bind error.
+fn bind_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            " (another process listens there: stop it, or pick another address or port)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            " (ports below 1024 need root or CAP_NET_BIND_SERVICE: pick a port above 1023)"
+        }
+        _ => "",
+    }
 }
 
 /// A bound DNS server, ready to [`run`](DnsServer::run).
@@ -264,7 +277,9 @@ fn zone_origin(zone: &str) -> Result<Name, DnsError> {
     };
     let trimmed = zone.trim_end_matches('.');
     if trimmed.is_empty() {
-        return Err(invalid("it is empty; berth needs a zone of its own, like `berth`".to_owned()));
+        return Err(invalid(
+            "it is empty; berth needs a zone of its own, like `berth`".to_owned(),
+        ));
     }
     let mut origin = Name::from_ascii(trimmed).map_err(|error| invalid(error.to_string()))?;
     origin.set_fqdn(true);
@@ -381,7 +396,7 @@ impl Handler {
                 Ok(upstream) => {
                     debug!(%name, code = %upstream.metadata.response_code, "forwarded");
                     metadata.response_code = upstream.metadata.response_code;
-                    metadata.authoritative = upstream.metadata.authoritative;
+                    // berth is not the authority of forwarded names, whatever the upstream is.
                     metadata.authentic_data = upstream.metadata.authentic_data;
                     let reply = builder.build(
                         metadata,
@@ -395,7 +410,9 @@ impl Handler {
                 Err(error) => {
                     warn!(%name, %error, "cannot forward a DNS question, answering SERVFAIL");
                     metadata.response_code = ResponseCode::ServFail;
-                    response.send_response(builder.build_no_records(metadata)).await
+                    response
+                        .send_response(builder.build_no_records(metadata))
+                        .await
                 }
             };
         }
@@ -466,7 +483,10 @@ mod tests {
     #[test]
     fn zone_origins_are_fully_qualified_and_lowercase() {
         assert_eq!(zone_origin("berth").unwrap().to_ascii(), "berth.");
-        assert_eq!(zone_origin("Berth.Local.").unwrap().to_ascii(), "berth.local.");
+        assert_eq!(
+            zone_origin("Berth.Local.").unwrap().to_ascii(),
+            "berth.local."
+        );
         assert!(matches!(zone_origin(""), Err(DnsError::Zone { .. })));
         assert!(matches!(zone_origin("a..b"), Err(DnsError::Zone { .. })));
     }

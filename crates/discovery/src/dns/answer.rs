@@ -42,7 +42,9 @@ impl Zone {
     pub(crate) fn answer(&self, snapshot: &Snapshot, name: &Name, kind: RecordType) -> Answer {
         let relative: Vec<String> = name
             .iter()
-            .take(usize::from(name.num_labels().saturating_sub(self.origin.num_labels())))
+            .take(usize::from(
+                name.num_labels().saturating_sub(self.origin.num_labels()),
+            ))
             .map(|label| String::from_utf8_lossy(label).to_ascii_lowercase())
             .collect();
         let labels: Vec<&str> = relative.iter().map(String::as_str).collect();
@@ -76,7 +78,9 @@ impl Zone {
             Target::Port { port, of } => {
                 if kind == RecordType::SRV {
                     let endpoints = endpoints(snapshot, of);
-                    self.srv(&mut answer, name, &endpoints, |e| e.ports.get(port).copied());
+                    self.srv(&mut answer, name, &endpoints, |e| {
+                        e.ports.get(port).copied()
+                    });
                 }
             }
             Target::Instance {

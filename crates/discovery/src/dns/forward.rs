@@ -78,8 +78,7 @@ impl Forwarder {
                 Ok(response) => {
                     let code = response.metadata.response_code;
                     let last_one = tried + 1 == self.upstreams.len();
-                    if last_one || !matches!(code, ResponseCode::ServFail | ResponseCode::Refused)
-                    {
+                    if last_one || !matches!(code, ResponseCode::ServFail | ResponseCode::Refused) {
                         return Ok(response);
                     }
                     debug!(%upstream, %code, "upstream refused or failed, trying the next one");
@@ -108,7 +107,11 @@ async fn exchange(upstream: SocketAddr, request: &Message) -> io::Result<Message
     Ok(response)
 }
 
-async fn exchange_udp(upstream: SocketAddr, request: &Message, bytes: &[u8]) -> io::Result<Message> {
+async fn exchange_udp(
+    upstream: SocketAddr,
+    request: &Message,
+    bytes: &[u8],
+) -> io::Result<Message> {
     let local: SocketAddr = match upstream {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -129,7 +132,11 @@ async fn exchange_udp(upstream: SocketAddr, request: &Message, bytes: &[u8]) -> 
     }
 }
 
-async fn exchange_tcp(upstream: SocketAddr, request: &Message, bytes: &[u8]) -> io::Result<Message> {
+async fn exchange_tcp(
+    upstream: SocketAddr,
+    request: &Message,
+    bytes: &[u8],
+) -> io::Result<Message> {
     let length = u16::try_from(bytes.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "question too long"))?;
     let mut stream = TcpStream::connect(upstream).await?;

@@ -60,7 +60,11 @@ fn lines(records: &[Record]) -> Vec<String> {
 #[test]
 fn a_records_of_a_service_in_both_spellings() {
     let catalog = catalog();
-    for name in ["web.shop.berth.", "web.shop.service.berth.", "WEB.Shop.berth."] {
+    for name in [
+        "web.shop.berth.",
+        "web.shop.service.berth.",
+        "WEB.Shop.berth.",
+    ] {
         let answer = ask(&catalog, name, RecordType::A);
         assert!(answer.exists, "{name}");
         let addresses: Vec<String> = lines(&answer.answers)
@@ -145,7 +149,12 @@ fn srv_leaves_out_instances_without_a_port() {
     let answer = ask(&catalog, "worker.shop.berth.", RecordType::SRV);
     assert!(answer.exists);
     assert!(answer.answers.is_empty());
-    assert_eq!(ask(&catalog, "worker.shop.berth.", RecordType::A).answers.len(), 1);
+    assert_eq!(
+        ask(&catalog, "worker.shop.berth.", RecordType::A)
+            .answers
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -169,7 +178,9 @@ fn an_app_named_service_is_still_reachable() {
     catalog.register(endpoint("aaaaaaaaaaaa1111", "service", "api", "10.88.0.7"));
     // `api.service.berth` is the union of every app's `api`, which includes this one.
     assert_eq!(
-        ask(&catalog, "api.service.berth.", RecordType::A).answers.len(),
+        ask(&catalog, "api.service.berth.", RecordType::A)
+            .answers
+            .len(),
         1
     );
     // `aaaaaaaaaaaa.api.service.berth` is not a known service `aaaaaaaaaaaa.api`, so it is
@@ -224,7 +235,9 @@ fn aaaa_records_of_ipv6_instances() {
     catalog.register(endpoint("aaaaaaaaaaaa1111", "shop", "web", "fd00::2"));
     let answer = ask(&catalog, "web.shop.berth.", RecordType::AAAA);
     assert_eq!(lines(&answer.answers), vec!["web.shop.berth. AAAA fd00::2"]);
-    assert!(ask(&catalog, "web.shop.berth.", RecordType::A).answers.is_empty());
+    assert!(ask(&catalog, "web.shop.berth.", RecordType::A)
+        .answers
+        .is_empty());
 }
 
 #[test]
