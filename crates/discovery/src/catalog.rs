@@ -135,6 +135,12 @@ impl Snapshot {
         self.modified.contains_key(name)
     }
 
+    /// Every catalog name this snapshot knows (see [`Snapshot::knows`]), ordered, including
+    /// names whose instances all left.
+    pub fn known_names(&self) -> impl Iterator<Item = &str> {
+        self.modified.keys().map(String::as_str)
+    }
+
     /// The index at which the instances of this catalog name last changed, if ever.
     pub fn modified(&self, name: &str) -> Option<u64> {
         self.modified.get(name).copied()
@@ -284,6 +290,10 @@ mod tests {
         assert!(snapshot.service("web.shop").is_empty());
         assert!(snapshot.knows("web.shop"), "an emptied service stays known");
         assert!(!snapshot.knows("nope.shop"));
+        assert_eq!(
+            snapshot.known_names().collect::<Vec<_>>(),
+            vec!["db.shop", "web.shop"]
+        );
         assert_eq!(snapshot.modified("web.shop"), Some(i3));
         assert_eq!(snapshot.modified("db.shop"), Some(i2));
         assert_eq!(
