@@ -1,0 +1,414 @@
+//! berth's L7 reverse proxy.
+//!
+//! A [`Proxy`] listens on HTTP and HTTPS addresses and sends each request to an upstream
+//! chosen from a route table that the controller replaces at run time
+//! ([`Proxy::set_routes`]): by Host and longest path prefix to a route, by weight to a group
+//! (one release), by the route's balance to an upstream. Upstreams that leave the table are
+//! drained ([`Proxy::drain`]); per-route and per-group counters ([`Proxy::metrics`],
+//! [`Proxy::window`]) let the controller compare a new release against the old one.
+//! See `docs/proxy.md`.
+
+mod body;
+mod forward;
+mod metrics;
+mod route;
+mod tls;
+mod upstream;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+pub use body::ProxyBody;
+pub use metrics::{
+    MetricsSnapshot, PrometheusCollector, StatsSnapshot, WindowStats, BUCKETS as LATENCY_BUCKETS,
+};
+pub use route::{Balance, Group, Route, RouteError};
+pub use tls::{CertSpec, TlsError};
+pub use upstream::DrainResult;
+
+use forward::Shared;
+use metrics::MetricsRegistry;
+use route::{LiveGroup, LiveRoute, Table};
+use upstream::Registry;
+
+/// How the proxy listens and talks to upstreams.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Plain HTTP listeners (port 0 picks a free port; see [`Proxy::http_addrs`]).
+    pub http: Vec<SocketAddr>,
+    /// HTTPS listeners; they need at least one certificate in `certs`.
+    pub https: Vec<SocketAddr>,
+    /// Certificates chosen by SNI; the first is the default.
+    pub certs: Vec<CertSpec>,
+    /// How long a connection to an upstream may take before it counts as failed.
+    pub connect_timeout: Duration,
+    /// How many other upstreams a safe request tries after a connect failure.
+    pub retries: usize,
+    /// How long an upstream that refused a connection is avoided.
+    pub fail_for: Duration,
+    /// How long an idle pooled connection to an upstream is kept.
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections kept per upstream.
+    pub pool_max_idle_per_upstream: usize,
+    /// After shutdown is asked, how long open client connections get to finish.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            http: Vec::new(),
+            https: Vec::new(),
+            certs: Vec::new(),
+            connect_timeout: Duration::from_secs(2),
+            retries: 2,
+            fail_for: Duration::from_secs(2),
+            pool_idle_timeout: Duration::from_secs(60),
+            pool_max_idle_per_upstream: 256,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The configuration has no listener.
+    #[error("the proxy has no listener: give at least one http or https address")]
+    NoListener,
+    /// The TLS configuration is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// `serve` was called a second time.
+    #[error("the proxy is already serving")]
+    AlreadyServing,
+}
+
+struct Listener {
+    socket: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// The proxy: cheap to clone; every clone drives the same listeners and table.
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+    http_addrs: Arc<[SocketAddr]>,
+    https_addrs: Arc<[SocketAddr]>,
+    listeners: Arc<Mutex<Option<Vec<Listener>>>>,
+    /// Serializes table changes, so that which upstreams count as removed matches the
+    /// table that is live.
+    updating: Arc<Mutex<()>>,
+    shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("http", &self.http_addrs)
+            .field("https", &self.https_addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// Binds every listener (so that [`Proxy::http_addrs`] knows the ports) with an empty
+    /// route table; [`Proxy::serve`] then accepts connections.
+    pub async fn bind(config: ProxyConfig) -> Result<Proxy, ProxyError> {
+        if config.http.is_empty() && config.https.is_empty() {
+            return Err(ProxyError::NoListener);
+        }
+        let acceptor = if config.https.is_empty() {
+            None
+        } else {
+            Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+                &config.certs,
+            )?))
+        };
+        let mut listeners = Vec::new();
+        let mut http_addrs = Vec::new();
+        let mut https_addrs = Vec::new();
+        let plain = config.http.iter().map(|a| (*a, None));
+        let secure = config.https.iter().map(|a| (*a, acceptor.clone()));
+        for (addr, tls) in plain.chain(secure) {
+            let socket = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ProxyError::Bind { addr, source })?;
+            let bound = socket
+                .local_addr()
+                .map_err(|source| ProxyError::Bind { addr, source })?;
+            if tls.is_some() {
+                https_addrs.push(bound);
+            } else {
+                http_addrs.push(bound);
+            }
+            listeners.push(Listener { socket, tls });
+        }
+
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_upstream)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        let shared = Shared {
+            routes: arc_swap::ArcSwap::from_pointee(Table::default()),
+            upstreams: Registry::new(config.fail_for),
+            metrics: Arc::new(MetricsRegistry::default()),
+            client,
+            retries: config.retries,
+        };
+        Ok(Proxy {
+            shared: Arc::new(shared),
+            http_addrs: http_addrs.into(),
+            https_addrs: https_addrs.into(),
+            listeners: Arc::new(Mutex::new(Some(listeners))),
+            updating: Arc::new(Mutex::new(())),
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    /// The bound plain HTTP addresses, in configuration order.
+    pub fn http_addrs(&self) -> &[SocketAddr] {
+        &self.http_addrs
+    }
+
+    /// The bound HTTPS addresses, in configuration order.
+    pub fn https_addrs(&self) -> &[SocketAddr] {
+        &self.https_addrs
+    }
+
+    /// Replaces the route table at once: requests that started keep their upstream,
+    /// new ones use the new table. Upstreams the new table no longer names get no new
+    /// requests; wait for their last ones with [`Proxy::drain`]. A bad table is refused
+    /// whole and the old one stays.
+    pub fn set_routes(&self, routes: Vec<Route>) -> Result<(), RouteError> {
+        let routes = route::validate(routes)?;
+        let _updating = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        let addrs: Vec<SocketAddr> = routes
+            .iter()
+            .flat_map(|r| r.groups.iter().flat_map(|g| g.upstreams.iter().copied()))
+            .collect();
+        let resolved = self
+            .shared
+            .upstreams
+            .resolve(&addrs)
+            .map_err(|error| RouteError::BadUpstream(error.to_string()))?;
+        let metrics = &self.shared.metrics;
+        let table = Table::new(
+            routes
+                .into_iter()
+                .map(|r| {
+                    let groups = r
+                        .groups
+                        .iter()
+                        .map(|g| {
+                            let upstreams = g
+                                .upstreams
+                                .iter()
+                                .filter_map(|a| resolved.live.get(a).cloned())
+                                .collect();
+                            let stats = metrics.group(&r.name, &g.label);
+                            LiveGroup::new(&g.label, g.weight, upstreams, stats)
+                        })
+                        .collect();
+                    let live_route = LiveRoute::new(
+                        &r.name,
+                        r.path_prefix,
+                        r.balance,
+                        groups,
+                        metrics.route(&r.name),
+                    );
+                    (r.host, live_route)
+                })
+                .collect(),
+        );
+        self.shared.routes.store(Arc::new(table));
+        resolved.mark();
+        Ok(())
+    }
+
+    /// Waits until no request is in flight to `addr` (resolves at once when none is), or
+    /// until `timeout` passes, saying how many were left. Call it after a
+    /// [`Proxy::set_routes`] that removed `addr`; while the table still names it, new
+    /// requests keep arriving.
+    pub fn drain(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> impl Future<Output = DrainResult> + Send + 'static {
+        let shared = Arc::clone(&self.shared);
+        async move { shared.upstreams.drain(addr, timeout).await }
+    }
+
+    /// Requests in flight to `addr` now (responses still streaming and upgraded
+    /// connections included).
+    pub fn in_flight(&self, addr: SocketAddr) -> usize {
+        self.shared.upstreams.in_flight(addr)
+    }
+
+    /// Every route's and group's counters now.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.shared.metrics.snapshot()
+    }
+
+    /// What group `group` of route `route` did since `baseline` (an earlier
+    /// [`Proxy::metrics`]): requests, 5xx responses and p99 latency. None when the group
+    /// has never been in a table.
+    pub fn window(
+        &self,
+        route: &str,
+        group: &str,
+        baseline: &MetricsSnapshot,
+    ) -> Option<WindowStats> {
+        let now = self.metrics();
+        let current = now.group(route, group)?;
+        let empty = StatsSnapshot::default();
+        let earlier = baseline.group(route, group).unwrap_or(&empty);
+        Some(current.since(earlier))
+    }
+
+    /// A collector to register in a `prometheus_client` registry: `berth_proxy_*`
+    /// counters and latency histograms per route and group.
+    pub fn prometheus_collector(&self) -> PrometheusCollector {
+        PrometheusCollector(Arc::clone(&self.shared.metrics))
+    }
+
+    /// Accepts connections on every listener until `shutdown` completes, then stops
+    /// accepting and gives open connections `shutdown_timeout` to finish their requests.
+    pub async fn serve(&self, shutdown: impl Future<Output = ()>) -> Result<(), ProxyError> {
+        let listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or(ProxyError::AlreadyServing)?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // Every connection task holds a sender; when all are gone, the receiver closes.
+        let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new());
+        builder.http2().timer(TokioTimer::new());
+        let builder = Arc::new(builder);
+        let mut accept_tasks = Vec::new();
+        for listener in listeners {
+            accept_tasks.push(tokio::spawn(accept_loop(
+                listener,
+                Arc::clone(&self.shared),
+                Arc::clone(&builder),
+                stop_rx.clone(),
+                open_tx.clone(),
+            )));
+        }
+        drop(open_tx);
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        for task in accept_tasks {
+            let _ = task.await;
+        }
+        if tokio::time::timeout(self.shutdown_timeout, open_rx.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the shutdown timeout");
+        }
+        Ok(())
+    }
+}
+
+async fn accept_loop(
+    listener: Listener,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut stop: watch::Receiver<bool>,
+    open: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.socket.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        let builder = Arc::clone(&builder);
+        let stop = stop.clone();
+        let open = open.clone();
+        let tls = listener.tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => serve_connection(stream, peer, false, shared, &builder, stop).await,
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(stream) => {
+                        serve_connection(stream, peer, true, shared, &builder, stop).await;
+                    }
+                    Err(error) => tracing::debug!(%peer, %error, "tls handshake failed"),
+                },
+            }
+            drop(open);
+        });
+    }
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    https: bool,
+    shared: Arc<Shared>,
+    builder: &auto::Builder<TokioExecutor>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let shared = Arc::clone(&shared);
+        async move { Ok::<_, Infallible>(shared.handle(request, peer, https).await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let stopping = tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "client connection ended with an error");
+            }
+            false
+        }
+        _ = stop.wait_for(|stop| *stop) => true,
+    };
+    if stopping {
+        connection.as_mut().graceful_shutdown();
+        if let Err(error) = connection.await {
+            tracing::debug!(%peer, %error, "client connection ended with an error");
+        }
+    }
+}
