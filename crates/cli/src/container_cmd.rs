@@ -72,11 +72,22 @@ pub fn run_command(
 
 /// The node at `root`.
 pub fn open_node(file: &crate::config::ConfigFile, root: &Path) -> anyhow::Result<Node> {
+    open_node_with(file, root, |_| {})
+}
+
+/// [`open_node`], with `adjust` applied to the network config first.
+pub fn open_node_with(
+    file: &crate::config::ConfigFile,
+    root: &Path,
+    adjust: impl FnOnce(&mut berth_runtime::network::NetworkConfig),
+) -> anyhow::Result<Node> {
     let monitor = std::env::current_exe().context("finding the berth binary")?;
+    let mut network = file.node.network_config(root)?;
+    adjust(&mut network);
     Ok(Node::open(NodeConfig {
         root: root.to_owned(),
         runtime: file.node.runtime.map(Into::into),
-        network: file.node.network_config(root)?,
+        network,
         namespace_helper: vec![monitor.clone(), "internal-cgroup-ns".into(), "--".into()],
         monitor: vec![monitor.into_os_string(), "internal-monitor".into()],
     })?)

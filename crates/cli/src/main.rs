@@ -4,6 +4,7 @@ mod admin_cmd;
 mod app_cmd;
 mod config;
 mod container_cmd;
+mod discovery_cmd;
 mod image_cmd;
 mod info;
 mod registry_cmd;

@@ -29,6 +29,27 @@ pub struct ServerArgs {
     /// [registry] table of the config file applies). Off by default.
     #[arg(long, env = "BERTH_REGISTRY_LISTEN", value_name = "ADDR")]
     registry_listen: Option<SocketAddr>,
+    /// Answer DNS for the healthy instances (SERVICE.APP.berth, A and SRV) on this address,
+    /// UDP and TCP; other names are forwarded to the host's resolvers. Off by default.
+    #[arg(long, env = "BERTH_DNS_LISTEN", value_name = "ADDR")]
+    dns_listen: Option<SocketAddr>,
+    /// Also answer DNS on port 53 of the node bridge's address, and make that the
+    /// containers' resolver (needs --dns-listen).
+    #[arg(long, env = "BERTH_CONTAINER_DNS", requires = "dns_listen")]
+    container_dns: bool,
+    /// Serve the Consul-compatible HTTP catalog (/v1/catalog, /v1/health, /v1/agent) on this
+    /// address. Off by default.
+    #[arg(long, env = "BERTH_CATALOG_LISTEN", value_name = "ADDR")]
+    catalog_listen: Option<SocketAddr>,
+    /// Serve the proxy over HTTP on this address (repeatable); routes come from the
+    /// services' `route` in berth.toml. Off by default.
+    #[arg(
+        long = "proxy-listen",
+        env = "BERTH_PROXY_LISTEN",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    proxy_listen: Vec<SocketAddr>,
 }
 
 /// How clients reach the server.
@@ -102,7 +123,18 @@ pub struct RollbackArgs {
 pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Result<()> {
     let file = ConfigFile::load(config)?;
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-    let node = Arc::new(crate::container_cmd::open_node(&file, root)?);
+    let mut gateway = None;
+    let node = Arc::new(crate::container_cmd::open_node_with(
+        &file,
+        root,
+        |network| {
+            if args.container_dns {
+                let address = network.gateway_address();
+                network.dns = vec![address.into()];
+                gateway = Some(address);
+            }
+        },
+    )?);
     let token = load_or_create_token(root)
         .with_context(|| format!("reading or creating {}", root.join(TOKEN_FILE).display()))?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -116,6 +148,16 @@ pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Re
             berth_agent::secrets::SecretKey::load(&key_file).context("loading the secret key")?;
         tracing::info!(key_id = secret_key.id(), %source, "secret key loaded");
         let controller = Controller::new(Arc::new(store), node, Default::default(), secret_key);
+        crate::discovery_cmd::start(
+            &controller,
+            crate::discovery_cmd::Listeners {
+                dns: args.dns_listen,
+                container_dns: gateway,
+                catalog: args.catalog_listen,
+                proxy: args.proxy_listen.clone(),
+            },
+        )
+        .await?;
         tokio::spawn(controller.clone().run());
         if let Some(listen) = args.registry_listen {
             let settings = file

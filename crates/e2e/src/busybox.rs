@@ -93,10 +93,15 @@ pub fn push_busybox_image(registry: &str, repo: &str, tag: &str, cmd: &[&str]) -
 /// A gzipped tar layer with one regular file at `path`, written as is (no path checks: for
 /// hostile layers), and its diff id.
 pub fn raw_layer(path: &str, content: &[u8]) -> (Vec<u8>, String) {
+    raw_layer_mode(path, content, 0o644)
+}
+
+/// [`raw_layer`] with the file's `mode` (0o755 for a script).
+pub fn raw_layer_mode(path: &str, content: &[u8], mode: u32) -> (Vec<u8>, String) {
     let mut header = tar::Header::new_old();
     header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
     header.set_entry_type(tar::EntryType::Regular);
-    header.set_mode(0o644);
+    header.set_mode(mode);
     header.set_size(content.len() as u64);
     header.set_cksum();
     let mut builder = tar::Builder::new(Vec::new());

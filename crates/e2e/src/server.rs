@@ -24,6 +24,9 @@ pub struct BerthServer {
     bridge: String,
     port: u16,
     registry_port: u16,
+    dns_port: u16,
+    catalog_port: u16,
+    proxy_port: u16,
     child: Option<Child>,
 }
 
@@ -59,6 +62,9 @@ impl BerthServer {
             bridge,
             port: free_port(),
             registry_port: free_port(),
+            dns_port: free_port(),
+            catalog_port: free_port(),
+            proxy_port: free_port(),
             child: None,
         };
         server.spawn();
@@ -85,6 +91,21 @@ impl BerthServer {
         format!("127.0.0.1:{}", self.registry_port)
     }
 
+    /// Where its DNS server answers (UDP and TCP).
+    pub fn dns_addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.dns_port).into()
+    }
+
+    /// The base URL of its Consul-compatible catalog.
+    pub fn catalog_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.catalog_port)
+    }
+
+    /// The base URL of its proxy (HTTP).
+    pub fn proxy_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.proxy_port)
+    }
+
     /// What the server logged so far (all its runs).
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
@@ -101,6 +122,13 @@ impl BerthServer {
         let mut cmd = self.berth();
         cmd.args(["server", "--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--registry-listen", &self.registry()])
+            .args(["--dns-listen", &self.dns_addr().to_string()])
+            .args([
+                "--catalog-listen",
+                &format!("127.0.0.1:{}", self.catalog_port),
+            ])
+            .args(["--proxy-listen", &format!("127.0.0.1:{}", self.proxy_port)])
+            .arg("--container-dns")
             .env("BERTH_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).unwrap())

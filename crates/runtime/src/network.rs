@@ -59,6 +59,13 @@ pub struct NetworkConfig {
     pub dns: Vec<IpAddr>,
 }
 
+impl NetworkConfig {
+    /// The bridge's address: `gateway`, or the first host address of `subnet`.
+    pub fn gateway_address(&self) -> Ipv4Addr {
+        self.gateway.unwrap_or_else(|| self.subnet.first_host())
+    }
+}
+
 impl Default for NetworkConfig {
     fn default() -> Self {
         NetworkConfig {

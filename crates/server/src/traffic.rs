@@ -87,7 +87,11 @@ pub fn traffic_verdict(
         }
     }
     if let (Some(max), Some(p99)) = (limits.p99, new.p99) {
-        if p99 > max && old.and_then(|old| old.p99).is_none_or(|before| p99 > before) {
+        if p99 > max
+            && old
+                .and_then(|old| old.p99)
+                .is_none_or(|before| p99 > before)
+        {
             return Some(format!(
                 "p99 latency {} ms is over the limit of {} ms{}",
                 p99.as_millis(),
@@ -306,5 +310,8 @@ fn route_port(route: &RouteSpec, ports: &BTreeMap<String, u16>) -> Option<u16> {
     }
 }
 
+mod proxy;
 #[cfg(test)]
 mod tests;
+
+pub use proxy::{group_label, proxy_routes, route_name, ProxyTraffic};

@@ -271,5 +271,8 @@ fn a_release_is_rolled_back_for_its_traffic_only_past_a_limit_and_worse_than_bef
         slow.as_deref(),
         Some("p99 latency 900 ms is over the limit of 500 ms; the previous release had 80 ms")
     );
-    assert_eq!(traffic_verdict(&limits, &stats(100, 0, 900), Some(&stats(100, 0, 950))), None);
+    assert_eq!(
+        traffic_verdict(&limits, &stats(100, 0, 900), Some(&stats(100, 0, 950))),
+        None
+    );
 }

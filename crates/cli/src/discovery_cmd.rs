@@ -1,0 +1,106 @@
+//! The listeners `berth server` runs over its controller's catalog: the DNS server (on the
+//! host and, for containers, on the node bridge), the Consul-compatible HTTP catalog and the
+//! proxy. Each is optional; each prints where it listens.
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use berth_discovery::dns::{DnsConfig, DnsServer};
+use berth_server::Controller;
+
+/// Where each listener goes; `None` (or empty) leaves it off.
+pub struct Listeners {
+    /// DNS on the host.
+    pub dns: Option<SocketAddr>,
+    /// DNS on port 53 of this bridge address, for the containers.
+    pub container_dns: Option<Ipv4Addr>,
+    /// The Consul-compatible catalog.
+    pub catalog: Option<SocketAddr>,
+    /// The proxy, over HTTP.
+    pub proxy: Vec<SocketAddr>,
+}
+
+/// Binds the listeners and runs them in the background. A listener that cannot bind is an
+/// error, except the containers' DNS: the bridge exists only once the first container runs,
+/// so that one is retried until it binds.
+pub async fn start(controller: &Arc<Controller>, listeners: Listeners) -> anyhow::Result<()> {
+    let catalog = controller.catalog().clone();
+    if let Some(listen) = listeners.dns {
+        let config = DnsConfig::with_host_upstreams(listen).context("configuring DNS")?;
+        let server = DnsServer::bind(config, catalog.clone())
+            .await
+            .with_context(|| format!("binding DNS on {listen}"))?;
+        announce(&format!(
+            "berth dns listening on {} (udp and tcp)",
+            server.local_addr()
+        ))?;
+        tokio::spawn(async move {
+            if let Err(e) = server.run().await {
+                tracing::error!(error = %e, "DNS server stopped");
+            }
+        });
+        if let Some(gateway) = listeners.container_dns {
+            let config =
+                DnsConfig::with_host_upstreams((gateway, 53).into()).context("configuring DNS")?;
+            let catalog = catalog.clone();
+            tokio::spawn(async move {
+                loop {
+                    match DnsServer::bind(config.clone(), catalog.clone()).await {
+                        Ok(server) => {
+                            tracing::info!(address = %server.local_addr(), "containers' DNS listening");
+                            if let Err(e) = server.run().await {
+                                tracing::error!(error = %e, "containers' DNS stopped");
+                            }
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "containers' DNS not bound yet (no bridge?)");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+            });
+        }
+    }
+    if let Some(listen) = listeners.catalog {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding the catalog on {listen}"))?;
+        announce(&format!(
+            "berth catalog (Consul-compatible) listening on http://{}",
+            listener.local_addr()?
+        ))?;
+        let router = berth_discovery::consul::router(catalog.clone(), Default::default());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "catalog listener stopped");
+            }
+        });
+    }
+    if !listeners.proxy.is_empty() {
+        let proxy = berth_server::traffic::ProxyTraffic::bind(listeners.proxy.clone())
+            .await
+            .context("binding the proxy")?;
+        for addr in proxy.http_addrs() {
+            announce(&format!("berth proxy listening on http://{addr}"))?;
+        }
+        let proxy = Arc::new(proxy);
+        controller.set_traffic(proxy.clone());
+        tokio::spawn(async move {
+            if let Err(e) = proxy.serve().await {
+                tracing::error!(error = %e, "proxy stopped");
+            }
+        });
+    }
+    Ok(())
+}
+
+fn announce(line: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
