@@ -87,13 +87,18 @@ impl DnsConfig {
     /// [`DnsConfig::new`] with the host's resolvers from [`RESOLV_CONF`] as upstreams (none
     /// when the file does not exist).
     pub fn with_host_upstreams(listen: SocketAddr) -> Result<DnsConfig, DnsError> {
-        let path = Path::new(RESOLV_CONF);
+        DnsConfig::with_upstreams_from(listen, Path::new(RESOLV_CONF))
+    }
+
+    /// [`DnsConfig::new`] with the resolvers of the resolv.conf file at `path` as upstreams
+    /// (none when the file does not exist).
+    pub fn with_upstreams_from(listen: SocketAddr, path: &Path) -> Result<DnsConfig, DnsError> {
         let upstreams = match std::fs::read_to_string(path) {
             Ok(text) => host_upstreams(&text),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(source) => {
                 return Err(DnsError::ResolvConf {
-                    path: RESOLV_CONF,
+                    path: path.to_owned(),
                     source,
                 })
             }
@@ -164,10 +169,10 @@ pub enum DnsError {
         source: std::io::Error,
     },
     /// The host's resolver configuration could not be read.
-    #[error("cannot read the host's resolvers from {path}: {source}")]
+    #[error("cannot read the host's resolvers from {}: {source}", path.display())]
     ResolvConf {
         /// The file.
-        path: &'static str,
+        path: std::path::PathBuf,
         /// The error.
         source: std::io::Error,
     },
@@ -467,6 +472,30 @@ mod tests {
             ]
         );
         assert!(host_upstreams("").is_empty());
+    }
+
+    #[test]
+    fn upstreams_come_from_a_resolv_conf_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        let listen: SocketAddr = "127.0.0.1:8600".parse().unwrap();
+        std::fs::write(&path, "nameserver 192.0.2.53\n").unwrap();
+        let config = DnsConfig::with_upstreams_from(listen, &path).unwrap();
+        assert_eq!(config.upstreams, vec!["192.0.2.53:53".parse().unwrap()]);
+        assert_eq!(config.listen, listen);
+        assert_eq!(config.ttl, 5);
+
+        let missing = DnsConfig::with_upstreams_from(listen, &dir.path().join("nope")).unwrap();
+        assert!(missing.upstreams.is_empty());
+
+        let error = DnsConfig::with_upstreams_from(listen, dir.path()).unwrap_err();
+        assert!(
+            error.to_string().starts_with(&format!(
+                "cannot read the host's resolvers from {}: ",
+                dir.path().display()
+            )),
+            "{error}"
+        );
     }
 
     #[test]
