@@ -23,9 +23,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{
+    Edns, Header, HeaderCounts, LowerQuery, MessageType, Metadata, OpCode, ResponseCode,
+};
 use hickory_proto::rr::{DNSClass, Name, Record};
 use hickory_server::net::runtime::Time;
+use hickory_server::net::NetError;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use hickory_server::Server;
@@ -356,7 +359,7 @@ impl Handler {
         &self,
         request: &Request,
         mut response: R,
-    ) -> Result<ResponseInfo, hickory_server::net::NetError> {
+    ) -> Result<ResponseInfo, NetError> {
         let edns = request.edns.as_ref().map(|edns| {
             let mut reply = Edns::new();
             reply.set_max_payload(edns.max_payload().max(512));
@@ -379,54 +382,34 @@ impl Handler {
             return response.send_response(error(ResponseCode::FormErr)).await;
         };
         let query = info.query;
-        let name: &Name = query.name();
-
-        if !self.zone.contains(name) {
-            if !self.forwarder.is_enabled() {
-                return response.send_response(error(ResponseCode::Refused)).await;
-            }
-            let dnssec_ok = request
-                .edns
-                .as_ref()
-                .is_some_and(|edns| edns.flags().dnssec_ok);
-            return match self
-                .forwarder
-                .forward(
-                    query.original(),
-                    request.metadata.recursion_desired,
-                    dnssec_ok,
-                )
+        if self.zone.contains(query.name()) {
+            self.answer_from_zone(request, query, metadata, builder, response)
                 .await
-            {
-                Ok(upstream) => {
-                    debug!(%name, code = %upstream.metadata.response_code, "forwarded");
-                    metadata.response_code = upstream.metadata.response_code;
-                    // berth is not the authority of forwarded names, whatever the upstream is.
-                    metadata.authentic_data = upstream.metadata.authentic_data;
-                    let reply = builder.build(
-                        metadata,
-                        upstream.answers.iter(),
-                        upstream.authorities.iter(),
-                        iter::empty(),
-                        upstream.additionals.iter(),
-                    );
-                    response.send_response(reply).await
-                }
-                Err(error) => {
-                    warn!(%name, %error, "cannot forward a DNS question, answering SERVFAIL");
-                    metadata.response_code = ResponseCode::ServFail;
-                    response
-                        .send_response(builder.build_no_records(metadata))
-                        .await
-                }
-            };
+        } else if self.forwarder.is_enabled() {
+            self.answer_forwarded(request, query, metadata, builder, response)
+                .await
+        } else {
+            response.send_response(error(ResponseCode::Refused)).await
         }
+    }
 
+    /// Answers a question about a name in the zone from the catalog as it is now.
+    async fn answer_from_zone<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        query: &LowerQuery,
+        mut metadata: Metadata,
+        builder: MessageResponseBuilder<'_>,
+        mut response: R,
+    ) -> Result<ResponseInfo, NetError> {
         if !matches!(query.query_class(), DNSClass::IN | DNSClass::ANY) {
-            return response.send_response(error(ResponseCode::Refused)).await;
+            let reply = builder.error_msg(&request.metadata, ResponseCode::Refused);
+            return response.send_response(reply).await;
         }
         let snapshot = self.catalog.snapshot();
-        let answer = self.zone.answer(&snapshot, name, query.query_type());
+        let answer = self
+            .zone
+            .answer(&snapshot, query.name(), query.query_type());
         metadata.authoritative = true;
         metadata.response_code = if answer.exists {
             ResponseCode::NoError
@@ -448,6 +431,55 @@ impl Handler {
             answer.additionals.iter(),
         );
         response.send_response(reply).await
+    }
+
+    /// Answers a question about a name outside the zone with the upstreams' answer, or
+    /// SERVFAIL when none answered.
+    async fn answer_forwarded<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        query: &LowerQuery,
+        mut metadata: Metadata,
+        builder: MessageResponseBuilder<'_>,
+        mut response: R,
+    ) -> Result<ResponseInfo, NetError> {
+        let name = query.name();
+        let dnssec_ok = request
+            .edns
+            .as_ref()
+            .is_some_and(|edns| edns.flags().dnssec_ok);
+        let forwarded = self
+            .forwarder
+            .forward(
+                query.original(),
+                request.metadata.recursion_desired,
+                dnssec_ok,
+            )
+            .await;
+        match forwarded {
+            Ok(upstream) => {
+                debug!(%name, code = %upstream.metadata.response_code, "forwarded");
+                // berth is not the authority of forwarded names, whatever the upstream is:
+                // `authoritative` stays false.
+                metadata.response_code = upstream.metadata.response_code;
+                metadata.authentic_data = upstream.metadata.authentic_data;
+                let reply = builder.build(
+                    metadata,
+                    upstream.answers.iter(),
+                    upstream.authorities.iter(),
+                    iter::empty(),
+                    upstream.additionals.iter(),
+                );
+                response.send_response(reply).await
+            }
+            Err(error) => {
+                warn!(%name, %error, "cannot forward a DNS question, answering SERVFAIL");
+                metadata.response_code = ResponseCode::ServFail;
+                response
+                    .send_response(builder.build_no_records(metadata))
+                    .await
+            }
+        }
     }
 }
 
