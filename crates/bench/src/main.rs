@@ -2,6 +2,7 @@
 //! the same clients and the same content, and print the ratio.
 
 mod deploy;
+mod dns;
 mod gc;
 mod registry;
 mod runtime;
@@ -29,6 +30,8 @@ enum Command {
     Runtime(runtime::Options),
     /// berth server: deploy, update and rollback times of a 10-replica app (no peer).
     Deploy(deploy::Options),
+    /// berth's DNS server vs dnsmasq answering the same names: questions/s and latency.
+    Dns(dns::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,6 +46,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Gc(options) => gc::run(options).await,
                 Command::Runtime(options) => runtime::run(options).await,
                 Command::Deploy(options) => deploy::run(options).await,
+                Command::Dns(options) => dns::run(options).await,
             }
         };
         // On SIGINT or SIGTERM the benchmark's future is dropped, and with it the guards

@@ -23,9 +23,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{
+    Edns, Header, HeaderCounts, LowerQuery, MessageType, Metadata, OpCode, ResponseCode,
+};
 use hickory_proto::rr::{DNSClass, Name, Record};
 use hickory_server::net::runtime::Time;
+use hickory_server::net::NetError;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use hickory_server::Server;
@@ -87,13 +90,18 @@ impl DnsConfig {
     /// [`DnsConfig::new`] with the host's resolvers from [`RESOLV_CONF`] as upstreams (none
     /// when the file does not exist).
     pub fn with_host_upstreams(listen: SocketAddr) -> Result<DnsConfig, DnsError> {
-        let path = Path::new(RESOLV_CONF);
+        DnsConfig::with_upstreams_from(listen, Path::new(RESOLV_CONF))
+    }
+
+    /// [`DnsConfig::new`] with the resolvers of the resolv.conf file at `path` as upstreams
+    /// (none when the file does not exist).
+    pub fn with_upstreams_from(listen: SocketAddr, path: &Path) -> Result<DnsConfig, DnsError> {
         let upstreams = match std::fs::read_to_string(path) {
             Ok(text) => host_upstreams(&text),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(source) => {
                 return Err(DnsError::ResolvConf {
-                    path: RESOLV_CONF,
+                    path: path.to_owned(),
                     source,
                 })
             }
@@ -164,10 +172,10 @@ pub enum DnsError {
         source: std::io::Error,
     },
     /// The host's resolver configuration could not be read.
-    #[error("cannot read the host's resolvers from {path}: {source}")]
+    #[error("cannot read the host's resolvers from {}: {source}", path.display())]
     ResolvConf {
         /// The file.
-        path: &'static str,
+        path: std::path::PathBuf,
         /// The error.
         source: std::io::Error,
     },
@@ -351,7 +359,7 @@ impl Handler {
         &self,
         request: &Request,
         mut response: R,
-    ) -> Result<ResponseInfo, hickory_server::net::NetError> {
+    ) -> Result<ResponseInfo, NetError> {
         let edns = request.edns.as_ref().map(|edns| {
             let mut reply = Edns::new();
             reply.set_max_payload(edns.max_payload().max(512));
@@ -374,54 +382,34 @@ impl Handler {
             return response.send_response(error(ResponseCode::FormErr)).await;
         };
         let query = info.query;
-        let name: &Name = query.name();
-
-        if !self.zone.contains(name) {
-            if !self.forwarder.is_enabled() {
-                return response.send_response(error(ResponseCode::Refused)).await;
-            }
-            let dnssec_ok = request
-                .edns
-                .as_ref()
-                .is_some_and(|edns| edns.flags().dnssec_ok);
-            return match self
-                .forwarder
-                .forward(
-                    query.original(),
-                    request.metadata.recursion_desired,
-                    dnssec_ok,
-                )
+        if self.zone.contains(query.name()) {
+            self.answer_from_zone(request, query, metadata, builder, response)
                 .await
-            {
-                Ok(upstream) => {
-                    debug!(%name, code = %upstream.metadata.response_code, "forwarded");
-                    metadata.response_code = upstream.metadata.response_code;
-                    // berth is not the authority of forwarded names, whatever the upstream is.
-                    metadata.authentic_data = upstream.metadata.authentic_data;
-                    let reply = builder.build(
-                        metadata,
-                        upstream.answers.iter(),
-                        upstream.authorities.iter(),
-                        iter::empty(),
-                        upstream.additionals.iter(),
-                    );
-                    response.send_response(reply).await
-                }
-                Err(error) => {
-                    warn!(%name, %error, "cannot forward a DNS question, answering SERVFAIL");
-                    metadata.response_code = ResponseCode::ServFail;
-                    response
-                        .send_response(builder.build_no_records(metadata))
-                        .await
-                }
-            };
+        } else if self.forwarder.is_enabled() {
+            self.answer_forwarded(request, query, metadata, builder, response)
+                .await
+        } else {
+            response.send_response(error(ResponseCode::Refused)).await
         }
+    }
 
+    /// Answers a question about a name in the zone from the catalog as it is now.
+    async fn answer_from_zone<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        query: &LowerQuery,
+        mut metadata: Metadata,
+        builder: MessageResponseBuilder<'_>,
+        mut response: R,
+    ) -> Result<ResponseInfo, NetError> {
         if !matches!(query.query_class(), DNSClass::IN | DNSClass::ANY) {
-            return response.send_response(error(ResponseCode::Refused)).await;
+            let reply = builder.error_msg(&request.metadata, ResponseCode::Refused);
+            return response.send_response(reply).await;
         }
         let snapshot = self.catalog.snapshot();
-        let answer = self.zone.answer(&snapshot, name, query.query_type());
+        let answer = self
+            .zone
+            .answer(&snapshot, query.name(), query.query_type());
         metadata.authoritative = true;
         metadata.response_code = if answer.exists {
             ResponseCode::NoError
@@ -443,6 +431,55 @@ impl Handler {
             answer.additionals.iter(),
         );
         response.send_response(reply).await
+    }
+
+    /// Answers a question about a name outside the zone with the upstreams' answer, or
+    /// SERVFAIL when none answered.
+    async fn answer_forwarded<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        query: &LowerQuery,
+        mut metadata: Metadata,
+        builder: MessageResponseBuilder<'_>,
+        mut response: R,
+    ) -> Result<ResponseInfo, NetError> {
+        let name = query.name();
+        let dnssec_ok = request
+            .edns
+            .as_ref()
+            .is_some_and(|edns| edns.flags().dnssec_ok);
+        let forwarded = self
+            .forwarder
+            .forward(
+                query.original(),
+                request.metadata.recursion_desired,
+                dnssec_ok,
+            )
+            .await;
+        match forwarded {
+            Ok(upstream) => {
+                debug!(%name, code = %upstream.metadata.response_code, "forwarded");
+                // berth is not the authority of forwarded names, whatever the upstream is:
+                // `authoritative` stays false.
+                metadata.response_code = upstream.metadata.response_code;
+                metadata.authentic_data = upstream.metadata.authentic_data;
+                let reply = builder.build(
+                    metadata,
+                    upstream.answers.iter(),
+                    upstream.authorities.iter(),
+                    iter::empty(),
+                    upstream.additionals.iter(),
+                );
+                response.send_response(reply).await
+            }
+            Err(error) => {
+                warn!(%name, %error, "cannot forward a DNS question, answering SERVFAIL");
+                metadata.response_code = ResponseCode::ServFail;
+                response
+                    .send_response(builder.build_no_records(metadata))
+                    .await
+            }
+        }
     }
 }
 
@@ -467,6 +504,30 @@ mod tests {
             ]
         );
         assert!(host_upstreams("").is_empty());
+    }
+
+    #[test]
+    fn upstreams_come_from_a_resolv_conf_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        let listen: SocketAddr = "127.0.0.1:8600".parse().unwrap();
+        std::fs::write(&path, "nameserver 192.0.2.53\n").unwrap();
+        let config = DnsConfig::with_upstreams_from(listen, &path).unwrap();
+        assert_eq!(config.upstreams, vec!["192.0.2.53:53".parse().unwrap()]);
+        assert_eq!(config.listen, listen);
+        assert_eq!(config.ttl, 5);
+
+        let missing = DnsConfig::with_upstreams_from(listen, &dir.path().join("nope")).unwrap();
+        assert!(missing.upstreams.is_empty());
+
+        let error = DnsConfig::with_upstreams_from(listen, dir.path()).unwrap_err();
+        assert!(
+            error.to_string().starts_with(&format!(
+                "cannot read the host's resolvers from {}: ",
+                dir.path().display()
+            )),
+            "{error}"
+        );
     }
 
     #[test]

@@ -163,3 +163,36 @@ fn matching(request: &Message, bytes: &[u8]) -> Option<Message> {
         && response.queries == request.queries)
         .then_some(response)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use hickory_proto::rr::{Name, RecordType};
+
+    use super::*;
+
+    fn question(name: &str, id: u16) -> Message {
+        let mut message = Message::query();
+        message.metadata.id = id;
+        message.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        message
+    }
+
+    #[test]
+    fn only_an_answer_to_the_question_asked_is_taken() {
+        let request = question("foo.example.test.", 7);
+        let answer = |mut message: Message| {
+            message.metadata.message_type = MessageType::Response;
+            message.to_vec().unwrap()
+        };
+        assert!(matching(&request, &answer(question("foo.example.test.", 7))).is_some());
+        // Names compare without case (resolvers may randomise it).
+        assert!(matching(&request, &answer(question("FOO.example.test.", 7))).is_some());
+        assert!(matching(&request, &answer(question("foo.example.test.", 8))).is_none());
+        assert!(matching(&request, &answer(question("bar.example.test.", 7))).is_none());
+        // A question is not an answer.
+        assert!(matching(&request, &request.to_vec().unwrap()).is_none());
+        assert!(matching(&request, b"junk").is_none());
+    }
+}
