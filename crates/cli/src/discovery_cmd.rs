@@ -21,6 +21,10 @@ pub struct Listeners {
     pub catalog: Option<SocketAddr>,
     /// The proxy, over HTTP.
     pub proxy: Vec<SocketAddr>,
+    /// The proxy, over HTTPS.
+    pub proxy_tls: Vec<SocketAddr>,
+    /// The proxy's certificates.
+    pub certs: Vec<berth_proxy::CertSpec>,
 }
 
 /// Binds the listeners and runs them in the background. A listener that cannot bind is an
@@ -80,12 +84,20 @@ pub async fn start(controller: &Arc<Controller>, listeners: Listeners) -> anyhow
             }
         });
     }
-    if !listeners.proxy.is_empty() {
-        let proxy = berth_server::traffic::ProxyTraffic::bind(listeners.proxy.clone())
-            .await
-            .context("binding the proxy")?;
+    if !listeners.proxy.is_empty() || !listeners.proxy_tls.is_empty() {
+        let proxy = berth_server::traffic::ProxyTraffic::with_config(berth_proxy::ProxyConfig {
+            http: listeners.proxy.clone(),
+            https: listeners.proxy_tls.clone(),
+            certs: listeners.certs.clone(),
+            ..Default::default()
+        })
+        .await
+        .context("starting the proxy")?;
         for addr in proxy.http_addrs() {
             announce(&format!("berth proxy listening on http://{addr}"))?;
+        }
+        for addr in proxy.proxy().https_addrs() {
+            announce(&format!("berth proxy listening on https://{addr}"))?;
         }
         let proxy = Arc::new(proxy);
         controller.set_traffic(proxy.clone());

@@ -50,6 +50,43 @@ pub struct ServerArgs {
         value_delimiter = ','
     )]
     proxy_listen: Vec<SocketAddr>,
+    /// Serve the proxy over HTTPS on this address (repeatable); needs --proxy-cert.
+    #[arg(
+        long = "proxy-tls-listen",
+        env = "BERTH_PROXY_TLS_LISTEN",
+        value_name = "ADDR",
+        value_delimiter = ',',
+        requires = "proxy_cert"
+    )]
+    proxy_tls_listen: Vec<SocketAddr>,
+    /// A certificate for HTTPS, chosen by SNI: HOST[,HOST...]=CERT.pem:KEY.pem (repeatable;
+    /// the first one is the default; `*.example.test` covers its direct subdomains).
+    #[arg(long = "proxy-cert", value_name = "HOSTS=CERT:KEY", value_parser = parse_cert)]
+    proxy_cert: Vec<berth_proxy::CertSpec>,
+}
+
+/// `HOST[,HOST...]=CERT.pem:KEY.pem`
+fn parse_cert(text: &str) -> Result<berth_proxy::CertSpec, String> {
+    let (hosts, files) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: write HOST[,HOST...]=CERT.pem:KEY.pem"))?;
+    let (cert, key) = files
+        .split_once(':')
+        .ok_or_else(|| format!("{files:?}: write CERT.pem:KEY.pem"))?;
+    let hosts: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if hosts.is_empty() || cert.is_empty() || key.is_empty() {
+        return Err(format!("{text:?}: write HOST[,HOST...]=CERT.pem:KEY.pem"));
+    }
+    Ok(berth_proxy::CertSpec {
+        hosts,
+        cert_path: cert.into(),
+        key_path: key.into(),
+    })
 }
 
 /// How clients reach the server.
@@ -155,6 +192,8 @@ pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Re
                 container_dns: gateway,
                 catalog: args.catalog_listen,
                 proxy: args.proxy_listen.clone(),
+                proxy_tls: args.proxy_tls_listen.clone(),
+                certs: args.proxy_cert.clone(),
             },
         )
         .await?;
@@ -532,4 +571,28 @@ fn who() -> String {
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".to_owned());
     format!("{user}@{host}")
+}
+
+#[cfg(test)]
+mod cert_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::parse_cert;
+
+    #[test]
+    fn proxy_certs_name_hosts_then_files() {
+        let spec = parse_cert("shop.test,*.shop.test=/etc/c.pem:/etc/k.pem").unwrap();
+        assert_eq!(spec.hosts, ["shop.test", "*.shop.test"]);
+        assert_eq!(spec.cert_path.to_str(), Some("/etc/c.pem"));
+        assert_eq!(spec.key_path.to_str(), Some("/etc/k.pem"));
+        for bad in [
+            "shop.test",
+            "shop.test=/c.pem",
+            "=/c.pem:/k.pem",
+            "a=:/k.pem",
+        ] {
+            let error = parse_cert(bad).unwrap_err();
+            assert!(error.contains("write"), "{bad}: {error}");
+        }
+    }
 }

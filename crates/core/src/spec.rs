@@ -201,6 +201,19 @@ pub struct RouteSpec {
     pub path: String,
     /// The port requests go to; when `None`, the service declares exactly one port.
     pub port: Option<PortRef>,
+    /// How the proxy picks an instance (default: the one with the fewest requests in
+    /// flight).
+    pub balance: Balance,
+}
+
+/// How the proxy spreads a route's requests over instances.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Balance {
+    /// The instance with the fewest requests in flight.
+    #[default]
+    LeastOutstanding,
+    /// Each instance in turn.
+    RoundRobin,
 }
 
 /// How a new release replaces the running one.

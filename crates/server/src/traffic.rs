@@ -135,6 +135,8 @@ pub struct RouteIntent {
     pub host: String,
     /// The path prefix to match.
     pub path: String,
+    /// How an instance is picked within a release.
+    pub balance: berth_core::spec::Balance,
     /// Upstreams by release, each weighted by its number of listed instances (so a canary
     /// step's share of traffic is its share of instances).
     pub groups: Vec<UpstreamGroup>,
@@ -287,6 +289,7 @@ pub fn routes(app: &str, spec: &AppSpec, endpoints: &[Endpoint]) -> Vec<RouteInt
             service: name.clone(),
             host: route.host.clone(),
             path: route.path.clone(),
+            balance: route.balance,
             groups: groups
                 .into_iter()
                 .map(|(release, upstreams)| UpstreamGroup {

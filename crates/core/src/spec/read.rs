@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use super::check;
 use super::{
-    AppSpec, AutoRollback, BlueGreen, Canary, CanaryStep, DependencyCondition, DeploySpec,
+    AppSpec, AutoRollback, Balance, BlueGreen, Canary, CanaryStep, DependencyCondition, DeploySpec,
     HealthCheck, HealthSpec, ImageRef, Pause, PortRef, Resources, RestartPolicy, Rolling,
     RouteSpec, ServiceSpec, SpecError, Strategy, VolumeSpec,
 };
@@ -120,6 +120,7 @@ const ROUTE: Schema = &[
     ("host", "host = \"shop.example.test\""),
     ("path", "path = \"/\""),
     ("port", "port = \"http\""),
+    ("balance", "balance = \"least_outstanding\""),
 ];
 const AUTO_ROLLBACK: Schema = &[
     ("error_rate", "error_rate = 0.02"),
@@ -1323,7 +1324,26 @@ fn read_route(r: &mut Reader, s: &Tbl<'_, '_>, ports: &BTreeMap<String, u16>) ->
             return None;
         }
     };
-    Some(RouteSpec { host, path, port })
+    let balance = match r.string(&table, "balance").as_deref() {
+        None | Some("least_outstanding") => Balance::LeastOutstanding,
+        Some("round_robin") => Balance::RoundRobin,
+        Some(other) => {
+            r.problem(
+                table
+                    .get("balance")
+                    .map_or(table.span.clone(), Spanned::span),
+                format!("unknown balance `{other}`"),
+                "use \"least_outstanding\" (the default) or \"round_robin\"",
+            );
+            Balance::LeastOutstanding
+        }
+    };
+    Some(RouteSpec {
+        host,
+        path,
+        port,
+        balance,
+    })
 }
 
 fn read_deploy(r: &mut Reader, s: &Tbl<'_, '_>) -> DeploySpec {

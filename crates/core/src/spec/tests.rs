@@ -245,6 +245,11 @@ const INVALID: &[(&str, &str, &str)] = &[
         "write it like: team = \"value\"",
     ),
     (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nports = { http = 80 }\nroute = { host = \"a.test\", balance = \"random\" }\n",
+        "5:38: unknown balance `random`",
+        "use \"least_outstanding\" (the default) or \"round_robin\"",
+    ),
+    (
         "app = \"shop\"\n[services.web\nimage = \"web:1\"\n",
         "2:14: unclosed table, expected `]`",
         "this is not valid TOML; see https://toml.io for the syntax",

@@ -83,7 +83,10 @@ pub fn proxy_routes(apps: &BTreeMap<String, Vec<RouteIntent>>) -> Vec<Route> {
             name: route_name(&intent.app, &intent.service),
             host: intent.host.clone(),
             path_prefix: intent.path.clone(),
-            balance: Balance::LeastOutstanding,
+            balance: match intent.balance {
+                berth_core::spec::Balance::LeastOutstanding => Balance::LeastOutstanding,
+                berth_core::spec::Balance::RoundRobin => Balance::RoundRobin,
+            },
             groups: intent
                 .groups
                 .iter()
