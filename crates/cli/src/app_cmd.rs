@@ -357,3 +357,70 @@ mod tests {
         );
     }
 }
+
+/// `berth routes`
+#[derive(Args)]
+pub struct RoutesArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Print the server's JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `berth routes`: the proxy's routes and what each release behind them served.
+pub fn routes(args: RoutesArgs, root: &Path) -> anyhow::Result<()> {
+    let client = Client::new(&args.client, root)?;
+    let routes = client.get("/v1/routes")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&routes)?);
+        return Ok(());
+    }
+    let routes = routes.as_array().cloned().unwrap_or_default();
+    if routes.is_empty() {
+        println!("no routes (start berth server with --proxy-listen, and give services a route)");
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<28} {:>7} {:>6} {:>9} {:>6} {:>8}  UPSTREAMS",
+        "ROUTE", "HOST+PATH", "RELEASE", "WEIGHT", "REQUESTS", "5XX", "P99"
+    );
+    for route in &routes {
+        let target = format!(
+            "{}{}",
+            route["host"].as_str().unwrap_or(""),
+            route["path"].as_str().unwrap_or("")
+        );
+        let groups = route["groups"].as_array().cloned().unwrap_or_default();
+        if groups.is_empty() {
+            println!(
+                "{:<20} {:<28} {:>7}",
+                route["name"].as_str().unwrap_or(""),
+                target,
+                "-"
+            );
+        }
+        for group in groups {
+            let upstreams: Vec<&str> = group["upstreams"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            println!(
+                "{:<20} {:<28} {:>7} {:>6} {:>9} {:>6} {:>8}  {}",
+                route["name"].as_str().unwrap_or(""),
+                target,
+                group["release"],
+                group["weight"],
+                group["requests"],
+                group["errors_5xx"],
+                group["p99_ms"]
+                    .as_u64()
+                    .map_or("-".to_owned(), |ms| format!("{ms}ms")),
+                upstreams.join(" ")
+            );
+        }
+    }
+    Ok(())
+}

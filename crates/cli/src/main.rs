@@ -117,6 +117,9 @@ enum Command {
     Scale(app_cmd::ScaleArgs),
     /// Let a canary deploy paused at a step with pause = "manual" go on.
     Promote(app_cmd::PromoteArgs),
+    /// The proxy's routes: hosts and paths, the releases behind each with their weights and
+    /// upstreams, and the requests, 5xx responses and p99 latency each release served.
+    Routes(app_cmd::RoutesArgs),
     /// The per-container monitor (started by berth itself).
     #[command(hide = true)]
     InternalMonitor {
@@ -184,6 +187,7 @@ fn main() -> std::process::ExitCode {
         Command::Events(args) => ok(app_cmd::events(args, &cli.root)),
         Command::Scale(args) => ok(app_cmd::scale(args, &cli.root)),
         Command::Promote(args) => app_cmd::promote(args, &cli.root),
+        Command::Routes(args) => ok(app_cmd::routes(args, &cli.root)),
         Command::InternalMonitor { dir } => container_cmd::monitor(&dir),
         Command::InternalCgroupNs { program, args } => Err(
             berth_runtime::oci_runtime::exec_in_private_cgroup_namespace(&program, &args).into(),

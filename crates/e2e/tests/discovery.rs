@@ -361,6 +361,19 @@ fn a_release_answering_5xx_is_rolled_back_within_its_watch_window() {
     );
     let releases = server.ok(&["releases", app]);
     assert!(releases.contains("5xx rate"), "{releases}");
+    // The proxy's figures per release, as `berth routes` shows them.
+    let routes: Value = serde_json::from_str(&server.ok(&["routes", "--json"])).unwrap();
+    let route = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == format!("web.{app}"))
+        .unwrap_or_else(|| panic!("no route web.{app}: {routes:#}"));
+    assert_eq!(route["host"], HOST);
+    let table = server.ok(&["routes"]);
+    assert!(table.contains(&format!("web.{app}")), "{table}");
+    let metrics = server.ok(&["routes", "--json"]);
+    assert!(metrics.contains("errors_5xx"), "{metrics}");
     // After the rollback every request succeeds again.
     let client = reqwest::blocking::Client::new();
     for _ in 0..20 {

@@ -73,6 +73,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/apps/{app}/events", get(streams::app_events))
         .route("/v1/apps/{app}/logs", get(streams::app_logs))
         .route("/v1/events", get(streams::all_events))
+        .route("/v1/routes", get(ops::routes))
+        .route("/v1/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)

@@ -536,7 +536,8 @@ impl Controller {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = traffic;
     }
 
-    fn traffic(&self) -> Arc<dyn Traffic> {
+    /// The proxy (or [`NoTraffic`]).
+    pub fn traffic(&self) -> Arc<dyn Traffic> {
         self.traffic
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -32,6 +32,46 @@ pub trait Traffic: Send + Sync {
     /// What the proxy measured for `release` of `app`'s `service` so far (`None` when the
     /// service has no route or the release got no traffic).
     fn stats(&self, app: &str, service: &str, release: ReleaseId) -> Option<ReleaseStats>;
+
+    /// Every route with its upstreams and what each release served so far.
+    fn report(&self) -> Vec<RouteReport> {
+        Vec::new()
+    }
+
+    /// The proxy's metrics in Prometheus' text format (`None` without a proxy).
+    fn prometheus(&self) -> Option<String> {
+        None
+    }
+}
+
+/// One route as `GET /v1/routes` shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RouteReport {
+    /// `SERVICE.APP`.
+    pub name: String,
+    /// The `Host` it serves.
+    pub host: String,
+    /// Its path prefix.
+    pub path: String,
+    /// The releases behind it.
+    pub groups: Vec<GroupReport>,
+}
+
+/// One release behind a route.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct GroupReport {
+    /// The release.
+    pub release: ReleaseId,
+    /// Its share of new requests.
+    pub weight: u32,
+    /// Where its instances listen.
+    pub upstreams: Vec<SocketAddr>,
+    /// Responses it sent so far.
+    pub requests: u64,
+    /// Of which 5xx.
+    pub errors_5xx: u64,
+    /// The 99th-percentile time to response headers, in milliseconds.
+    pub p99_ms: Option<u64>,
 }
 
 /// Requests a release served through the proxy.

@@ -195,3 +195,28 @@ pub(super) async fn promote(
     state.controller.wake();
     Ok(Json(PromoteResponse { app, promoted }))
 }
+
+/// `GET /v1/routes`: the proxy's routes, their releases and what each served.
+pub(super) async fn routes(
+    State(state): State<Arc<ApiState>>,
+) -> Json<Vec<crate::traffic::RouteReport>> {
+    Json(state.controller().traffic().report())
+}
+
+/// `GET /v1/metrics`: the proxy's per-route and per-release counters and latency histograms
+/// in Prometheus' text format (empty without a proxy).
+pub(super) async fn metrics(
+    State(state): State<Arc<ApiState>>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state
+            .controller()
+            .traffic()
+            .prometheus()
+            .unwrap_or_default(),
+    )
+}

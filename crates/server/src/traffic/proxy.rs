@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use berth_core::plan::ReleaseId;
 use berth_proxy::{Balance, DrainResult, Group, Proxy, ProxyConfig, ProxyError, Route};
 
-use super::{ReleaseStats, RouteIntent, Traffic};
+use super::{GroupReport, ReleaseStats, RouteIntent, RouteReport, Traffic};
 
 /// The proxy, driven by the controller: every app's routes make one table.
 pub struct ProxyTraffic {
@@ -145,6 +145,52 @@ impl Traffic for ProxyTraffic {
                 DrainResult::TimedOut { in_flight } => in_flight,
             })
             .sum()
+    }
+
+    fn report(&self) -> Vec<RouteReport> {
+        let metrics = self.proxy.metrics();
+        let state = self.lock();
+        state
+            .routes
+            .values()
+            .flatten()
+            .map(|intent| {
+                let name = route_name(&intent.app, &intent.service);
+                let groups = intent
+                    .groups
+                    .iter()
+                    .map(|group| {
+                        let stats = metrics
+                            .group(&name, &group_label(group.release))
+                            .map(|s| s.total());
+                        GroupReport {
+                            release: group.release,
+                            weight: group.weight,
+                            upstreams: group.upstreams.clone(),
+                            requests: stats.map_or(0, |s| s.requests),
+                            errors_5xx: stats.map_or(0, |s| s.errors_5xx),
+                            p99_ms: stats
+                                .and_then(|s| s.p99)
+                                .map(|p| u64::try_from(p.as_millis()).unwrap_or(u64::MAX)),
+                        }
+                    })
+                    .collect();
+                RouteReport {
+                    name,
+                    host: intent.host.clone(),
+                    path: intent.path.clone(),
+                    groups,
+                }
+            })
+            .collect()
+    }
+
+    fn prometheus(&self) -> Option<String> {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(self.proxy.prometheus_collector()));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).ok()?;
+        Some(text)
     }
 
     fn stats(&self, app: &str, service: &str, release: ReleaseId) -> Option<ReleaseStats> {
