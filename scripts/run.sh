@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # berth's main command: builds berth (release), starts `berth server` with its built-in
-# registry, builds the example app (examples/hello: busybox httpd) as images v1 and v2,
+# registry, DNS, Consul-compatible catalog and proxy, builds the example app (examples/hello: busybox httpd) as images v1 and v2,
 # pushes them, deploys v1 with 3 replicas, prints where the instances answer and what to try
 # next, and keeps the server in the foreground until Ctrl-C.
 #
@@ -10,7 +10,9 @@
 # run.sh picks them up again. Remove the instances with `berth rm -f $(berth ps -q)`.
 #
 # Environment: BERTH_ROOT (/var/lib/berth), BERTH_SERVER_LISTEN (127.0.0.1:7480),
-# BERTH_REGISTRY_LISTEN (127.0.0.1:5000), BERTH_CONFIG (node config, optional).
+# BERTH_REGISTRY_LISTEN (127.0.0.1:5000), BERTH_DNS_LISTEN (127.0.0.1:8600),
+# BERTH_CATALOG_LISTEN (127.0.0.1:8500), BERTH_PROXY_LISTEN (127.0.0.1:8080),
+# BERTH_CONFIG (node config, optional).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
@@ -27,11 +29,15 @@ berth="${CARGO_TARGET_DIR:-target}/release/berth"
 export BERTH_ROOT=${BERTH_ROOT:-/var/lib/berth}
 listen=${BERTH_SERVER_LISTEN:-127.0.0.1:7480}
 registry=${BERTH_REGISTRY_LISTEN:-127.0.0.1:5000}
+dns=${BERTH_DNS_LISTEN:-127.0.0.1:8600}
+catalog=${BERTH_CATALOG_LISTEN:-127.0.0.1:8500}
+proxy=${BERTH_PROXY_LISTEN:-127.0.0.1:8080}
 export BERTH_SERVER=http://$listen
 # The server's own variables would override the flags below; the flags say it all.
-unset BERTH_SERVER_LISTEN BERTH_REGISTRY_LISTEN
+unset BERTH_SERVER_LISTEN BERTH_REGISTRY_LISTEN BERTH_DNS_LISTEN BERTH_CATALOG_LISTEN BERTH_PROXY_LISTEN
 
-"$berth" server --listen "$listen" --registry-listen "$registry" &
+"$berth" server --listen "$listen" --registry-listen "$registry" \
+    --dns-listen "$dns" --container-dns --catalog-listen "$catalog" --proxy-listen "$proxy" &
 server=$!
 trap 'kill -TERM "$server" 2>/dev/null; wait "$server"; echo "berth server stopped; the hello instances keep running (berth ps)"' EXIT
 trap 'exit 130' INT TERM
@@ -49,13 +55,18 @@ sed "s#127.0.0.1:5000#$registry#" examples/hello/berth.toml > "$spec"
 rm -f "$spec"
 
 echo
-echo "hello is live. Its instances:"
+echo "hello is live, through berth's proxy:"
+echo "  curl -H 'Host: hello.localhost' http://$proxy/"
+echo "its instances:"
 "$berth" status hello --json | sed -n 's/.*"address": "\([0-9.]*\)".*/  curl http:\/\/\1:8080\//p'
 cat <<NEXT
 
 Next, in another shell (as root, with $berth or berth on PATH):
   berth status hello                                  # instances, health, events
-  berth deploy -f examples/hello/berth-v2.toml        # a rolling update to v2
+  dig @${dns%:*} -p ${dns##*:} web.hello.berth SRV +short   # DNS of the healthy instances
+  curl -s 'http://$catalog/v1/health/service/web.hello?passing'   # the Consul-compatible catalog
+  berth deploy -f examples/hello/berth-v2.toml        # a rolling update to v2, no request lost
+  berth routes                                        # the proxy: releases, requests, 5xx, p99
   berth releases hello
   berth rollback hello                                # back to v1
 Ctrl-C stops the server; the instances keep running and the next run picks them up.
