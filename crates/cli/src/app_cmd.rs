@@ -411,10 +411,10 @@ pub fn routes(args: RoutesArgs, root: &Path) -> anyhow::Result<()> {
                 "{:<20} {:<28} {:>7} {:>6} {:>9} {:>6} {:>8}  {}",
                 route["name"].as_str().unwrap_or(""),
                 target,
-                group["release"],
-                group["weight"],
-                group["requests"],
-                group["errors_5xx"],
+                group["release"].to_string(),
+                group["weight"].to_string(),
+                group["requests"].to_string(),
+                group["errors_5xx"].to_string(),
                 group["p99_ms"]
                     .as_u64()
                     .map_or("-".to_owned(), |ms| format!("{ms}ms")),
