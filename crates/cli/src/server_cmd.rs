@@ -116,7 +116,6 @@ pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Re
             berth_agent::secrets::SecretKey::load(&key_file).context("loading the secret key")?;
         tracing::info!(key_id = secret_key.id(), %source, "secret key loaded");
         let controller = Controller::new(Arc::new(store), node, Default::default(), secret_key);
-        tokio::spawn(controller.clone().run());
         if let Some(listen) = args.registry_listen {
             let settings = file
                 .registry
@@ -129,12 +128,20 @@ pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Re
                 .map_err(anyhow::Error::msg)?;
             let registry = berth_registry::Server::bind(&settings).await?;
             println!("berth registry listening on {}", registry.url());
+            // The images of the releases a rollback may need are pinned in it, in-process.
+            controller.registry_pins().attach(
+                Arc::new(berth_server::registry_pins::LocalRegistry(
+                    registry.registry(),
+                )),
+                berth_server::registry_pins::registry_hosts(registry.local_addr()),
+            );
             tokio::spawn(async move {
                 if let Err(e) = registry.run(std::future::pending()).await {
                     tracing::error!(error = %e, "registry stopped");
                 }
             });
         }
+        tokio::spawn(controller.clone().run());
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::events::{Event, EventKind, EventLog, EVENTS_KEPT};
 use crate::mounts::mounts;
+use crate::registry_pins::RegistryPins;
 use crate::releases::{
     release_key, releases_prefix, state_key, AppState, InstanceName, Release, ReleaseStatus,
     APPS_PREFIX,
@@ -57,6 +58,7 @@ pub struct Controller {
     events: EventLog,
     inner: Mutex<Inner>,
     views: RwLock<BTreeMap<String, AppView>>,
+    registry_pins: RegistryPins,
 }
 
 #[derive(Default)]
@@ -479,7 +481,14 @@ impl Controller {
             wake: Notify::new(),
             inner: Mutex::new(Inner::default()),
             views: RwLock::new(BTreeMap::new()),
+            registry_pins: RegistryPins::default(),
         })
+    }
+
+    /// The pins of release images in berth's own registry (attach the registry before
+    /// [`Controller::run`]).
+    pub fn registry_pins(&self) -> &RegistryPins {
+        &self.registry_pins
     }
 
     /// The node.
@@ -598,6 +607,9 @@ impl Controller {
             {
                 tracing::warn!(app, error = %e, "reconciling failed");
             }
+        }
+        for event in self.registry_pins.sync().await {
+            self.event(event);
         }
         Ok(())
     }
@@ -1095,7 +1107,8 @@ impl Controller {
         }
     }
 
-    /// Pins the images of the releases a rollback may need and unpins the app's others.
+    /// Pins the images of the releases a rollback may need and unpins the app's others, on
+    /// the node and (at the end of the pass) in berth's own registry.
     async fn pin(
         &self,
         app: &str,
@@ -1103,6 +1116,8 @@ impl Controller {
         releases: &BTreeMap<ReleaseId, Release>,
         numbers: &[ReleaseId],
     ) {
+        let window = crate::registry_pins::window(state, releases, numbers);
+        self.registry_pins.want(app, window);
         let wanted: BTreeSet<String> = state
             .pinned_releases(numbers)
             .iter()
