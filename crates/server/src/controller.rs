@@ -921,6 +921,13 @@ impl Controller {
                             &image.digest,
                         );
                         request.secret_env = self.secret_env(&app, &spec, &release_record).await?;
+                        request.secret_files = crate::secrets_api::secret_files(
+                            &self.secrets,
+                            &app,
+                            &spec,
+                            &release_record,
+                        )
+                        .await?;
                         let mounts = mounts(&self.node.root().join("volumes"), &app, &spec);
                         for dir in &mounts.named {
                             std::fs::create_dir_all(dir)
