@@ -84,6 +84,8 @@ fn blog_example_parses() {
     assert!(
         matches!(app.deploy.strategy, Strategy::BlueGreen(BlueGreen { keep_old, .. }) if keep_old == Duration::from_secs(600))
     );
+    assert_eq!(app.secret_files["SESSION_KEY"], "/run/secrets/session_key");
+    assert!(app.secrets.is_empty());
     assert_eq!(spec.services["worker"].restart, RestartPolicy::OnFailure);
     assert!(matches!(
         spec.services["worker"]
