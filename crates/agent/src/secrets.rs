@@ -3,7 +3,7 @@
 //! copy of the store's data file reveals no secret. Each seal binds the app, the secret's name
 //! and its version, so a ciphertext moved to another secret fails to open. [`SecretStore`]
 //! keeps every version under `/secrets/<app>/<name>/<version>`; [`env_vars`] and
-//! [`SecretFiles`] hand them to a container. Values travel as [`Secret`], which never prints
+//! [`files`] hand them to a container. Values travel as [`Secret`], which never prints
 //! its contents. See `docs/secrets.md`.
 
 mod inject;
@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use serde::{Serialize, Serializer};
 use zeroize::Zeroizing;
 
-pub use inject::{env_vars, SecretFiles};
+pub use inject::{env_vars, files};
 pub use key::{KeySource, SecretKey};
 pub use seal::{open, seal, SealedSecret};
 pub use store::{SecretInfo, SecretStore};
@@ -140,16 +140,6 @@ pub enum SecretError {
     /// A secret cannot be an environment variable.
     #[error("secret {0} cannot be an environment variable: it is not UTF-8 or contains a NUL byte; mount it as a file instead")]
     NotEnvSafe(String),
-    /// Mounting, writing or unmounting the secrets tmpfs failed.
-    #[error("{what} {path}: {source}")]
-    Files {
-        /// What was being done.
-        what: &'static str,
-        /// Where.
-        path: PathBuf,
-        /// The failure.
-        source: std::io::Error,
-    },
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] berth_store::StoreError),

@@ -204,6 +204,7 @@ impl RunArgs {
                 max_files: self.log_max_files,
             },
             secret_env: Default::default(),
+            secret_files: Default::default(),
         })
     }
 }

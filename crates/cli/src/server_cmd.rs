@@ -185,6 +185,31 @@ pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Re
             berth_agent::secrets::SecretKey::load(&key_file).context("loading the secret key")?;
         tracing::info!(key_id = secret_key.id(), %source, "secret key loaded");
         let controller = Controller::new(Arc::new(store), node, Default::default(), secret_key);
+        if let Some(listen) = args.registry_listen {
+            let settings = file
+                .registry
+                .merged(berth_registry::RegistryConfig {
+                    listen: Some(listen),
+                    data_dir: Some(root.join("registry")),
+                    ..Default::default()
+                })
+                .settings(root.join("registry"))
+                .map_err(anyhow::Error::msg)?;
+            let registry = berth_registry::Server::bind(&settings).await?;
+            println!("berth registry listening on {}", registry.url());
+            // The images of the releases a rollback may need are pinned in it, in-process.
+            controller.registry_pins().attach(
+                Arc::new(berth_server::registry_pins::LocalRegistry(
+                    registry.registry(),
+                )),
+                berth_server::registry_pins::registry_hosts(registry.local_addr()),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = registry.run(std::future::pending()).await {
+                    tracing::error!(error = %e, "registry stopped");
+                }
+            });
+        }
         crate::discovery_cmd::start(
             &controller,
             crate::discovery_cmd::Listeners {
@@ -198,24 +223,6 @@ pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Re
         )
         .await?;
         tokio::spawn(controller.clone().run());
-        if let Some(listen) = args.registry_listen {
-            let settings = file
-                .registry
-                .merged(berth_registry::RegistryConfig {
-                    listen: Some(listen),
-                    data_dir: Some(root.join("registry")),
-                    ..Default::default()
-                })
-                .settings(root.join("registry"))
-                .map_err(anyhow::Error::msg)?;
-            let registry = berth_registry::Server::bind(&settings).await?;
-            println!("berth registry listening on {}", registry.url());
-            tokio::spawn(async move {
-                if let Err(e) = registry.run(std::future::pending()).await {
-                    tracing::error!(error = %e, "registry stopped");
-                }
-            });
-        }
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;

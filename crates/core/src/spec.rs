@@ -37,6 +37,9 @@ pub struct ServiceSpec {
     pub env: BTreeMap<String, String>,
     /// Names of secrets exposed as environment variables.
     pub secrets: Vec<String>,
+    /// Secrets delivered as files: name -> absolute path of the (read-only) file in the
+    /// container. A secret may be both a variable and a file.
+    pub secret_files: BTreeMap<String, String>,
     /// How many instances to run (default 1).
     pub replicas: u32,
     /// Resource limits.
@@ -64,6 +67,15 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
+    /// Every secret the service uses, as a variable or as a file.
+    pub fn secret_names(&self) -> std::collections::BTreeSet<&str> {
+        self.secrets
+            .iter()
+            .chain(self.secret_files.keys())
+            .map(String::as_str)
+            .collect()
+    }
+
     /// Whether the service mounts a named volume that only one instance may use at a time.
     pub fn has_exclusive_volume(&self) -> bool {
         self.volumes

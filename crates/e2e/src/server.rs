@@ -43,6 +43,12 @@ impl BerthServer {
 
     /// Starts `binary` as the server, logging with `filter` (`BERTH_LOG`) into its log.
     pub fn start_logging(binary: &Path, filter: &str) -> BerthServer {
+        BerthServer::start_configured(binary, filter, "")
+    }
+
+    /// Starts `binary` as the server, logging with `filter`, with `extra` appended to its
+    /// node config file (e.g. a `[registry]` table).
+    pub fn start_configured(binary: &Path, filter: &str, extra: &str) -> BerthServer {
         let dir = tempfile::Builder::new()
             .prefix("berth-server.")
             .tempdir()
@@ -53,7 +59,7 @@ impl BerthServer {
             "[node]\nruntime = \"runc\"\n[node.network]\nbridge = \"{bridge}\"\nsubnet = \"10.{}.{}.0/24\"\nmasquerade = false\n",
             203 + tag[1] % 40,
             10 + tag[0] % 200
-        );
+        ) + extra;
         fs::write(dir.path().join("node.toml"), config).unwrap();
         let mut server = BerthServer {
             dir,

@@ -1,8 +1,9 @@
 //! `berth server` with secrets and volumes, end to end: a secret set with `berth secret set`
-//! reaches the instance's environment (the instance serves it back over HTTP) and nothing
-//! else — not `inspect`, `status`, any API answer, the server's log, the state store, the
-//! container's files (but the owner-only bundle `config.json`) or the registry; a named
-//! volume keeps its data across a deploy and a rollback.
+//! reaches the instance's environment and a read-only file in it (the instance serves both
+//! back over HTTP) and nothing else — not `inspect`, `status`, any API answer, the server's
+//! log, the state store, the container's files (but the owner-only bundle `config.json` and
+//! the container's secrets tmpfs) or the registry; a named volume keeps its data across a
+//! deploy and a rollback.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::fs::{self, File};
@@ -59,13 +60,14 @@ impl Server {
     fn spec(&self, tag: &str) -> PathBuf {
         let path = self.dir().join(format!("berth-{tag}.toml"));
         // The instance counts its starts in the named volume and serves the count and its
-        // secret from a tmpfs, so neither lands in the container's root filesystem.
+        // secret (from its environment and from its file) from a tmpfs, so none lands in the
+        // container's root filesystem.
         let text = format!(
             r#"app = "shop"
 
 [services.web]
 image = "{}/shop/web:{tag}"
-command = ["sh", "-c", "n=$(cat /data/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > /data/count; echo $n > /scratch/count; echo \"$TOKEN\" > /scratch/token; cat /www/index.html > /scratch/index.html; exec httpd -f -p 8080 -h /scratch"]
+command = ["sh", "-c", "n=$(cat /data/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > /data/count; echo $n > /scratch/count; echo \"$TOKEN\" > /scratch/token; cat /run/secrets/token > /scratch/token-file; cat /www/index.html > /scratch/index.html; exec httpd -f -p 8080 -h /scratch"]
 secrets = ["TOKEN"]
 ports = {{ http = 8080 }}
 stop_grace = "1s"
@@ -75,6 +77,9 @@ deploy = {{ healthy_deadline = "20s" }}
 [services.web.volumes]
 data = "/data"
 scratch = {{ tmpfs = "/scratch", size = "1Mi" }}
+
+[services.web.secret_files]
+TOKEN = "/run/secrets/token"
 "#,
             self.registry()
         );
@@ -223,7 +228,38 @@ fn secrets_reach_the_instance_only_and_volumes_outlive_deploys() {
     );
     let address = server.serving(1);
     assert_eq!(http_get(&format!("http://{address}:8080/token")), marker);
+    assert_eq!(
+        http_get(&format!("http://{address}:8080/token-file")),
+        marker
+    );
     assert_eq!(http_get(&format!("http://{address}:8080/count")), "1");
+    // The file is the container user's, read-only, and cannot be changed.
+    let container = server.status()["services"][0]["instances"][0]["container"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        server
+            .ok(&[
+                "exec",
+                &container,
+                "busybox",
+                "stat",
+                "-c",
+                "%a %u",
+                "/run/secrets/token"
+            ])
+            .trim(),
+        "400 0"
+    );
+    let write = server.run(&[
+        "exec",
+        &container,
+        "sh",
+        "-c",
+        "echo x > /run/secrets/token",
+    ]);
+    assert!(!write.status.success(), "{}", text(&write));
 
     // 2. A new release: the volume's data is still there.
     let out = server.deploy("v2");
@@ -265,6 +301,10 @@ fn secrets_reach_the_instance_only_and_volumes_outlive_deploys() {
     );
     let address = server.serving(3);
     assert_eq!(http_get(&format!("http://{address}:8080/token")), rotated);
+    assert_eq!(
+        http_get(&format!("http://{address}:8080/token-file")),
+        rotated
+    );
     assert_eq!(http_get(&format!("http://{address}:8080/count")), "4");
     let out = server.run(&["rollback", "shop"]);
     assert!(
@@ -275,6 +315,10 @@ fn secrets_reach_the_instance_only_and_volumes_outlive_deploys() {
     );
     let address = server.serving(2);
     assert_eq!(http_get(&format!("http://{address}:8080/token")), marker);
+    assert_eq!(
+        http_get(&format!("http://{address}:8080/token-file")),
+        marker
+    );
     assert_eq!(http_get(&format!("http://{address}:8080/count")), "5");
 
     // The CLI lists names and versions only; a secret the desired release uses stays.
@@ -295,22 +339,27 @@ fn secrets_reach_the_instance_only_and_volumes_outlive_deploys() {
 
     assert_eq!(
         assert_not_leaked(&server, &marker),
-        1,
-        "the running instance's bundle"
+        (1, 1),
+        "the running instance's bundle and secrets tmpfs"
     );
     assert_eq!(
         assert_not_leaked(&server, &rotated),
-        0,
-        "a removed instance's bundle"
+        (0, 0),
+        "a removed instance's bundle and secrets tmpfs"
     );
     assert!(server.root().join("registry").is_dir());
     assert!(server.root().join("server.redb").is_file());
 }
 
-/// Looks for `marker` everywhere berth writes or answers: it may only be in bundle
-/// `config.json` files, which must be owner-only.
-/// Returns how many such files there are.
-fn assert_not_leaked(server: &Server, marker: &str) -> usize {
+/// Looks for `marker` everywhere berth writes or answers. It may only be in two places, both
+/// the running container's and gone with it:
+/// - bundle `config.json` files (the secret environment, for runc), which must be owner-only;
+/// - secret files `containers/<id>/secrets/<NAME>`, which must be mode 0400 on a tmpfs mounted
+///   at `containers/<id>/secrets`: in memory, not on the disk under the root (the walk below
+///   reads them through the mount, which is why they show up at all).
+///
+/// Returns how many of each there are.
+fn assert_not_leaked(server: &Server, marker: &str) -> (usize, usize) {
     let mut leaks = Vec::new();
     let ps: Value = serde_json::from_str(&server.ok(&["ps", "-a", "--json"])).unwrap();
     let containers: Vec<String> = ps
@@ -355,9 +404,14 @@ fn assert_not_leaked(server: &Server, marker: &str) -> usize {
     // Every file under the root: the state store, the registry's blobs, the images, the
     // containers' records, state, logs and root filesystems, the runtime's state.
     let mut config_files = Vec::new();
+    let mut secret_files = Vec::new();
+    let containers_dir = server.root().join("containers");
     for path in files_containing(&server.root(), marker.as_bytes()) {
+        let secrets_dir = path.parent().filter(|dir| dir.ends_with("secrets"));
         if path.ends_with("bundle/config.json") {
             config_files.push(path);
+        } else if secrets_dir.and_then(|dir| dir.parent()?.parent()) == Some(&containers_dir) {
+            secret_files.push(path);
         } else {
             leaks.push(path.display().to_string());
         }
@@ -367,5 +421,27 @@ fn assert_not_leaked(server: &Server, marker: &str) -> usize {
         let mode = fs::metadata(path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", path.display());
     }
-    config_files.len()
+    for path in &secret_files {
+        let mode = fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o400, "{}", path.display());
+        let dir = path.parent().unwrap();
+        assert_eq!(
+            filesystem_at(dir).as_deref(),
+            Some("tmpfs"),
+            "{} must be a tmpfs mount",
+            dir.display()
+        );
+    }
+    (config_files.len(), secret_files.len())
+}
+
+/// The type of the filesystem mounted exactly at `dir`, if one is.
+fn filesystem_at(dir: &Path) -> Option<String> {
+    let table = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = dir.to_str().unwrap();
+    table.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let separator = fields.iter().position(|f| *f == "-")?;
+        (fields[4] == dir).then(|| fields[separator + 1].to_owned())
+    })
 }

@@ -25,6 +25,33 @@ pub fn routes() -> Router<Arc<Registry>> {
         .route("/admin/pins/{digest}", put(pin).delete(unpin))
 }
 
+impl Registry {
+    /// Every pin, as `GET /admin/pins` lists them: for a process that serves the registry
+    /// itself (`berth server --registry-listen`) and pins without going over HTTP.
+    pub async fn pins(&self) -> ApiResult<std::collections::BTreeMap<Digest, PinRecord>> {
+        self.blocking_meta(|m| m.pins()).await
+    }
+
+    /// Pins `digest` with `reason`, as `PUT /admin/pins/{digest}` does.
+    pub async fn pin(&self, digest: &Digest, reason: &str) -> ApiResult<()> {
+        let (d, reason) = (digest.clone(), reason.to_owned());
+        self.blocking_meta(move |m| m.pin(&d, &reason)).await?;
+        tracing::info!(%digest, "pinned");
+        Ok(())
+    }
+
+    /// Removes the pin of `digest`, as `DELETE /admin/pins/{digest}` does; false when there
+    /// was none.
+    pub async fn unpin(&self, digest: &Digest) -> ApiResult<bool> {
+        let d = digest.clone();
+        let removed = self.blocking_meta(move |m| m.unpin(&d)).await?;
+        if removed {
+            tracing::info!(%digest, "unpinned");
+        }
+        Ok(removed)
+    }
+}
+
 fn require_admin(registry: &Registry, headers: &HeaderMap) -> ApiResult<()> {
     let principal = registry.auth.authenticate(headers)?;
     registry.auth.require_admin(&principal)
@@ -109,7 +136,7 @@ struct PinEntry {
 
 async fn pins(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> ApiResult<Response> {
     require_admin(&registry, &headers)?;
-    let pins = registry.blocking_meta(|m| m.pins()).await?;
+    let pins = registry.pins().await?;
     let list: Vec<PinEntry> = pins
         .into_iter()
         .map(|(digest, record)| PinEntry { digest, record })
@@ -144,9 +171,7 @@ async fn pin(
             })?
             .reason
     };
-    let d = digest.clone();
-    registry.blocking_meta(move |m| m.pin(&d, &reason)).await?;
-    tracing::info!(%digest, "pinned");
+    registry.pin(&digest, &reason).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -157,9 +182,7 @@ async fn unpin(
 ) -> ApiResult<Response> {
     require_admin(&registry, &headers)?;
     let digest = parse_digest(&digest)?;
-    let d = digest.clone();
-    if registry.blocking_meta(move |m| m.unpin(&d)).await? {
-        tracing::info!(%digest, "unpinned");
+    if registry.unpin(&digest).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(

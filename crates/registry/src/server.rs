@@ -143,6 +143,12 @@ impl Server {
         self.addr
     }
 
+    /// The registry's state, for a process that serves it and also uses it directly (`berth
+    /// server` pins the images of its releases through it).
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
     /// The base URL clients use.
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };

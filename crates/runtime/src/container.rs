@@ -14,6 +14,7 @@ use crate::image::ImageConfig;
 use crate::logs::LogLimits;
 use crate::network::{Attachment, PortMapping};
 use crate::oci_runtime::RuntimeConfig;
+use crate::secret_files::SecretFiles;
 use crate::spec::{Bind, Resources, Tmpfs, User};
 
 /// The record's file in a container's directory.
@@ -191,6 +192,10 @@ pub struct ContainerRequest {
     /// container record, `berth inspect` and the state file never hold them.
     #[serde(skip)]
     pub secret_env: SecretEnv,
+    /// Secrets delivered as read-only files on a tmpfs of the container's own (see
+    /// [`crate::secret_files`]). Never serialized, like `secret_env`.
+    #[serde(skip)]
+    pub secret_files: SecretFiles,
 }
 
 /// Environment entries holding secrets: `Debug` shows only the names.

@@ -11,6 +11,7 @@ pub mod network;
 pub mod node;
 pub mod oci_runtime;
 pub mod rootfs;
+pub mod secret_files;
 pub mod spec;
 
 /// Now, in unix seconds.

@@ -19,6 +19,7 @@ use crate::image::{ImageError, ImageStore};
 use crate::network::{self, Netns, Network, NetworkConfig, NetworkError};
 use crate::oci_runtime::{DriverError, OciRuntime, RuntimeConfig};
 use crate::rootfs::Rootfs;
+use crate::secret_files::{mount_files, unmount_files, SECRETS_DIR};
 use crate::spec::{self, Bind, BundleSpec};
 
 /// What went wrong, for people.
@@ -374,6 +375,18 @@ impl Node {
             }
             binds.push(volume.clone());
         }
+        let secret_files = &record.request.secret_files;
+        if !secret_files.is_empty() {
+            secret_files.check().map_err(NodeError::Invalid)?;
+            let secrets = dir.join(SECRETS_DIR);
+            mount_files(&secrets, secret_files, (user.uid, user.gid))
+                .map_err(io("putting the secret files on a tmpfs"))?;
+            binds.extend(secret_files.0.iter().map(|file| Bind {
+                source: secrets.join(&file.name),
+                destination: file.destination.clone(),
+                read_only: true,
+            }));
+        }
         let spec = BundleSpec {
             args: record.process.args.clone(),
             env: record
@@ -474,6 +487,13 @@ impl Node {
     /// A reboot takes the root filesystem mount and the network namespace away (both live
     /// in memory) but leaves the container's directory: put them back before a start.
     fn restore_after_reboot(&self, container: &mut Container) -> Result<(), NodeError> {
+        let secrets = container.dir.join(SECRETS_DIR);
+        if secrets.exists() && !crate::rootfs::is_mount_point(&secrets) {
+            return Err(NodeError::Invalid(format!(
+                "the secret files of container {} were in memory and are gone (the node restarted?): remove it and create it again",
+                container.record.name
+            )));
+        }
         let rootfs = Rootfs::at(&container.dir);
         if !crate::rootfs::is_mount_point(&rootfs.merged) {
             let image = self
@@ -613,6 +633,7 @@ impl Node {
                 rootfs.merged.display()
             )));
         }
+        unmount_files(&dir.join(SECRETS_DIR)).map_err(io("unmounting the secret files"))?;
         match fs::remove_dir_all(dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

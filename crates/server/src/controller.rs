@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::events::{Event, EventKind, EventLog, EVENTS_KEPT};
 use crate::mounts::mounts;
+use crate::registry_pins::RegistryPins;
 use crate::releases::{
     release_key, releases_prefix, state_key, AppState, InstanceName, Release, ReleaseStatus,
     APPS_PREFIX,
@@ -73,6 +74,7 @@ pub struct Controller {
     /// Held shared while a start creates and mounts named volumes, exclusively while
     /// `berth volume rm` checks and removes one: a volume is never removed under a start.
     volumes: tokio::sync::RwLock<()>,
+    registry_pins: RegistryPins,
 }
 
 #[derive(Default)]
@@ -515,6 +517,7 @@ impl Controller {
             traffic: RwLock::new(Arc::new(NoTraffic)),
             node_name: node_name(),
             volumes: tokio::sync::RwLock::new(()),
+            registry_pins: RegistryPins::default(),
         })
     }
 
@@ -542,6 +545,12 @@ impl Controller {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// The pins of release images in berth's own registry (attach the registry before
+    /// [`Controller::run`]).
+    pub fn registry_pins(&self) -> &RegistryPins {
+        &self.registry_pins
     }
 
     /// The node.
@@ -660,6 +669,9 @@ impl Controller {
             {
                 tracing::warn!(app, error = %e, "reconciling failed");
             }
+        }
+        for event in self.registry_pins.sync().await {
+            self.event(event);
         }
         Ok(())
     }
@@ -1082,6 +1094,13 @@ impl Controller {
                         );
                         request.secret_env = self.secret_env(&app, &spec, &release_record).await?;
                         let _volumes = self.volumes.read().await;
+                        request.secret_files = crate::secrets_api::secret_files(
+                            &self.secrets,
+                            &app,
+                            &spec,
+                            &release_record,
+                        )
+                        .await?;
                         let mounts = mounts(&self.node.root().join("volumes"), &app, &spec);
                         for dir in &mounts.named {
                             std::fs::create_dir_all(dir)
@@ -1281,7 +1300,8 @@ impl Controller {
         }
     }
 
-    /// Pins the images of the releases a rollback may need and unpins the app's others.
+    /// Pins the images of the releases a rollback may need and unpins the app's others, on
+    /// the node and (at the end of the pass) in berth's own registry.
     async fn pin(
         &self,
         app: &str,
@@ -1289,6 +1309,8 @@ impl Controller {
         releases: &BTreeMap<ReleaseId, Release>,
         numbers: &[ReleaseId],
     ) {
+        let window = crate::registry_pins::window(state, releases, numbers);
+        self.registry_pins.want(app, window);
         let wanted: BTreeSet<String> = state
             .pinned_releases(numbers)
             .iter()

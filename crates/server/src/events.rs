@@ -85,6 +85,8 @@ pub enum EventKind {
     SecretDeleted,
     /// `berth volume rm` removed a named volume.
     VolumeRemoved,
+    /// An image a rollback may need is in a registry berth cannot pin it in.
+    ImageNotPinned,
 }
 
 /// One state change of an app.

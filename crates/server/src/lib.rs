@@ -7,6 +7,7 @@ pub mod api;
 pub mod controller;
 pub mod events;
 pub mod mounts;
+pub mod registry_pins;
 pub mod releases;
 pub mod secrets_api;
 pub mod traffic;

@@ -9,13 +9,15 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use berth_agent::secrets::{SecretError, SecretInfo};
+use berth_agent::secrets::{files, SecretError, SecretInfo, SecretStore};
+use berth_core::spec::ServiceSpec;
 use berth_core::AppSpec;
+use berth_runtime::secret_files::SecretFiles;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{check_app_name, ApiError, ApiState};
 use crate::controller::load_releases;
-use crate::releases::state_key;
+use crate::releases::{state_key, Release};
 
 /// The secret routes.
 pub fn routes() -> Router<Arc<ApiState>> {
@@ -170,10 +172,10 @@ pub async fn pin_versions(
     let mut pinned = BTreeMap::new();
     let mut missing = Vec::new();
     for (service, spec_service) in &spec.services {
-        for name in &spec_service.secrets {
+        for name in spec_service.secret_names() {
             match existing.get(name) {
                 Some(version) => {
-                    pinned.insert(name.clone(), *version);
+                    pinned.insert(name.to_owned(), *version);
                 }
                 None => missing.push(format!(
                     "service `{service}` needs secret {name}, which {} does not have: set it with `berth secret set {} {name}` (the value on stdin)",
@@ -187,4 +189,29 @@ pub async fn pin_versions(
     } else {
         Err(ApiError::new(StatusCode::BAD_REQUEST, missing.join("; ")))
     }
+}
+
+/// The files of the secrets `service` asks for as files, at the versions `release` pinned,
+/// for the runtime (which writes them to a tmpfs of the container's own).
+pub async fn secret_files(
+    secrets: &SecretStore,
+    app: &str,
+    service: &ServiceSpec,
+    release: &Release,
+) -> Result<SecretFiles, String> {
+    let mut values = Vec::new();
+    for (name, path) in &service.secret_files {
+        let version = release.secrets.get(name).ok_or_else(|| {
+            format!(
+                "release {} pins no version of secret {name}",
+                release.number
+            )
+        })?;
+        let value = secrets
+            .get(app, name, *version)
+            .await
+            .map_err(|e| e.to_string())?;
+        values.push((name.clone(), path.clone(), value));
+    }
+    files(&values).map_err(|e| e.to_string())
 }

@@ -396,107 +396,21 @@ fn env_vars_are_name_equals_value_and_stay_redacted() {
     assert!(env_vars(&nul).is_err());
 }
 
-/// The mount table entry for `dir`: (filesystem type, mount options).
-fn mount_of(dir: &std::path::Path) -> Option<(String, String)> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let dir = dir.to_str().expect("utf-8 path");
-    table.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let separator = fields.iter().position(|f| *f == "-")?;
-        (fields[4] == dir).then(|| (fields[separator + 1].to_string(), fields[5].to_string()))
-    })
-}
-
 #[test]
-fn secret_files_live_on_a_private_tmpfs_and_go_away_with_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let secrets_dir = dir.path().join("container/secrets");
-    let secrets = vec![
-        ("DB_PASSWORD".to_string(), Secret::new(PLAINTEXT)),
-        ("CERT".to_string(), Secret::new(vec![0xff, 0x00, 0x01])),
-    ];
-    let files =
-        SecretFiles::mount(&secrets_dir, &secrets, Some((1000, 1000))).expect("mount (needs root)");
-    assert_eq!(files.path(), secrets_dir);
-    let (fstype, options) = mount_of(&secrets_dir).expect("a mount at the secrets dir");
-    assert_eq!(fstype, "tmpfs");
-    for flag in ["nosuid", "nodev", "noexec"] {
-        assert!(options.split(',').any(|o| o == flag), "{options}");
-    }
-    let meta = std::fs::metadata(&secrets_dir).expect("stat");
-    assert_eq!(meta.permissions().mode() & 0o7777, 0o700);
-    use std::os::unix::fs::MetadataExt;
-    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
-    for (name, value) in &secrets {
-        let path = secrets_dir.join(name);
-        assert_eq!(std::fs::read(&path).expect("read"), value.expose());
-        let meta = std::fs::metadata(&path).expect("stat");
-        assert_eq!(meta.permissions().mode() & 0o7777, 0o400);
-        assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
-    }
+fn files_carry_name_path_and_value_and_refuse_names_that_are_paths() {
+    let secrets = vec![(
+        "DB_PASSWORD".to_string(),
+        "/run/secrets/db".to_string(),
+        Secret::new(PLAINTEXT),
+    )];
+    let files = files(&secrets).expect("files");
+    assert_eq!(files.0.len(), 1);
+    assert_eq!(files.0[0].name, "DB_PASSWORD");
+    assert_eq!(files.0[0].destination, "/run/secrets/db");
+    assert_eq!(files.0[0].value.as_slice(), PLAINTEXT);
+    assert!(!format!("{files:?}").contains("correct-horse"));
 
-    files.unmount().expect("unmount");
-    assert_eq!(mount_of(&secrets_dir), None);
-    assert!(!secrets_dir.exists());
-}
-
-#[test]
-fn dropping_secret_files_unmounts_and_a_leftover_mount_is_replaced() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let secrets_dir = dir.path().join("secrets");
-    let one = vec![("A".to_string(), Secret::new("one"))];
-    let files = SecretFiles::mount(&secrets_dir, &one, None).expect("mount (needs root)");
-    drop(files);
-    assert_eq!(mount_of(&secrets_dir), None);
-    assert!(!secrets_dir.join("A").exists());
-
-    // A crash leaves a mount behind: the next mount replaces it instead of stacking on it.
-    let leftover = SecretFiles::mount(&secrets_dir, &one, None).expect("mount");
-    std::mem::forget(leftover);
-    let two = vec![("B".to_string(), Secret::new("two"))];
-    let files = SecretFiles::mount(&secrets_dir, &two, None).expect("remount");
-    assert!(!secrets_dir.join("A").exists());
-    assert_eq!(std::fs::read(secrets_dir.join("B")).expect("read"), b"two");
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let dir_str = secrets_dir.to_str().expect("utf-8");
-    assert_eq!(
-        mounts
-            .lines()
-            .filter(|l| l.split(' ').nth(4) == Some(dir_str))
-            .count(),
-        1
-    );
-    files.unmount().expect("unmount");
-    assert_eq!(mount_of(&secrets_dir), None);
-}
-
-#[test]
-fn secret_files_refuse_names_that_are_paths() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bad = vec![("../escape".to_string(), Secret::new("x"))];
-    let err = SecretFiles::mount(&dir.path().join("s"), &bad, None).expect_err("path name");
+    let bad = vec![("../escape".to_string(), "/x".to_string(), Secret::new("x"))];
+    let err = super::files(&bad).expect_err("path name");
     assert!(matches!(err, SecretError::InvalidName { .. }), "{err}");
-    assert!(!dir.path().join("s").exists());
-}
-
-#[test]
-fn the_environment_key_wins_over_the_key_file() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("secret.key");
-    let env_key = key();
-    let (loaded, source) =
-        SecretKey::load_with(Some(env_key.to_base64().as_str()), &path).expect("env");
-    assert_eq!((loaded.id(), source), (env_key.id(), KeySource::Env));
-    assert!(
-        !path.exists(),
-        "no key file is created when the environment has the key"
-    );
-    let (_, source) = SecretKey::load_with(Some("  "), &path).expect("file");
-    assert_eq!(source, KeySource::Created(path.clone()));
-    let err = SecretKey::load_with(Some("AAAA"), &path).expect_err("bad env key");
-    assert!(
-        err.to_string()
-            .starts_with("the secret key from $BERTH_SECRET_KEY is invalid"),
-        "{err}"
-    );
 }

@@ -66,6 +66,10 @@ const SERVICE: Schema = &[
     ("command", "command = [\"/bin/web\", \"--port\", \"8080\"]"),
     ("env", "env = { RUST_LOG = \"info\" }"),
     ("secrets", "secrets = [\"STRIPE_KEY\"]"),
+    (
+        "secret_files",
+        "secret_files = { TLS_KEY = \"/run/secrets/tls.key\" }",
+    ),
     ("replicas", "replicas = 3"),
     (
         "resources",
@@ -726,6 +730,7 @@ fn read_service(
     }
     let env = read_env(r, s);
     let secrets = read_secrets(r, s, &env);
+    let secret_files = read_secret_files(r, s);
     let replicas = r.count(s, "replicas", 0).unwrap_or(1);
     let resources = read_resources(r, s);
     let ports = read_ports(r, s);
@@ -748,6 +753,7 @@ fn read_service(
         .duration(s, "stop_grace")
         .unwrap_or(Duration::from_secs(10));
     let volumes = read_volumes(r, s);
+    check_secret_files_against_volumes(r, s, &secret_files, &volumes);
     let route = read_route(r, s, &ports);
     let deploy = read_deploy(r, s);
     let tags = read_tags(r, s);
@@ -760,6 +766,7 @@ fn read_service(
         command,
         env,
         secrets,
+        secret_files,
         replicas,
         resources,
         ports,
@@ -937,6 +944,132 @@ fn read_meta(r: &mut Reader, s: &Tbl<'_, '_>) -> BTreeMap<String, String> {
         }
     }
     meta
+}
+
+/// Container directories a secret file may not be put under: the kernel's (`/proc`, `/sys`,
+/// `/dev` are mounted over by the runtime) and the root itself.
+const KERNEL_DIRS: &[&str] = &["/proc", "/sys", "/dev"];
+
+/// What is wrong with `path` as the container path of a secret file, if anything.
+fn secret_file_path_problem(path: &str) -> Option<(String, &'static str)> {
+    if !path.starts_with('/') {
+        return Some((
+            "is not an absolute path".into(),
+            "container paths start with `/`, e.g. \"/run/secrets/tls.key\"",
+        ));
+    }
+    if path.ends_with('/') {
+        return Some((
+            "ends with `/`".into(),
+            "name the file, not its directory: \"/run/secrets/tls.key\"",
+        ));
+    }
+    let parts: Vec<&str> = path[1..].split('/').collect();
+    if parts.iter().any(|part| matches!(*part, "" | "." | "..")) {
+        return Some((
+            "is not a plain path (it has `//`, `.` or `..`)".into(),
+            "write the path without `.`, `..` or doubled slashes, e.g. \"/run/secrets/tls.key\"",
+        ));
+    }
+    if let Some(dir) = KERNEL_DIRS
+        .iter()
+        .find(|dir| path == **dir || path.starts_with(&format!("{dir}/")))
+    {
+        return Some((
+            format!("is under {dir}, which the container runtime mounts over"),
+            "put secret files under /run/secrets (or another directory of your own)",
+        ));
+    }
+    None
+}
+
+fn read_secret_files(r: &mut Reader, s: &Tbl<'_, '_>) -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    let Some(table) = r.table(s, "secret_files", &[]) else {
+        return files;
+    };
+    let mut paths: BTreeMap<String, String> = BTreeMap::new();
+    for (key, value) in table.table {
+        let name = key.get_ref().as_ref();
+        if !is_env_name(name) {
+            r.problem(
+                key.span(),
+                format!("secret `{name}` is not a valid secret name"),
+                "secret names are environment variable names: letters, digits and `_`, not starting with a digit",
+            );
+            continue;
+        }
+        let DeValue::String(path) = value.get_ref() else {
+            r.problem(
+                value.span(),
+                format!(
+                    "the file of secret `{name}` must be a container path, not {}",
+                    article(value.get_ref())
+                ),
+                format!(
+                    "write it like: {name} = \"/run/secrets/{}\"",
+                    name.to_lowercase()
+                ),
+            );
+            continue;
+        };
+        if let Some((problem, hint)) = secret_file_path_problem(path) {
+            r.problem(
+                value.span(),
+                format!("the file of secret `{name}`, `{path}`, {problem}"),
+                hint,
+            );
+            continue;
+        }
+        let clash = paths.iter().find(|(other, _)| {
+            *other == path.as_ref()
+                || other.starts_with(&format!("{path}/"))
+                || path.starts_with(&format!("{other}/"))
+        });
+        if let Some((other_path, other)) = clash {
+            let message = if other_path == path.as_ref() {
+                format!("secrets `{other}` and `{name}` are both put at `{path}`")
+            } else {
+                format!("the files of secrets `{other}` (`{other_path}`) and `{name}` (`{path}`) are one inside the other")
+            };
+            r.problem(value.span(), message, "give each secret file its own path");
+            continue;
+        }
+        paths.insert(path.to_string(), name.to_string());
+        files.insert(name.to_string(), path.to_string());
+    }
+    files
+}
+
+/// A secret file may not be a volume's mount point nor lie inside a named or bind volume
+/// (its mount point would be created in the volume's directory on the node).
+fn check_secret_files_against_volumes(
+    r: &mut Reader,
+    s: &Tbl<'_, '_>,
+    files: &BTreeMap<String, String>,
+    volumes: &BTreeMap<String, VolumeSpec>,
+) {
+    for (name, path) in files {
+        for (volume, spec) in volumes {
+            let (mount, persistent) = match spec {
+                VolumeSpec::Named { path, .. } | VolumeSpec::Bind { path, .. } => (path, true),
+                VolumeSpec::Tmpfs { path, .. } => (path, false),
+            };
+            let inside = path.starts_with(&format!("{}/", mount.trim_end_matches('/')));
+            if path == mount || (inside && persistent) || mount.starts_with(&format!("{path}/")) {
+                let span = s
+                    .get("secret_files")
+                    .and_then(|v| v.get_ref().as_table())
+                    .and_then(|t| t.get(name.as_str()))
+                    .map_or(s.span.clone(), Spanned::span);
+                r.problem(
+                    span,
+                    format!("the file of secret `{name}`, `{path}`, overlaps volume `{volume}` at `{mount}`"),
+                    "put secret files outside named and bind volumes, e.g. under /run/secrets",
+                );
+            }
+        }
+    }
 }
 
 fn read_resources(r: &mut Reader, s: &Tbl<'_, '_>) -> Resources {

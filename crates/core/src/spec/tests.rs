@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
@@ -85,6 +86,8 @@ fn blog_example_parses() {
     assert!(
         matches!(app.deploy.strategy, Strategy::BlueGreen(BlueGreen { keep_old, .. }) if keep_old == Duration::from_secs(600))
     );
+    assert_eq!(app.secret_files["SESSION_KEY"], "/run/secrets/session_key");
+    assert!(app.secrets.is_empty());
     assert_eq!(spec.services["worker"].restart, RestartPolicy::OnFailure);
     assert!(matches!(
         spec.services["worker"]
@@ -250,6 +253,46 @@ const INVALID: &[(&str, &str, &str)] = &[
         "use \"least_outstanding\" (the default) or \"round_robin\"",
     ),
     (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\n[services.web.secret_files]\nTLS_KEY = \"run/secrets/tls.key\"\n",
+        "5:11: the file of secret `TLS_KEY`, `run/secrets/tls.key`, is not an absolute path",
+        "container paths start with `/`, e.g. \"/run/secrets/tls.key\"",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nsecret_files = { TOKEN = \"/proc/self/token\" }\n",
+        "4:26: the file of secret `TOKEN`, `/proc/self/token`, is under /proc, which the container runtime mounts over",
+        "put secret files under /run/secrets (or another directory of your own)",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nsecret_files = { TOKEN = \"/run/secrets/../token\" }\n",
+        "4:26: the file of secret `TOKEN`, `/run/secrets/../token`, is not a plain path (it has `//`, `.` or `..`)",
+        "write the path without `.`, `..` or doubled slashes, e.g. \"/run/secrets/tls.key\"",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nsecret_files = { TOKEN = { path = \"/run/secrets/token\" } }\n",
+        "4:26: the file of secret `TOKEN` must be a container path, not a table",
+        "write it like: TOKEN = \"/run/secrets/token\"",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nsecret_files = { \"tls-key\" = \"/run/secrets/tls.key\" }\n",
+        "4:18: secret `tls-key` is not a valid secret name",
+        "secret names are environment variable names: letters, digits and `_`, not starting with a digit",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nsecret_file = { TOKEN = \"/run/secrets/token\" }\n",
+        "4:1: unknown key `secret_file` in services.web",
+        "did you mean `secret_files`?",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nsecret_files = { A = \"/run/s/a\", B = \"/run/s/a\" }\n",
+        "4:38: secrets `A` and `B` are both put at `/run/s/a`",
+        "give each secret file its own path",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nvolumes = { data = \"/data\" }\nsecret_files = { TOKEN = \"/data/token\" }\n",
+        "5:26: the file of secret `TOKEN`, `/data/token`, overlaps volume `data` at `/data`",
+        "put secret files outside named and bind volumes, e.g. under /run/secrets",
+    ),
+    (
         "app = \"shop\"\n[services.web\nimage = \"web:1\"\n",
         "2:14: unclosed table, expected `]`",
         "this is not valid TOML; see https://toml.io for the syntax",
@@ -304,4 +347,25 @@ fn a_broken_overlay_is_reported_whichever_environment_is_deployed() {
     let text = format!("{WEB}[env.staging]\nservices.web.replicas = 1\n[env.production]\nservices.web.replicas = -1\n");
     let errors = AppSpec::parse(&text, Some("staging")).expect_err("production overlay is broken");
     assert_eq!((errors.0[0].line, errors.0[0].column), (7, 25));
+}
+
+#[test]
+fn secrets_can_be_files_as_well_as_variables() {
+    let text = format!(
+        "{WEB}secrets = [\"TOKEN\"]\nvolumes = {{ scratch = {{ tmpfs = \"/scratch\" }} }}\n[services.web.secret_files]\nTOKEN = \"/run/secrets/token\"\nTLS_KEY = \"/scratch/tls.key\"\n"
+    );
+    let spec = AppSpec::parse(&text, None).expect("secret files parse");
+    let web = &spec.services["web"];
+    assert_eq!(web.secrets, ["TOKEN"]);
+    assert_eq!(
+        web.secret_files,
+        BTreeMap::from([
+            ("TLS_KEY".to_owned(), "/scratch/tls.key".to_owned()),
+            ("TOKEN".to_owned(), "/run/secrets/token".to_owned()),
+        ])
+    );
+    assert_eq!(
+        web.secret_names().into_iter().collect::<Vec<_>>(),
+        ["TLS_KEY", "TOKEN"]
+    );
 }
