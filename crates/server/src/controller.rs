@@ -1327,8 +1327,18 @@ impl Controller {
                 tracing::debug!(app, %digest, error = %e, "pinning");
             }
         }
+        // A digest leaves the node's pins only when no other app still wants it.
+        let others: BTreeSet<String> = self
+            .lock()
+            .pinned
+            .iter()
+            .filter(|(other, _)| other.as_str() != app)
+            .flat_map(|(_, digests)| digests.iter().cloned())
+            .collect();
         for digest in had.difference(&wanted) {
-            let _ = images.pin(digest, false);
+            if !others.contains(digest) {
+                let _ = images.pin(digest, false);
+            }
         }
         self.lock().pinned.insert(app.to_owned(), wanted);
     }
