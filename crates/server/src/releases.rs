@@ -80,6 +80,11 @@ pub struct ResolvedImage {
     pub pinned_reference: String,
 }
 
+/// How many releases besides the desired one keep their images pinned (the newest that did
+/// not fail), so that a rollback to any of them never waits for a pull or finds its manifest
+/// collected.
+pub const KEEP_RELEASES: usize = 2;
+
 /// What the controller keeps about an app between plans.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppState {
@@ -224,10 +229,18 @@ impl AppState {
             .max()
     }
 
-    /// Releases whose images must stay on the node: the desired one, the previously desired
-    /// one, the rollback target, and the release each unfinished deploy replaces.
+    /// Releases whose images must stay on the node and in the registry: the desired one, the
+    /// [`KEEP_RELEASES`] newest others that did not fail, the previously desired one, the
+    /// rollback target, and the release each unfinished deploy replaces.
     pub fn pinned_releases(&self, releases: &[ReleaseId]) -> BTreeSet<ReleaseId> {
         let mut pinned: BTreeSet<ReleaseId> = BTreeSet::from([self.desired]);
+        let mut others: Vec<ReleaseId> = releases
+            .iter()
+            .copied()
+            .filter(|number| *number != self.desired && !self.failed.contains_key(number))
+            .collect();
+        others.sort_unstable_by(|a, b| b.cmp(a));
+        pinned.extend(others.into_iter().take(KEEP_RELEASES));
         pinned.extend(self.previous);
         pinned.extend(self.rollback_target(releases));
         pinned.extend(

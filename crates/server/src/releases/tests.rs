@@ -154,7 +154,14 @@ fn rollback_skips_failed_releases_and_pins_what_it_needs() {
     app.failed.insert(3, "broken".into());
     let releases = [1, 2, 3, 4];
     assert_eq!(app.rollback_target(&releases), Some(2));
-    assert_eq!(app.pinned_releases(&releases), BTreeSet::from([2, 4]));
+    // The desired release and the two newest others that did not fail.
+    assert_eq!(app.pinned_releases(&releases), BTreeSet::from([1, 2, 4]));
+    let long: Vec<ReleaseId> = (1..=9).collect();
+    assert_eq!(
+        state(9).pinned_releases(&long),
+        BTreeSet::from([7, 8, 9]),
+        "KEEP_RELEASES = 2 besides the desired one"
+    );
 
     // A rollback to a release that failed before deploys it afresh.
     let again = app.clone().with_desired("shop", 3);
@@ -194,7 +201,7 @@ fn after_a_rollback_the_release_rolled_back_from_stays_pinned() {
     let back = app.with_desired("shop", 1);
     assert_eq!(back.previous, Some(3));
     assert_eq!(back.rollback_target(&[1, 2, 3]), None);
-    assert_eq!(back.pinned_releases(&[1, 2, 3]), BTreeSet::from([1, 3]));
+    assert_eq!(back.pinned_releases(&[1, 2, 3]), BTreeSet::from([1, 2, 3]));
 }
 
 #[test]
