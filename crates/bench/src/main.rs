@@ -3,6 +3,7 @@
 
 mod deploy;
 mod gc;
+mod proxy;
 mod registry;
 mod runtime;
 mod servers;
@@ -27,6 +28,8 @@ enum Command {
     Gc(gc::Options),
     /// berth's node: container starts vs bare runc and podman, pulls vs skopeo + umoci.
     Runtime(runtime::Options),
+    /// berth's reverse proxy vs Debian's nginx in front of the same upstream, under wrk.
+    Proxy(proxy::Options),
     /// berth server: deploy, update and rollback times of a 10-replica app (no peer).
     Deploy(deploy::Options),
 }
@@ -43,6 +46,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Gc(options) => gc::run(options).await,
                 Command::Runtime(options) => runtime::run(options).await,
                 Command::Deploy(options) => deploy::run(options).await,
+                Command::Proxy(options) => proxy::run(options).await,
             }
         };
         // On SIGINT or SIGTERM the benchmark's future is dropped, and with it the guards
