@@ -51,7 +51,10 @@ struct Figures {
 /// Runs the benchmark.
 pub async fn run(options: Options) -> anyhow::Result<()> {
     crate::at_least_one(&[
-        ("--duration", usize::try_from(options.duration).unwrap_or(usize::MAX)),
+        (
+            "--duration",
+            usize::try_from(options.duration).unwrap_or(usize::MAX),
+        ),
         ("--connections", options.connections),
         ("--threads", options.threads),
         ("--workers", options.workers),
@@ -69,11 +72,16 @@ fn measure(o: &Options) -> anyhow::Result<String> {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        ensure!(found.is_ok(), "{tool} is missing: run scripts/install-deps.sh");
+        ensure!(
+            found.is_ok(),
+            "{tool} is missing: run scripts/install-deps.sh"
+        );
     }
     let upstream = Upstream::start()?;
     let berth = BerthProxy::start(upstream.addr, o.workers)?;
-    let work = tempfile::Builder::new().prefix("berth-bench-proxy-").tempdir()?;
+    let work = tempfile::Builder::new()
+        .prefix("berth-bench-proxy-")
+        .tempdir()?;
     let nginx = Nginx::start(work.path(), upstream.addr, o.workers)?;
     eprintln!(
         "upstream {}, berth {}, nginx {} ({} worker(s) each)",
@@ -401,9 +409,8 @@ http {{
             .spawn()
             .context("starting nginx")?;
         let nginx = Nginx { addr, child };
-        wait_listening(addr, "nginx").with_context(|| {
-            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        })?;
+        wait_listening(addr, "nginx")
+            .with_context(|| std::fs::read_to_string(dir.join("error.log")).unwrap_or_default())?;
         Ok(nginx)
     }
 }

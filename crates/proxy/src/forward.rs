@@ -142,8 +142,10 @@ const REPICKS: usize = 8;
 
 impl Shared {
     /// Finds the route, a group by weight and an upstream by balance (not one in `tried`).
-    /// None when no route matches.
+    /// None when no route matches; a pick without `in_flight` when the route has no
+    /// upstream to give.
     fn pick(&self, host: &str, path: &str, tried: &[SocketAddr]) -> Option<Picked> {
+        let mut last = None;
         for _ in 0..REPICKS {
             let table = self.routes.load();
             let route = table.find(host, path)?;
@@ -174,10 +176,10 @@ impl Shared {
                     picked.in_flight = Some(guard);
                     return Some(picked);
                 }
-                None => continue,
+                None => last = Some(picked),
             }
         }
-        None
+        last
     }
 
     /// Serves one request from a client at `peer`.

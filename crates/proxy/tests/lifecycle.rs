@@ -83,7 +83,7 @@ async fn drain_waits_for_the_slow_request_then_resolves() {
     let c = client();
     let slow = {
         let c = c.clone();
-        let url = proxy.url("/slow/800");
+        let url = proxy.url("/slow/3000");
         tokio::spawn(async move {
             let r = c.get(url).send().await.unwrap();
             (r.status().as_u16(), r.text().await.unwrap())
@@ -123,7 +123,7 @@ async fn drain_times_out_and_says_how_many_are_left() {
     let c = client();
     let mut slow = Vec::new();
     for _ in 0..2 {
-        let (c, url) = (c.clone(), proxy.url("/slow/1500"));
+        let (c, url) = (c.clone(), proxy.url("/slow/3000"));
         slow.push(tokio::spawn(async move {
             c.get(url).send().await.unwrap().status()
         }));

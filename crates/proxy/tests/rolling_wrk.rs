@@ -68,15 +68,24 @@ async fn a_rolling_deploy_under_wrk_loses_nothing() {
     let output = report.await.unwrap().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     println!("{text}");
-    println!("rolled {rolled} upstreams ({drained_with_waiting} had requests in flight when removed)");
-    assert!(output.status.success(), "wrk failed: {}", String::from_utf8_lossy(&output.stderr));
+    println!(
+        "rolled {rolled} upstreams ({drained_with_waiting} had requests in flight when removed)"
+    );
+    assert!(
+        output.status.success(),
+        "wrk failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let requests: u64 = text
         .lines()
         .find(|l| l.contains("requests in"))
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .expect("wrk printed no request count");
-    println!("requests {requests}, req/s {:?}", figure(&text, "Requests/sec:"));
+    println!(
+        "requests {requests}, req/s {:?}",
+        figure(&text, "Requests/sec:")
+    );
     assert!(requests > 0);
     assert!(rolled >= 5, "only {rolled} upstreams rolled during the run");
     assert_eq!(figure(&text, "Socket errors:"), None, "{text}");

@@ -152,20 +152,24 @@ async fn least_outstanding_prefers_the_idle_upstream() {
     let c = client();
     // Hold three slow requests on whichever upstream they land on, then look where the
     // quick ones go: never to an upstream with more requests in flight.
+    let in_flight = || proxy.proxy.in_flight(busy.addr) + proxy.proxy.in_flight(idle.addr);
     let mut slow = Vec::new();
-    for _ in 0..3 {
+    for n in 1..=3 {
         let c = c.clone();
-        let url = proxy.url("/slow/1500");
+        let url = proxy.url("/slow/4000");
         slow.push(tokio::spawn(async move {
             c.get(url).send().await.unwrap().status()
         }));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        while in_flight() < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     let (busy_n, idle_n) = (
         proxy.proxy.in_flight(busy.addr),
         proxy.proxy.in_flight(idle.addr),
     );
     assert_eq!(busy_n + idle_n, 3);
+    assert_ne!(busy_n, idle_n);
     let quieter = if busy_n < idle_n { "busy" } else { "idle" };
     for _ in 0..5 {
         assert_eq!(get(&c, &proxy, "x", "/").await, (200, quieter.to_owned()));
