@@ -3,7 +3,8 @@
 //! and the medians are printed with the ratios berth/nginx.
 //!
 //! Fairness: nginx runs with `worker_processes` workers (default 1) and berth's proxy on a
-//! tokio runtime with as many worker threads; the upstream (a small hyper server) has its
+//! tokio runtime with as many worker threads (for 1, tokio's current-thread runtime: one
+//! event loop on one thread, like one nginx worker); the upstream (a small hyper server) has its
 //! own single-threaded runtime; wrk gets its own threads. Neither proxy writes an access
 //! log; both keep idle keep-alive connections to the upstream.
 
@@ -307,7 +308,7 @@ impl Upstream {
     }
 }
 
-/// berth's proxy on its own runtime with `workers` threads.
+/// berth's proxy on its own runtime with `workers` threads (a current-thread runtime for 1).
 struct BerthProxy {
     addr: SocketAddr,
     _runtime: Background,
@@ -315,10 +316,17 @@ struct BerthProxy {
 
 impl BerthProxy {
     fn start(upstream: SocketAddr, workers: usize) -> anyhow::Result<BerthProxy> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()?;
+        // One worker is one event loop on one thread, as one nginx worker process is.
+        let runtime = if workers == 1 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()?
+        };
         let proxy = runtime.block_on(Proxy::bind(ProxyConfig {
             http: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
             ..ProxyConfig::default()
