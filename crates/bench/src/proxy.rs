@@ -2,9 +2,9 @@
 //! same upstream, under the same `wrk` load, in one run. Rounds alternate between the two
 //! and the medians are printed with the ratios berth/nginx.
 //!
-//! Fairness: nginx runs with `worker_processes` workers (default 1) and berth's proxy on a
-//! tokio runtime with as many worker threads (for 1, tokio's current-thread runtime: one
-//! event loop on one thread, like one nginx worker); the upstream (a small hyper server) has its
+//! Fairness: nginx runs with `worker_processes` workers (default 1) and berth's proxy with
+//! as many workers (`ProxyConfig::workers`: each a thread with a single-threaded runtime,
+//! its own `SO_REUSEPORT` socket and upstream pool, like an nginx worker process); the upstream (a small hyper server) has its
 //! own single-threaded runtime; wrk gets its own threads. Neither proxy writes an access
 //! log; both keep idle keep-alive connections to the upstream.
 
@@ -308,7 +308,7 @@ impl Upstream {
     }
 }
 
-/// berth's proxy on its own runtime with `workers` threads (a current-thread runtime for 1).
+/// berth's proxy with `workers` worker threads (`ProxyConfig::workers`).
 struct BerthProxy {
     addr: SocketAddr,
     _runtime: Background,
@@ -316,19 +316,13 @@ struct BerthProxy {
 
 impl BerthProxy {
     fn start(upstream: SocketAddr, workers: usize) -> anyhow::Result<BerthProxy> {
-        // One worker is one event loop on one thread, as one nginx worker process is.
-        let runtime = if workers == 1 {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-        } else {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
-                .enable_all()
-                .build()?
-        };
+        // The proxy's own worker threads do the work; this runtime only waits for the stop.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let proxy = runtime.block_on(Proxy::bind(ProxyConfig {
             http: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            workers,
             ..ProxyConfig::default()
         }))?;
         proxy.set_routes(vec![Route {

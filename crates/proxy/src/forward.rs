@@ -36,8 +36,6 @@ pub struct Shared {
     pub upstreams: Registry,
     /// Counters.
     pub metrics: Arc<MetricsRegistry>,
-    /// The client to upstreams.
-    pub client: UpstreamClient,
     /// Extra attempts after a connect failure.
     pub retries: usize,
 }
@@ -182,9 +180,10 @@ impl Shared {
         last
     }
 
-    /// Serves one request from a client at `peer`.
+    /// Serves one request from a client at `peer`, sending it upstream with `client`.
     pub async fn handle(
-        self: Arc<Self>,
+        &self,
+        client: &UpstreamClient,
         mut request: Request<Incoming>,
         peer: SocketAddr,
         https: bool,
@@ -257,7 +256,7 @@ impl Shared {
             *outgoing.version_mut() = Version::HTTP_11;
             *outgoing.headers_mut() = head.headers.clone();
 
-            match self.client.request(outgoing).await {
+            match client.request(outgoing).await {
                 Ok(response) => break Ok((response, in_flight)),
                 Err(error) if error.is_connect() => {
                     self.upstreams.mark_failed(&upstream);

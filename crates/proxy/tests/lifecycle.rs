@@ -266,3 +266,45 @@ async fn shutdown_lets_the_request_in_flight_finish() {
     assert_eq!(slow.await.unwrap(), "web");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn worker_threads_share_the_port_the_table_and_the_counters() {
+    let web = Upstream::start("web").await;
+    let proxy = TestProxy::start_with(ProxyConfig {
+        http: vec!["127.0.0.1:0".parse().unwrap()],
+        workers: 2,
+        ..ProxyConfig::default()
+    })
+    .await;
+    proxy
+        .proxy
+        .set_routes(vec![route("web", "*", "/", vec![group("r1", 1, &[&web])])])
+        .unwrap();
+    // A new connection per request, so that the kernel spreads them over both workers.
+    let fresh = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    for _ in 0..20 {
+        assert_eq!(get(&fresh, &proxy, "x", "/").await, (200, "web".into()));
+    }
+    let threads = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|name| name.starts_with("berth-proxy-"))
+        .count();
+    assert_eq!(threads, 2);
+    assert_eq!(proxy.proxy.metrics().route("web").unwrap().requests, 20);
+    let slow = {
+        let (c, url) = (client(), proxy.url("/slow/500"));
+        tokio::spawn(async move { c.get(url).send().await.unwrap().text().await.unwrap() })
+    };
+    while proxy.proxy.in_flight(web.addr) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let addr = proxy.addr;
+    proxy.shutdown().await;
+    assert_eq!(slow.await.unwrap(), "web");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
