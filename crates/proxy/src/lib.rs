@@ -269,7 +269,8 @@ impl Proxy {
     }
 
     /// Replaces the route table at once: requests that started keep their upstream,
-    /// new ones use the new table. Upstreams the new table no longer names get no new
+    /// new ones use the new table. Counters are kept by route name and group label for the
+    /// routes and groups of this table and the previous one. Upstreams the new table no longer names get no new
     /// requests; wait for their last ones with [`Proxy::drain`]. A bad table is refused
     /// whole and the old one stays.
     pub fn set_routes(&self, routes: Vec<Route>) -> Result<(), RouteError> {
@@ -313,8 +314,13 @@ impl Proxy {
                 })
                 .collect(),
         );
-        self.shared.routes.store(Arc::new(table));
+        // Counters of the previous table and of this one stay (a promoted release's old
+        // group can still be compared once); anything older is forgotten.
+        let mut keep: std::collections::HashSet<_> = table.metric_keys().collect();
+        let previous = self.shared.routes.swap(Arc::new(table));
         resolved.mark();
+        keep.extend(previous.metric_keys());
+        metrics.retain(&keep);
         Ok(())
     }
 

@@ -379,6 +379,22 @@ impl Table {
     }
 }
 
+impl Table {
+    /// The route names and (route, group label) pairs in the table, as
+    /// `MetricsRegistry::retain` takes them.
+    pub fn metric_keys(&self) -> impl Iterator<Item = (String, Option<String>)> + '_ {
+        let all = self.by_host.values().flatten().chain(self.any_host.iter());
+        all.flat_map(|route| {
+            let name = route.name.to_string();
+            let groups = route
+                .groups
+                .iter()
+                .map(move |g| (route.name.to_string(), Some(g.label.to_string())));
+            std::iter::once((name, None)).chain(groups)
+        })
+    }
+}
+
 /// The first route in `list` (sorted longest prefix first) whose prefix matches `path`.
 fn longest_match<'a>(list: &'a [LiveRoute], path: &str) -> Option<&'a LiveRoute> {
     list.iter().find(|r| prefix_matches(&r.path_prefix, path))

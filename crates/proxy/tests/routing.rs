@@ -310,3 +310,23 @@ async fn metrics_count_requests_and_5xx_per_group_and_window() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn counters_of_groups_two_tables_old_are_forgotten() {
+    let web = Upstream::start("web").await;
+    let proxy = TestProxy::start().await;
+    let table = |label: &str| vec![route("web", "*", "/", vec![group(label, 1, &[&web])])];
+    proxy.proxy.set_routes(table("r1")).unwrap();
+    get(&client(), &proxy, "x", "/").await;
+    proxy.proxy.set_routes(table("r2")).unwrap();
+    // r1 was in the previous table: still there to compare with.
+    assert_eq!(
+        proxy.proxy.metrics().group("web", "r1").unwrap().requests,
+        1
+    );
+    proxy.proxy.set_routes(table("r3")).unwrap();
+    let metrics = proxy.proxy.metrics();
+    assert_eq!(metrics.group("web", "r1"), None);
+    assert!(metrics.group("web", "r2").is_some() && metrics.group("web", "r3").is_some());
+    assert_eq!(metrics.route("web").unwrap().requests, 1);
+}
