@@ -308,3 +308,33 @@ async fn worker_threads_share_the_port_the_table_and_the_counters() {
     assert_eq!(slow.await.unwrap(), "web");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn an_upstream_that_hangs_up_after_the_request_is_not_retried() {
+    // It accepts, reads the request and closes: the request did reach it, so a retry could
+    // run it twice.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closer = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+        }
+    });
+    let live = Upstream::start("live").await;
+    let proxy = TestProxy::start().await;
+    let mut g = group("r1", 1, &[&live]);
+    g.upstreams.insert(0, closer);
+    proxy
+        .proxy
+        .set_routes(vec![route("web", "*", "/", vec![g])])
+        .unwrap();
+    let (status, body) = get(&client(), &proxy, "x", "/").await;
+    assert_eq!(status, 502);
+    assert_eq!(body, "the upstream failed to answer\n");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(live.hits(), 0);
+}
