@@ -287,6 +287,7 @@ impl Proxy {
             .map_err(|error| RouteError::BadUpstream(error.to_string()))?;
         let metrics = &self.shared.metrics;
         let table = Table::new(
+            routes.clone(),
             routes
                 .into_iter()
                 .map(|r| {
@@ -322,6 +323,12 @@ impl Proxy {
         keep.extend(previous.metric_keys());
         metrics.retain(&keep);
         Ok(())
+    }
+
+    /// The live route table, as given to [`Proxy::set_routes`] with hosts lower-cased and
+    /// trailing slashes of prefixes removed.
+    pub fn routes(&self) -> Vec<Route> {
+        self.shared.routes.load().routes.clone()
     }
 
     /// Waits until no request is in flight to `addr` (resolves at once when none is), or

@@ -347,12 +347,17 @@ impl LiveRoute {
 pub struct Table {
     by_host: HashMap<String, Vec<LiveRoute>>,
     any_host: Vec<LiveRoute>,
+    /// The routes as given (normalized), for reading the table back.
+    pub routes: Vec<Route>,
 }
 
 impl Table {
     /// A table of these routes (already validated).
-    pub fn new(routes: Vec<(String, LiveRoute)>) -> Self {
-        let mut table = Table::default();
+    pub fn new(given: Vec<Route>, routes: Vec<(String, LiveRoute)>) -> Self {
+        let mut table = Table {
+            routes: given,
+            ..Table::default()
+        };
         for (host, route) in routes {
             if host == "*" {
                 table.any_host.push(route);

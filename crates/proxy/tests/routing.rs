@@ -108,6 +108,9 @@ async fn a_bad_table_is_refused_and_the_old_one_stays() {
             .proxy
             .set_routes(vec![route("bad", "shop.example", "no-slash", Vec::new())]);
     assert!(matches!(refused, Err(RouteError::BadPrefix { .. })));
+    let live = proxy.proxy.routes();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].name, "web");
     assert_eq!(
         get(&client(), &proxy, "shop.example", "/").await,
         (200, "web".into())
