@@ -4,6 +4,7 @@
 mod deploy;
 mod dns;
 mod gc;
+mod proxy;
 mod registry;
 mod runtime;
 mod servers;
@@ -28,6 +29,8 @@ enum Command {
     Gc(gc::Options),
     /// berth's node: container starts vs bare runc and podman, pulls vs skopeo + umoci.
     Runtime(runtime::Options),
+    /// berth's reverse proxy vs Debian's nginx in front of the same upstream, under wrk.
+    Proxy(proxy::Options),
     /// berth server: deploy, update and rollback times of a 10-replica app (no peer).
     Deploy(deploy::Options),
     /// berth's DNS server vs dnsmasq answering the same names: questions/s and latency.
@@ -47,6 +50,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Runtime(options) => runtime::run(options).await,
                 Command::Deploy(options) => deploy::run(options).await,
                 Command::Dns(options) => dns::run(options).await,
+                Command::Proxy(options) => proxy::run(options).await,
             }
         };
         // On SIGINT or SIGTERM the benchmark's future is dropped, and with it the guards

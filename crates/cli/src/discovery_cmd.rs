@@ -89,6 +89,9 @@ pub async fn start(controller: &Arc<Controller>, listeners: Listeners) -> anyhow
             http: listeners.proxy.clone(),
             https: listeners.proxy_tls.clone(),
             certs: listeners.certs.clone(),
+            // One event loop per core, each with its own socket and upstream pool, like
+            // nginx's workers (see docs/proxy.md and bench/proxy).
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ..Default::default()
         })
         .await

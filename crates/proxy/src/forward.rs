@@ -36,8 +36,6 @@ pub struct Shared {
     pub upstreams: Registry,
     /// Counters.
     pub metrics: Arc<MetricsRegistry>,
-    /// The client to upstreams.
-    pub client: UpstreamClient,
     /// Extra attempts after a connect failure.
     pub retries: usize,
 }
@@ -137,13 +135,25 @@ struct Picked {
     in_flight: Option<InFlight>,
 }
 
+/// Why a request got no upstream response.
+enum Failure {
+    /// The route has no upstream to give (503).
+    NoUpstream,
+    /// Connecting failed, and no retry was allowed or left (502); the request never left.
+    Unreachable(SocketAddr),
+    /// The request was sent but no usable response came back (502); never retried.
+    Failed(SocketAddr),
+}
+
 /// How many times a pick is redone when it lands on an upstream that a newer table removed.
 const REPICKS: usize = 8;
 
 impl Shared {
     /// Finds the route, a group by weight and an upstream by balance (not one in `tried`).
-    /// None when no route matches.
+    /// None when no route matches; a pick without `in_flight` when the route has no
+    /// upstream to give.
     fn pick(&self, host: &str, path: &str, tried: &[SocketAddr]) -> Option<Picked> {
+        let mut last = None;
         for _ in 0..REPICKS {
             let table = self.routes.load();
             let route = table.find(host, path)?;
@@ -174,15 +184,16 @@ impl Shared {
                     picked.in_flight = Some(guard);
                     return Some(picked);
                 }
-                None => continue,
+                None => last = Some(picked),
             }
         }
-        None
+        last
     }
 
-    /// Serves one request from a client at `peer`.
+    /// Serves one request from a client at `peer`, sending it upstream with `client`.
     pub async fn handle(
-        self: Arc<Self>,
+        &self,
+        client: &UpstreamClient,
         mut request: Request<Incoming>,
         peer: SocketAddr,
         https: bool,
@@ -232,7 +243,10 @@ impl Shared {
 
         let result = loop {
             let Some(in_flight) = picked.in_flight.take() else {
-                break Err(StatusCode::SERVICE_UNAVAILABLE);
+                break Err(match tried.last() {
+                    Some(addr) => Failure::Unreachable(*addr),
+                    None => Failure::NoUpstream,
+                });
             };
             let addr = in_flight.addr();
             let upstream = Arc::clone(in_flight.upstream());
@@ -244,7 +258,7 @@ impl Shared {
                 Uri::from_parts(parts)
             };
             let Ok(uri) = uri else {
-                break Err(StatusCode::BAD_GATEWAY);
+                break Err(Failure::Failed(addr));
             };
             let mut outgoing = Request::new(match body.take() {
                 Some(b) if !retryable => Either::Left(b),
@@ -255,27 +269,26 @@ impl Shared {
             *outgoing.version_mut() = Version::HTTP_11;
             *outgoing.headers_mut() = head.headers.clone();
 
-            match self.client.request(outgoing).await {
+            match client.request(outgoing).await {
                 Ok(response) => break Ok((response, in_flight)),
                 Err(error) if error.is_connect() => {
                     self.upstreams.mark_failed(&upstream);
                     tracing::warn!(upstream = %addr, route = %picked.route, %error, "upstream refused a connection");
                     tried.push(addr);
                     if !retryable || tried.len() > self.retries {
-                        break Err(StatusCode::BAD_GATEWAY);
+                        break Err(Failure::Unreachable(addr));
                     }
                     drop(in_flight);
+                    // The route may have changed or gone meanwhile: the next pick is from
+                    // the live table, and a miss there ends the retries.
                     match self.pick(&host, path, &tried) {
-                        Some(next) => picked = next,
-                        None => break Err(StatusCode::BAD_GATEWAY),
-                    }
-                    if picked.in_flight.is_none() {
-                        break Err(StatusCode::BAD_GATEWAY);
+                        Some(next) if next.in_flight.is_some() => picked = next,
+                        _ => break Err(Failure::Unreachable(addr)),
                     }
                 }
                 Err(error) => {
                     tracing::warn!(upstream = %addr, route = %picked.route, %error, "upstream request failed");
-                    break Err(StatusCode::BAD_GATEWAY);
+                    break Err(Failure::Failed(addr));
                 }
             }
         };
@@ -295,19 +308,23 @@ impl Shared {
                     (Response::from_parts(parts, body), upstream)
                 }
             }
-            Err(StatusCode::SERVICE_UNAVAILABLE) => (
+            Err(Failure::NoUpstream) => (
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no upstream is available for this route\n",
                 ),
                 None,
             ),
-            Err(_) => (
+            Err(Failure::Unreachable(addr)) => (
                 text(
                     StatusCode::BAD_GATEWAY,
                     "the upstream could not be reached\n",
                 ),
-                tried.last().copied(),
+                Some(addr),
+            ),
+            Err(Failure::Failed(addr)) => (
+                text(StatusCode::BAD_GATEWAY, "the upstream failed to answer\n"),
+                Some(addr),
             ),
         };
         let (response, upstream) = response;

@@ -26,7 +26,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
 
 pub use body::ProxyBody;
@@ -37,7 +37,7 @@ pub use route::{Balance, Group, Route, RouteError};
 pub use tls::{CertSpec, TlsError};
 pub use upstream::DrainResult;
 
-use forward::Shared;
+use forward::{Shared, UpstreamClient};
 use metrics::MetricsRegistry;
 use route::{LiveGroup, LiveRoute, Table};
 use upstream::Registry;
@@ -63,6 +63,12 @@ pub struct ProxyConfig {
     pub pool_max_idle_per_upstream: usize,
     /// After shutdown is asked, how long open client connections get to finish.
     pub shutdown_timeout: Duration,
+    /// 0: serve on the tokio runtime that calls [`Proxy::serve`]. N: serve on N threads of
+    /// its own, each a single-threaded runtime with its own listening sockets
+    /// (`SO_REUSEPORT`, the kernel spreads connections) and its own upstream connection
+    /// pool, as nginx's worker processes do; this scales with cores without handing
+    /// requests between threads.
+    pub workers: usize,
 }
 
 impl Default for ProxyConfig {
@@ -77,6 +83,7 @@ impl Default for ProxyConfig {
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle_per_upstream: 256,
             shutdown_timeout: Duration::from_secs(30),
+            workers: 0,
         }
     }
 }
@@ -98,14 +105,69 @@ pub enum ProxyError {
     /// The TLS configuration is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A worker thread or its runtime could not be started.
+    #[error("cannot start a proxy worker: {0}")]
+    Runtime(std::io::Error),
     /// `serve` was called a second time.
     #[error("the proxy is already serving")]
     AlreadyServing,
 }
 
+/// A bound listening socket, handed to the runtime that serves it.
 struct Listener {
-    socket: TcpListener,
+    socket: std::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// What one worker serves requests with.
+struct Worker {
+    shared: Arc<Shared>,
+    client: UpstreamClient,
+}
+
+/// Settings of the pooled client to upstreams; each worker makes its own client.
+#[derive(Clone, Copy, Debug)]
+struct ClientSettings {
+    connect_timeout: Duration,
+    pool_idle_timeout: Duration,
+    pool_max_idle_per_upstream: usize,
+}
+
+impl ClientSettings {
+    fn client(self) -> UpstreamClient {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        connector.enforce_http(true);
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .pool_max_idle_per_host(self.pool_max_idle_per_upstream)
+            .pool_timer(TokioTimer::new())
+            .build(connector)
+    }
+}
+
+/// Binds `copies` listening sockets on `addr` (one per worker, sharing the port with
+/// `SO_REUSEPORT` when more than one; port 0 is resolved by the first).
+fn listen(addr: SocketAddr, copies: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut bound = addr;
+    let mut sockets = Vec::with_capacity(copies);
+    for _ in 0..copies {
+        let socket = if bound.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if copies > 1 {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(bound)?;
+        let listener = socket.listen(1024)?;
+        bound = listener.local_addr()?;
+        sockets.push(listener.into_std()?);
+    }
+    Ok(sockets)
 }
 
 /// The proxy: cheap to clone; every clone drives the same listeners and table.
@@ -114,7 +176,10 @@ pub struct Proxy {
     shared: Arc<Shared>,
     http_addrs: Arc<[SocketAddr]>,
     https_addrs: Arc<[SocketAddr]>,
-    listeners: Arc<Mutex<Option<Vec<Listener>>>>,
+    /// The listening sockets of each worker, until `serve` takes them.
+    listeners: Arc<Mutex<Option<Vec<Vec<Listener>>>>>,
+    client: ClientSettings,
+    workers: usize,
     /// Serializes table changes, so that which upstreams count as removed matches the
     /// table that is live.
     updating: Arc<Mutex<()>>,
@@ -144,40 +209,37 @@ impl Proxy {
                 &config.certs,
             )?))
         };
-        let mut listeners = Vec::new();
+        let copies = config.workers.max(1);
+        let mut listeners: Vec<Vec<Listener>> = (0..copies).map(|_| Vec::new()).collect();
         let mut http_addrs = Vec::new();
         let mut https_addrs = Vec::new();
         let plain = config.http.iter().map(|a| (*a, None));
         let secure = config.https.iter().map(|a| (*a, acceptor.clone()));
         for (addr, tls) in plain.chain(secure) {
-            let socket = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ProxyError::Bind { addr, source })?;
-            let bound = socket
-                .local_addr()
-                .map_err(|source| ProxyError::Bind { addr, source })?;
+            let sockets =
+                listen(addr, copies).map_err(|source| ProxyError::Bind { addr, source })?;
+            let bound = sockets
+                .first()
+                .map(std::net::TcpListener::local_addr)
+                .transpose()
+                .map_err(|source| ProxyError::Bind { addr, source })?
+                .unwrap_or(addr);
             if tls.is_some() {
                 https_addrs.push(bound);
             } else {
                 http_addrs.push(bound);
             }
-            listeners.push(Listener { socket, tls });
+            for (worker, socket) in listeners.iter_mut().zip(sockets) {
+                worker.push(Listener {
+                    socket,
+                    tls: tls.clone(),
+                });
+            }
         }
-
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_upstream)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         let shared = Shared {
             routes: arc_swap::ArcSwap::from_pointee(Table::default()),
             upstreams: Registry::new(config.fail_for),
             metrics: Arc::new(MetricsRegistry::default()),
-            client,
             retries: config.retries,
         };
         Ok(Proxy {
@@ -185,6 +247,12 @@ impl Proxy {
             http_addrs: http_addrs.into(),
             https_addrs: https_addrs.into(),
             listeners: Arc::new(Mutex::new(Some(listeners))),
+            client: ClientSettings {
+                connect_timeout: config.connect_timeout,
+                pool_idle_timeout: config.pool_idle_timeout,
+                pool_max_idle_per_upstream: config.pool_max_idle_per_upstream,
+            },
+            workers: config.workers,
             updating: Arc::new(Mutex::new(())),
             shutdown_timeout: config.shutdown_timeout,
         })
@@ -201,7 +269,8 @@ impl Proxy {
     }
 
     /// Replaces the route table at once: requests that started keep their upstream,
-    /// new ones use the new table. Upstreams the new table no longer names get no new
+    /// new ones use the new table. Counters are kept by route name and group label for the
+    /// routes and groups of this table and the previous one. Upstreams the new table no longer names get no new
     /// requests; wait for their last ones with [`Proxy::drain`]. A bad table is refused
     /// whole and the old one stays.
     pub fn set_routes(&self, routes: Vec<Route>) -> Result<(), RouteError> {
@@ -218,6 +287,7 @@ impl Proxy {
             .map_err(|error| RouteError::BadUpstream(error.to_string()))?;
         let metrics = &self.shared.metrics;
         let table = Table::new(
+            routes.clone(),
             routes
                 .into_iter()
                 .map(|r| {
@@ -245,9 +315,20 @@ impl Proxy {
                 })
                 .collect(),
         );
-        self.shared.routes.store(Arc::new(table));
+        // Counters of the previous table and of this one stay (a promoted release's old
+        // group can still be compared once); anything older is forgotten.
+        let mut keep: std::collections::HashSet<_> = table.metric_keys().collect();
+        let previous = self.shared.routes.swap(Arc::new(table));
         resolved.mark();
+        keep.extend(previous.metric_keys());
+        metrics.retain(&keep);
         Ok(())
+    }
+
+    /// The live route table, as given to [`Proxy::set_routes`] with hosts lower-cased and
+    /// trailing slashes of prefixes removed.
+    pub fn routes(&self) -> Vec<Route> {
+        self.shared.routes.load().routes.clone()
     }
 
     /// Waits until no request is in flight to `addr` (resolves at once when none is), or
@@ -298,57 +379,118 @@ impl Proxy {
 
     /// Accepts connections on every listener until `shutdown` completes, then stops
     /// accepting and gives open connections `shutdown_timeout` to finish their requests.
+    /// With `workers` above 0 the work happens on the proxy's own threads and this future
+    /// only waits.
     pub async fn serve(&self, shutdown: impl Future<Output = ()>) -> Result<(), ProxyError> {
-        let listeners = self
+        let workers = self
             .listeners
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .ok_or(ProxyError::AlreadyServing)?;
         let (stop_tx, stop_rx) = watch::channel(false);
-        // Every connection task holds a sender; when all are gone, the receiver closes.
-        let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new());
-        builder.http2().timer(TokioTimer::new());
-        let builder = Arc::new(builder);
-        let mut accept_tasks = Vec::new();
-        for listener in listeners {
-            accept_tasks.push(tokio::spawn(accept_loop(
-                listener,
-                Arc::clone(&self.shared),
-                Arc::clone(&builder),
-                stop_rx.clone(),
-                open_tx.clone(),
-            )));
+        let grace = self.shutdown_timeout;
+        if self.workers == 0 {
+            let worker = Arc::new(Worker {
+                shared: Arc::clone(&self.shared),
+                client: self.client.client(),
+            });
+            let listeners = workers.into_iter().flatten().collect();
+            let run = run_worker(listeners, worker, stop_rx, grace);
+            let stop = async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            };
+            tokio::join!(run, stop);
+            return Ok(());
         }
-        drop(open_tx);
+        let mut done = Vec::new();
+        for (index, listeners) in workers.into_iter().enumerate() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(ProxyError::Runtime)?;
+            let shared = Arc::clone(&self.shared);
+            let settings = self.client;
+            let stop_rx = stop_rx.clone();
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name(format!("berth-proxy-{index}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let worker = Arc::new(Worker {
+                            shared,
+                            client: settings.client(),
+                        });
+                        run_worker(listeners, worker, stop_rx, grace).await;
+                    });
+                    let _ = done_tx.send(());
+                })
+                .map_err(ProxyError::Runtime)?;
+            done.push(done_rx);
+        }
         shutdown.await;
         let _ = stop_tx.send(true);
-        for task in accept_tasks {
-            let _ = task.await;
-        }
-        if tokio::time::timeout(self.shutdown_timeout, open_rx.recv())
-            .await
-            .is_err()
-        {
-            tracing::warn!("connections still open after the shutdown timeout");
+        for worker in done {
+            let _ = worker.await;
         }
         Ok(())
     }
 }
 
+/// Serves `listeners` until `stop`, then waits up to `grace` for open connections.
+async fn run_worker(
+    listeners: Vec<Listener>,
+    worker: Arc<Worker>,
+    stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    // Every connection task holds a sender; when all are gone, the receiver closes.
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+    let mut accept_tasks = Vec::new();
+    for listener in listeners {
+        let tls = listener.tls;
+        let socket = match TcpListener::from_std(listener.socket) {
+            Ok(socket) => socket,
+            Err(error) => {
+                tracing::error!(%error, "cannot serve a listening socket");
+                continue;
+            }
+        };
+        accept_tasks.push(tokio::spawn(accept_loop(
+            socket,
+            tls,
+            Arc::clone(&worker),
+            Arc::clone(&builder),
+            stop.clone(),
+            open_tx.clone(),
+        )));
+    }
+    drop(open_tx);
+    for task in accept_tasks {
+        let _ = task.await;
+    }
+    if tokio::time::timeout(grace, open_rx.recv()).await.is_err() {
+        tracing::warn!("connections still open after the shutdown timeout");
+    }
+}
+
 async fn accept_loop(
-    listener: Listener,
-    shared: Arc<Shared>,
+    socket: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    worker: Arc<Worker>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     mut stop: watch::Receiver<bool>,
     open: mpsc::Sender<()>,
 ) {
     loop {
         let accepted = tokio::select! {
-            accepted = listener.socket.accept() => accepted,
-            _ = stop.changed() => return,
+            accepted = socket.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => return,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
@@ -360,17 +502,17 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let shared = Arc::clone(&shared);
+        let worker = Arc::clone(&worker);
         let builder = Arc::clone(&builder);
         let stop = stop.clone();
         let open = open.clone();
-        let tls = listener.tls.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(stream, peer, false, shared, &builder, stop).await,
+                None => serve_connection(stream, peer, false, worker, &builder, stop).await,
                 Some(acceptor) => match acceptor.accept(stream).await {
                     Ok(stream) => {
-                        serve_connection(stream, peer, true, shared, &builder, stop).await;
+                        serve_connection(stream, peer, true, worker, &builder, stop).await;
                     }
                     Err(error) => tracing::debug!(%peer, %error, "tls handshake failed"),
                 },
@@ -384,15 +526,21 @@ async fn serve_connection<S>(
     stream: S,
     peer: SocketAddr,
     https: bool,
-    shared: Arc<Shared>,
+    worker: Arc<Worker>,
     builder: &auto::Builder<TokioExecutor>,
     mut stop: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |request| {
-        let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(shared.handle(request, peer, https).await) }
+        let worker = Arc::clone(&worker);
+        async move {
+            let response = worker
+                .shared
+                .handle(&worker.client, request, peer, https)
+                .await;
+            Ok::<_, Infallible>(response)
+        }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);

@@ -1,7 +1,7 @@
 //! Per-route and per-group request counts, 5xx counts and latency histograms; snapshots for
 //! the controller's watch windows and the Prometheus text exposition.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -161,6 +161,15 @@ impl MetricsRegistry {
                 .entry((name.to_owned(), label.to_owned()))
                 .or_default(),
         )
+    }
+
+    /// Forgets the counters of routes and groups that `keep` does not name (by route name,
+    /// and by route name and group label), so that releases long gone do not pile up.
+    pub fn retain(&self, keep: &HashSet<(String, Option<String>)>) {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.retain(|name, _| keep.contains(&(name.clone(), None)));
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups.retain(|(name, label), _| keep.contains(&(name.clone(), Some(label.clone()))));
     }
 
     /// Every counter now.

@@ -347,12 +347,17 @@ impl LiveRoute {
 pub struct Table {
     by_host: HashMap<String, Vec<LiveRoute>>,
     any_host: Vec<LiveRoute>,
+    /// The routes as given (normalized), for reading the table back.
+    pub routes: Vec<Route>,
 }
 
 impl Table {
     /// A table of these routes (already validated).
-    pub fn new(routes: Vec<(String, LiveRoute)>) -> Self {
-        let mut table = Table::default();
+    pub fn new(given: Vec<Route>, routes: Vec<(String, LiveRoute)>) -> Self {
+        let mut table = Table {
+            routes: given,
+            ..Table::default()
+        };
         for (host, route) in routes {
             if host == "*" {
                 table.any_host.push(route);
@@ -376,6 +381,22 @@ impl Table {
             .get(host)
             .and_then(|list| longest_match(list, path))
             .or_else(|| longest_match(&self.any_host, path))
+    }
+}
+
+impl Table {
+    /// The route names and (route, group label) pairs in the table, as
+    /// `MetricsRegistry::retain` takes them.
+    pub fn metric_keys(&self) -> impl Iterator<Item = (String, Option<String>)> + '_ {
+        let all = self.by_host.values().flatten().chain(self.any_host.iter());
+        all.flat_map(|route| {
+            let name = route.name.to_string();
+            let groups = route
+                .groups
+                .iter()
+                .map(move |g| (route.name.to_string(), Some(g.label.to_string())));
+            std::iter::once((name, None)).chain(groups)
+        })
     }
 }
 

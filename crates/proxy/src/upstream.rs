@@ -214,3 +214,55 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[tokio::test]
+    async fn a_removed_upstream_refuses_new_requests_and_drains() {
+        let registry = Arc::new(Registry::new(Duration::from_secs(1)));
+        let first = registry.resolve(&[addr(1), addr(2)]).unwrap();
+        first.mark();
+        let old = Arc::clone(&first.live[&addr(1)]);
+        let in_flight = old.begin().unwrap();
+        assert_eq!(registry.in_flight(addr(1)), 1);
+
+        let second = registry.resolve(&[addr(2)]).unwrap();
+        assert_eq!(second.gone.len(), 1);
+        second.mark();
+        // A request that picked it from the old table backs off.
+        assert!(old.begin().is_none());
+        assert_eq!(registry.in_flight(addr(1)), 1);
+
+        let drain = tokio::spawn({
+            let registry = Arc::clone(&registry);
+            async move { registry.drain(addr(1), Duration::from_secs(10)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!drain.is_finished());
+        drop(in_flight);
+        assert_eq!(drain.await.unwrap(), DrainResult::Drained);
+        assert_eq!(
+            registry.drain(addr(9), Duration::from_millis(1)).await,
+            DrainResult::Drained
+        );
+    }
+
+    #[test]
+    fn a_failed_mark_expires() {
+        let registry = Registry::new(Duration::from_millis(100));
+        let resolved = registry.resolve(&[addr(1)]).unwrap();
+        let upstream = &resolved.live[&addr(1)];
+        let now = registry.now_ms();
+        assert!(!upstream.is_failed(now));
+        registry.mark_failed(upstream);
+        assert!(upstream.is_failed(now));
+        assert!(!upstream.is_failed(now + 1000));
+    }
+}

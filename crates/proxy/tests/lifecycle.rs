@@ -83,7 +83,7 @@ async fn drain_waits_for_the_slow_request_then_resolves() {
     let c = client();
     let slow = {
         let c = c.clone();
-        let url = proxy.url("/slow/800");
+        let url = proxy.url("/slow/3000");
         tokio::spawn(async move {
             let r = c.get(url).send().await.unwrap();
             (r.status().as_u16(), r.text().await.unwrap())
@@ -123,7 +123,7 @@ async fn drain_times_out_and_says_how_many_are_left() {
     let c = client();
     let mut slow = Vec::new();
     for _ in 0..2 {
-        let (c, url) = (c.clone(), proxy.url("/slow/1500"));
+        let (c, url) = (c.clone(), proxy.url("/slow/3000"));
         slow.push(tokio::spawn(async move {
             c.get(url).send().await.unwrap().status()
         }));
@@ -265,4 +265,76 @@ async fn shutdown_lets_the_request_in_flight_finish() {
     proxy.shutdown().await;
     assert_eq!(slow.await.unwrap(), "web");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn worker_threads_share_the_port_the_table_and_the_counters() {
+    let web = Upstream::start("web").await;
+    let proxy = TestProxy::start_with(ProxyConfig {
+        http: vec!["127.0.0.1:0".parse().unwrap()],
+        workers: 2,
+        ..ProxyConfig::default()
+    })
+    .await;
+    proxy
+        .proxy
+        .set_routes(vec![route("web", "*", "/", vec![group("r1", 1, &[&web])])])
+        .unwrap();
+    // A new connection per request, so that the kernel spreads them over both workers.
+    let fresh = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    for _ in 0..20 {
+        assert_eq!(get(&fresh, &proxy, "x", "/").await, (200, "web".into()));
+    }
+    let threads = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|name| name.starts_with("berth-proxy-"))
+        .count();
+    assert_eq!(threads, 2);
+    assert_eq!(proxy.proxy.metrics().route("web").unwrap().requests, 20);
+    let slow = {
+        let (c, url) = (client(), proxy.url("/slow/500"));
+        tokio::spawn(async move { c.get(url).send().await.unwrap().text().await.unwrap() })
+    };
+    while proxy.proxy.in_flight(web.addr) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let addr = proxy.addr;
+    proxy.shutdown().await;
+    assert_eq!(slow.await.unwrap(), "web");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn an_upstream_that_hangs_up_after_the_request_is_not_retried() {
+    // It accepts, reads the request and closes: the request did reach it, so a retry could
+    // run it twice.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closer = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+        }
+    });
+    let live = Upstream::start("live").await;
+    let proxy = TestProxy::start().await;
+    let mut g = group("r1", 1, &[&live]);
+    g.upstreams.insert(0, closer);
+    proxy
+        .proxy
+        .set_routes(vec![route("web", "*", "/", vec![g])])
+        .unwrap();
+    let (status, body) = get(&client(), &proxy, "x", "/").await;
+    assert_eq!(status, 502);
+    assert_eq!(body, "the upstream failed to answer\n");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(live.hits(), 0);
 }

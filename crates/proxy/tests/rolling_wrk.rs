@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::process::Stdio;
 use std::time::Duration;
 
+use berth_proxy::ProxyConfig;
 use support::{group, route, TestProxy, Upstream};
 
 /// A figure from wrk's report, e.g. `Non-2xx or 3xx responses: 12` -> 12; None when the
@@ -22,7 +23,21 @@ fn figure(report: &str, label: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_deploy_under_wrk_loses_nothing() {
-    let proxy = TestProxy::start().await;
+    rolling_deploy_under_wrk(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_deploy_under_wrk_loses_nothing_with_two_proxy_workers() {
+    rolling_deploy_under_wrk(2).await;
+}
+
+async fn rolling_deploy_under_wrk(workers: usize) {
+    let proxy = TestProxy::start_with(ProxyConfig {
+        http: vec!["127.0.0.1:0".parse().unwrap()],
+        workers,
+        ..ProxyConfig::default()
+    })
+    .await;
     let mut live: VecDeque<Upstream> = VecDeque::new();
     let mut release = 0;
     for _ in 0..2 {

@@ -108,6 +108,9 @@ async fn a_bad_table_is_refused_and_the_old_one_stays() {
             .proxy
             .set_routes(vec![route("bad", "shop.example", "no-slash", Vec::new())]);
     assert!(matches!(refused, Err(RouteError::BadPrefix { .. })));
+    let live = proxy.proxy.routes();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].name, "web");
     assert_eq!(
         get(&client(), &proxy, "shop.example", "/").await,
         (200, "web".into())
@@ -152,20 +155,24 @@ async fn least_outstanding_prefers_the_idle_upstream() {
     let c = client();
     // Hold three slow requests on whichever upstream they land on, then look where the
     // quick ones go: never to an upstream with more requests in flight.
+    let in_flight = || proxy.proxy.in_flight(busy.addr) + proxy.proxy.in_flight(idle.addr);
     let mut slow = Vec::new();
-    for _ in 0..3 {
+    for n in 1..=3 {
         let c = c.clone();
-        let url = proxy.url("/slow/1500");
+        let url = proxy.url("/slow/4000");
         slow.push(tokio::spawn(async move {
             c.get(url).send().await.unwrap().status()
         }));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        while in_flight() < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     let (busy_n, idle_n) = (
         proxy.proxy.in_flight(busy.addr),
         proxy.proxy.in_flight(idle.addr),
     );
     assert_eq!(busy_n + idle_n, 3);
+    assert_ne!(busy_n, idle_n);
     let quieter = if busy_n < idle_n { "busy" } else { "idle" };
     for _ in 0..5 {
         assert_eq!(get(&c, &proxy, "x", "/").await, (200, quieter.to_owned()));
@@ -305,4 +312,24 @@ async fn metrics_count_requests_and_5xx_per_group_and_window() {
         text.contains(r#"berth_proxy_route_latency_seconds_count{route="web.shop"} 30"#),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn counters_of_groups_two_tables_old_are_forgotten() {
+    let web = Upstream::start("web").await;
+    let proxy = TestProxy::start().await;
+    let table = |label: &str| vec![route("web", "*", "/", vec![group(label, 1, &[&web])])];
+    proxy.proxy.set_routes(table("r1")).unwrap();
+    get(&client(), &proxy, "x", "/").await;
+    proxy.proxy.set_routes(table("r2")).unwrap();
+    // r1 was in the previous table: still there to compare with.
+    assert_eq!(
+        proxy.proxy.metrics().group("web", "r1").unwrap().requests,
+        1
+    );
+    proxy.proxy.set_routes(table("r3")).unwrap();
+    let metrics = proxy.proxy.metrics();
+    assert_eq!(metrics.group("web", "r1"), None);
+    assert!(metrics.group("web", "r2").is_some() && metrics.group("web", "r3").is_some());
+    assert_eq!(metrics.route("web").unwrap().requests, 1);
 }

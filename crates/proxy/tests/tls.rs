@@ -159,6 +159,35 @@ async fn sni_picks_the_certificate_for_each_host() {
         .await
         .unwrap();
     assert!(headers.contains("x-forwarded-proto: https\n"), "{headers}");
+    // HTTP/2 by ALPN: the request has no Host header, only :authority, and still routes,
+    // and the upstream (HTTP/1.1) gets the Host.
+    let resolve = format!("blog.example:{}:127.0.0.1", addr.port());
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "-w",
+            "\nversion=%{http_version}",
+            "--resolve",
+            &resolve,
+        ])
+        .arg("--cacert")
+        .arg(dir.path().join("ca.pem"))
+        .arg(format!("https://blog.example:{}/headers", addr.port()))
+        .output()
+        .await
+        .expect("curl is installed by scripts/install-deps.sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.ends_with("version=2"), "{text}");
+    assert!(
+        text.contains(&format!("host: blog.example:{}\n", addr.port())),
+        "{text}"
+    );
     // An unknown name gets the default (first) certificate, which is not valid for it.
     let unknown = client
         .get(format!("https://other.example:{}/", addr.port()))

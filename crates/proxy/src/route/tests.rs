@@ -14,6 +14,7 @@ fn route(name: &str, host: &str, prefix: &str) -> Route {
 fn live(routes: Vec<Route>) -> Table {
     let routes = validate(routes).unwrap();
     Table::new(
+        routes.clone(),
         routes
             .into_iter()
             .map(|r| {
