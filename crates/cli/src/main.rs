@@ -139,6 +139,14 @@ enum Command {
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    // hickory's server logs every DNS question at INFO; berth's own DNS answers are
+    // visible through `dig` and the catalog, so it speaks only of problems unless asked.
+    let filter = if filter.contains("hickory") {
+        filter.to_owned()
+    } else {
+        format!("{filter},hickory_server=warn")
+    };
+    let filter = filter.as_str();
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|e| anyhow::anyhow!("invalid log filter {filter:?}: {e}"))?;
     let builder = tracing_subscriber::fmt()

@@ -255,7 +255,10 @@ fn deploys_roll_back_heal_and_survive_a_server_restart() {
         Duration::from_secs(30),
         || {
             let healthy = server.healthy();
-            healthy.len() == REPLICAS && healthy.iter().all(|(c, _, _)| *c != victim)
+            // ...and the killed one removed (that happens in the background).
+            healthy.len() == REPLICAS
+                && healthy.iter().all(|(c, _, _)| *c != victim)
+                && server.containers().len() == REPLICAS
         },
     );
     server.assert_serving(1, "v1");
