@@ -280,18 +280,7 @@ async fn catalog_service(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, QueryError> {
-    let query = state.query(raw)?;
-    let (snapshot, index) = state.block(&query, service_index(&name)).await;
-    let indexes = Indexes {
-        create: index,
-        modify: index,
-    };
-    let info = state.info();
-    let body: Vec<CatalogService> = selected(&state, &snapshot, &name, &query)
-        .into_iter()
-        .map(|endpoint| CatalogService::new(endpoint, &info, indexes))
-        .collect();
-    Ok(json(&body, index, query.pretty))
+    per_instance(&state, &name, raw, CatalogService::new).await
 }
 
 async fn health_service(
@@ -300,16 +289,27 @@ async fn health_service(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, QueryError> {
     // `?passing` selects nothing away: every instance in the catalog passes its check.
+    per_instance(&state, &name, raw, ServiceEntry::new).await
+}
+
+/// A per-service endpoint: blocks on the service's modify index, then answers one `entry` per
+/// selected instance of `name`.
+async fn per_instance<T: serde::Serialize>(
+    state: &ConsulState,
+    name: &str,
+    raw: Option<String>,
+    entry: fn(&Endpoint, &NodeInfo<'_>, Indexes) -> T,
+) -> Result<Response, QueryError> {
     let query = state.query(raw)?;
-    let (snapshot, index) = state.block(&query, service_index(&name)).await;
+    let (snapshot, index) = state.block(&query, service_index(name)).await;
     let indexes = Indexes {
         create: index,
         modify: index,
     };
     let info = state.info();
-    let body: Vec<ServiceEntry> = selected(&state, &snapshot, &name, &query)
+    let body: Vec<T> = selected(state, &snapshot, name, &query)
         .into_iter()
-        .map(|endpoint| ServiceEntry::new(endpoint, &info, indexes))
+        .map(|endpoint| entry(endpoint, &info, indexes))
         .collect();
     Ok(json(&body, index, query.pretty))
 }
