@@ -182,7 +182,8 @@ pub struct InstanceView {
     pub release: ReleaseId,
     /// `pending`, `starting`, `running`, `stopping`, `exited` or `failed`.
     pub state: String,
-    /// `starting`, `healthy`, `unhealthy` (or `none` when not running).
+    /// `starting`, `healthy`, `unhealthy`, `unknown` (not checked since a server restart),
+    /// or `none` when not running.
     pub health: String,
     /// Its address on the bridge.
     pub address: Option<String>,
@@ -676,6 +677,27 @@ impl Controller {
         Ok(())
     }
 
+    /// Writes `app`'s state if it is still at `mod_revision` (a deploy or rollback may have
+    /// changed it since it was read).
+    async fn save_state(
+        &self,
+        app: &str,
+        state: &AppState,
+        mod_revision: u64,
+    ) -> Result<CasOutcome, ServerError> {
+        let value = serde_json::to_vec(state)
+            .map_err(|e| ServerError::Internal(format!("encoding app state: {e}")))?;
+        Ok(self
+            .store
+            .cas(
+                &state_key(app),
+                Expect::ModRevision(mod_revision),
+                Some(value),
+                None,
+            )
+            .await?)
+    }
+
     /// A service whose new release the proxy saw cross its `auto_rollback` limits within the
     /// watch window (which ends `watch` after the deploy finished): the service, the release
     /// and why.
@@ -769,17 +791,7 @@ impl Controller {
                 reason: reason.clone(),
             };
             state.apply(&action, now());
-            let value = serde_json::to_vec(&state)
-                .map_err(|e| ServerError::Internal(format!("encoding app state: {e}")))?;
-            let outcome = self
-                .store
-                .cas(
-                    &state_key(app),
-                    Expect::ModRevision(entry.mod_revision),
-                    Some(value),
-                    None,
-                )
-                .await?;
+            let outcome = self.save_state(app, &state, entry.mod_revision).await?;
             if let CasOutcome::Applied { .. } = outcome {
                 self.event(
                     Event::new(
@@ -823,17 +835,7 @@ impl Controller {
             changed |= state.apply(action, now);
         }
         if changed {
-            let value = serde_json::to_vec(&state)
-                .map_err(|e| ServerError::Internal(format!("encoding app state: {e}")))?;
-            let outcome = self
-                .store
-                .cas(
-                    &state_key(app),
-                    Expect::ModRevision(entry.mod_revision),
-                    Some(value),
-                    None,
-                )
-                .await?;
+            let outcome = self.save_state(app, &state, entry.mod_revision).await?;
             if let CasOutcome::Conflict { .. } = outcome {
                 // A deploy or rollback came in: plan again with it.
                 self.wake();

@@ -26,15 +26,6 @@ struct State {
 }
 
 impl ProxyTraffic {
-    /// Binds the proxy's HTTP listeners (port 0 picks a free port).
-    pub async fn bind(http: Vec<SocketAddr>) -> Result<ProxyTraffic, ProxyError> {
-        Self::with_config(ProxyConfig {
-            http,
-            ..ProxyConfig::default()
-        })
-        .await
-    }
-
     /// Binds the proxy as `config` says.
     pub async fn with_config(config: ProxyConfig) -> Result<ProxyTraffic, ProxyError> {
         Ok(ProxyTraffic {
