@@ -221,7 +221,7 @@ pub fn listed(
             continue;
         }
         if let Some(deploy) = deploys.get(&instance.service) {
-            if !in_rotation(deploy, instance.release, specs) {
+            if !in_rotation(deploy, &instance.service, instance.release, specs) {
                 continue;
             }
         }
@@ -256,21 +256,24 @@ pub fn listed(
     endpoints
 }
 
-/// Whether instances of `release` take traffic during `deploy`: a blue/green deploy that has
-/// not switched yet keeps traffic on the old set, and once switched only on the new one.
+/// Whether instances of `release` of `service` take traffic during its `deploy`: a
+/// blue/green deploy that has not switched yet keeps traffic on the old set, and once switched
+/// only on the new one.
 fn in_rotation(
     deploy: &DeployState,
+    service: &str,
     release: ReleaseId,
     specs: &BTreeMap<ReleaseId, AppSpec>,
 ) -> bool {
-    let blue_green = specs.get(&deploy.to_release).is_some_and(|spec| {
-        spec.services.values().any(|service| {
+    let blue_green = specs
+        .get(&deploy.to_release)
+        .and_then(|spec| spec.services.get(service))
+        .is_some_and(|spec| {
             matches!(
-                service.deploy.strategy,
+                spec.deploy.strategy,
                 berth_core::spec::Strategy::BlueGreen(_)
             )
-        })
-    });
+        });
     if !blue_green || deploy.finished || deploy.failed || deploy.from_release.is_none() {
         return true;
     }

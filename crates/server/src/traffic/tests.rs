@@ -120,11 +120,25 @@ fn healthy_and_unknown_instances_are_listed_unless_stopping() {
 #[test]
 fn blue_green_lists_the_old_set_until_the_switch_then_only_the_new_one() {
     let specs = BTreeMap::from([(1, spec("blue_green")), (2, spec("blue_green"))]);
-    let instances = [instance("web-1-a", HEALTHY), instance("web-2-a", HEALTHY)];
-    let seen = [seen("web-1-a", "10.0.0.2"), seen("web-2-a", "10.0.0.3")];
+    // `worker` deploys by rolling in the same app: both of its sets stay listed.
+    let instances = [
+        instance("web-1-a", HEALTHY),
+        instance("web-2-a", HEALTHY),
+        instance("worker-1-a", HEALTHY),
+        instance("worker-2-a", HEALTHY),
+    ];
+    let seen = [
+        seen("web-1-a", "10.0.0.2"),
+        seen("web-2-a", "10.0.0.3"),
+        seen("worker-1-a", "10.0.0.4"),
+        seen("worker-2-a", "10.0.0.5"),
+    ];
     let mut deploy = DeployState::begin(Some(1), 2, Timestamp::from_millis(0));
     let listed_at = |deploy: &DeployState| {
-        let deploys = BTreeMap::from([("web".to_owned(), deploy.clone())]);
+        let deploys = BTreeMap::from([
+            ("web".to_owned(), deploy.clone()),
+            ("worker".to_owned(), deploy.clone()),
+        ]);
         let endpoints = listed(
             "shop",
             "n",
@@ -139,11 +153,20 @@ fn blue_green_lists_the_old_set_until_the_switch_then_only_the_new_one() {
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
-    assert_eq!(listed_at(&deploy), ["id-web-1-a"]);
+    assert_eq!(
+        listed_at(&deploy),
+        ["id-web-1-a", "id-worker-1-a", "id-worker-2-a"]
+    );
     deploy.step = 1;
-    assert_eq!(listed_at(&deploy), ["id-web-2-a"]);
+    assert_eq!(
+        listed_at(&deploy),
+        ["id-web-2-a", "id-worker-1-a", "id-worker-2-a"]
+    );
     deploy.finished = true;
-    assert_eq!(listed_at(&deploy), ["id-web-1-a", "id-web-2-a"]);
+    assert_eq!(
+        listed_at(&deploy),
+        ["id-web-1-a", "id-web-2-a", "id-worker-1-a", "id-worker-2-a"]
+    );
 
     // A rolling deploy lists both sets while it runs.
     let rolling = BTreeMap::from([(1, spec("rolling")), (2, spec("rolling"))]);
@@ -160,7 +183,10 @@ fn blue_green_lists_the_old_set_until_the_switch_then_only_the_new_one() {
         &seen,
         &BTreeSet::new(),
     );
-    assert_eq!(ids(&endpoints), ["id-web-1-a", "id-web-2-a"]);
+    assert_eq!(
+        ids(&endpoints),
+        ["id-web-1-a", "id-web-2-a", "id-worker-1-a", "id-worker-2-a"]
+    );
 }
 
 #[test]
