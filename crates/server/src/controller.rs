@@ -907,7 +907,11 @@ impl Controller {
                         &instance,
                         &reason,
                     ));
-                    self.clone().stop(app, &instance, spec);
+                    let address = seen
+                        .iter()
+                        .find(|s| s.name.app == app && s.name.instance == instance)
+                        .and_then(|s| s.address.as_deref()?.parse().ok());
+                    self.clone().stop(app, &instance, address, spec);
                 }
                 Action::Wait {
                     service, reason, ..
@@ -1193,7 +1197,15 @@ impl Controller {
         ))
     }
 
-    fn stop(self: Arc<Self>, app: &str, instance: &str, spec: &AppSpec) {
+    /// Stops `instance` in the background: drains its `address` in the proxy, then SIGTERM
+    /// (SIGKILL after the service's `stop_grace`) and removal.
+    fn stop(
+        self: Arc<Self>,
+        app: &str,
+        instance: &str,
+        address: Option<std::net::IpAddr>,
+        spec: &AppSpec,
+    ) {
         let container = InstanceName::container(app, instance);
         let grace = InstanceName::parse(&container)
             .and_then(|name| spec.services.get(&name.service).map(|s| s.stop_grace))
@@ -1203,13 +1215,8 @@ impl Controller {
         tokio::spawn(async move {
             // It left the catalog and the proxy's rotation in this pass: let its in-flight
             // requests finish before SIGTERM.
-            if let Some(address) = self
-                .node
-                .get(&container)
-                .ok()
-                .and_then(|c| c.record.network.as_ref().map(|n| n.ip))
-            {
-                let left = self.traffic().drain(address.into(), grace).await;
+            if let Some(address) = address {
+                let left = self.traffic().drain(address, grace).await;
                 if left > 0 {
                     tracing::warn!(container, left, "stopping with requests still in flight");
                 }
