@@ -1,25 +1,47 @@
-//! Unpacking image layers into snapshot directories, safely.
+//! Unpacking image layers into snapshot directories, safely and faithfully.
 //!
 //! A layer is a tar stream, plain or compressed with gzip or zstd. A layer comes from a
-//! registry, so it is treated as hostile. Every entry's path is cleaned first: `..` and
-//! absolute paths are refused. Nothing is ever written through a symlink. A symlink may not
-//! point above the root, and a hardlink may only point at a regular file inside the layer.
-//! Device nodes and FIFOs are refused or skipped as configured, and setuid/setgid bits are
-//! dropped unless kept on purpose. Long names and pax headers are bounded. OCI whiteouts
-//! become what overlayfs understands: a `0/0` character device for `.wh.NAME`, and the
-//! `trusted.overlay.opaque` xattr for `.wh..wh..opq`.
+//! registry, so it is treated as hostile, and escape is impossible by construction: the
+//! unpacker holds a directory handle of the snapshot and every filesystem operation
+//! (create, open, mkdir, symlink, link, mknod, unlink, chmod, chown, utimes, xattrs,
+//! whiteouts, opaque markers) resolves relative to a handle inside it with `openat2`
+//! (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`, see [`crate::beneath`])
+//! or acts on a single name in such a directory without following it. No host path into
+//! the snapshot is ever used, so no symlink an entry leaves behind can redirect a later
+//! operation, not even the directory metadata applied at the end of the layer.
+//!
+//! On top of that, entries are checked: `..` and absolute paths are refused, nothing is
+//! written through a symlink (an error, not a silent detour), a relative symlink may not
+//! climb above the layer's root, a hardlink may only point at a regular file or a symlink
+//! inside the layer, whiteouts must name something (`.wh.`, `.wh..` and `.wh...` are
+//! invalid layers), device nodes and FIFOs are refused or skipped as configured, setuid and
+//! setgid bits (and file capabilities) are dropped unless kept on purpose, `trusted.*`
+//! extended attributes (overlayfs' own) are refused, and long names and pax headers are
+//! bounded before they are read.
+//!
+//! What the layer says comes out as it says it: owners (when unpacking as root), modes,
+//! modification times (to the nanosecond with pax), hardlinks, symlink targets and
+//! extended attributes. OCI whiteouts become what overlayfs understands: a `0/0` character
+//! device for `.wh.NAME`, and the `trusted.overlay.opaque` xattr for `.wh..wh..opq`.
 //!
 //! A layer unpacks into a sibling staging directory, which is renamed into place only when
 //! the whole layer succeeded. A failure removes the staging directory and leaves nothing
 //! behind.
 
-use std::fs::{self, OpenOptions};
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+mod tar_stream;
 
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
+use rustix::process::{Gid, Uid};
 use tar::EntryType;
+
+use crate::beneath::{self, WalkError};
+use tar_stream::{Header, Mtime, TarStream};
 
 /// Longest name (GNU long name or link) accepted, in bytes.
 pub const MAX_NAME: u64 = 4096;
@@ -41,7 +63,7 @@ pub enum SpecialFiles {
 pub struct UnpackOptions {
     /// Device nodes and FIFOs.
     pub special_files: SpecialFiles,
-    /// Keep setuid and setgid bits (dropped by default).
+    /// Keep setuid and setgid bits and `security.capability` (dropped by default).
     pub keep_setid: bool,
 }
 
@@ -56,8 +78,10 @@ pub struct UnpackReport {
     pub whiteouts: u64,
     /// Special files skipped.
     pub skipped: u64,
-    /// Files whose setuid/setgid bits were dropped.
+    /// Files whose setuid/setgid bits or file capabilities were dropped.
     pub setid_dropped: u64,
+    /// Extended attributes the snapshot's filesystem does not support, left out.
+    pub xattrs_unsupported: u64,
 }
 
 /// Why a layer cannot be unpacked. Entry paths are shown as they appear in the layer.
@@ -69,7 +93,7 @@ pub enum LayerError {
     /// Writing failed.
     #[error("writing {path}: {source}")]
     Write {
-        /// Where.
+        /// Where: the entry, or the snapshot's directory.
         path: String,
         /// Why.
         source: std::io::Error,
@@ -99,9 +123,10 @@ pub enum LayerError {
         /// Its target.
         target: String,
     },
-    /// A hardlink points outside the layer or at something that is not a regular file in it.
+    /// A hardlink points outside the layer or at something that is not a regular file or
+    /// a symlink in it.
     #[error(
-        "hardlink {entry:?} points to {target:?}, which is not a regular file inside this layer"
+        "hardlink {entry:?} points to {target:?}, which is not a regular file or symlink inside this layer"
     )]
     BadHardlink {
         /// The link.
@@ -143,14 +168,32 @@ pub enum LayerError {
         /// Its type byte.
         kind: u8,
     },
+    /// An entry that no valid layer holds: a whiteout of nothing, `.` or `..`, a name with
+    /// a NUL byte, an owner out of range.
+    #[error("entry {entry:?} is invalid: {reason}")]
+    Invalid {
+        /// The entry.
+        entry: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An extended attribute berth never lets an image set.
+    #[error("entry {entry:?} sets the extended attribute {name:?}, which images may not set")]
+    ForbiddenXattr {
+        /// The entry.
+        entry: String,
+        /// The attribute.
+        name: String,
+    },
 }
 
-fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> LayerError + '_ {
-    move |source| LayerError::Write {
-        path: path.display().to_string(),
-        source,
-    }
-}
+/// The prefix of an OCI whiteout.
+const WHITEOUT: &[u8] = b".wh.";
+/// The opaque-directory whiteout.
+const OPAQUE: &[u8] = b".wh..wh..opq";
+/// The prefix of AUFS' own metadata (`.wh..wh.plnk`, ...), which old images carry and
+/// which means nothing to overlayfs.
+const AUFS_META: &[u8] = b".wh..wh.";
 
 /// Unpacks the layer read from `reader` into the new directory `dest`.
 pub fn unpack(
@@ -166,42 +209,42 @@ pub fn unpack(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let staging = dest.with_file_name(format!(".{name}.unpacking-{}", std::process::id()));
+    let host_err = |path: &Path| {
+        let path = path.display().to_string();
+        move |source: std::io::Error| LayerError::Write { path, source }
+    };
     if staging.symlink_metadata().is_ok() {
         // Left by a crash, possibly with read-only directories.
-        let _ = make_writable(&staging);
-        fs::remove_dir_all(&staging).map_err(write_err(&staging))?;
+        beneath::remove_tree(&staging).map_err(host_err(&staging))?;
     }
-    fs::create_dir_all(&staging).map_err(write_err(&staging))?;
-    let result = Unpacker {
-        root: &staging,
-        options,
-        report: UnpackReport::default(),
-        dir_modes: Vec::new(),
-    }
-    .run(reader);
+    std::fs::create_dir(&staging).map_err(host_err(&staging))?;
+    let result = rustix::fs::open(
+        &staging,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| host_err(&staging)(e.into()))
+    .and_then(|root| {
+        Unpacker {
+            root: &root,
+            options,
+            chown: rustix::process::geteuid().is_root(),
+            report: UnpackReport::default(),
+            dirs: BTreeMap::new(),
+            last_parent: None,
+        }
+        .run(reader)
+    });
     match result {
         Ok(report) => {
-            fs::rename(&staging, dest).map_err(write_err(dest))?;
+            std::fs::rename(&staging, dest).map_err(host_err(dest))?;
             Ok(report)
         }
         Err(e) => {
-            let _ = make_writable(&staging);
-            let _ = fs::remove_dir_all(&staging);
+            let _ = beneath::remove_tree(&staging);
             Err(e)
         }
     }
-}
-
-/// Restores owner write permission on every directory so a failed unpack can be removed.
-fn make_writable(dir: &Path) -> std::io::Result<()> {
-    let meta = dir.symlink_metadata()?;
-    if meta.is_dir() {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
-        for entry in fs::read_dir(dir)? {
-            make_writable(&entry?.path())?;
-        }
-    }
-    Ok(())
 }
 
 /// Wraps `reader` in a decompressor chosen by its first bytes.
@@ -237,239 +280,182 @@ fn clean(raw: &[u8]) -> Result<Vec<Vec<u8>>, LayerError> {
     Ok(parts)
 }
 
-fn read_limited(
-    entry: &mut impl Read,
-    size: u64,
-    limit: u64,
-    what: &'static str,
-) -> Result<Vec<u8>, LayerError> {
-    if size > limit {
-        return Err(LayerError::HeaderTooLarge { what, size, limit });
-    }
-    let mut data = Vec::new();
-    entry
-        .take(limit)
-        .read_to_end(&mut data)
-        .map_err(LayerError::Read)?;
-    while data.last() == Some(&0) {
-        data.pop();
-    }
-    Ok(data)
+/// The metadata an entry gives a file, a directory or a symlink.
+#[derive(Debug, Clone)]
+struct Meta {
+    mode: u32,
+    uid: Uid,
+    gid: Gid,
+    mtime: Mtime,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-/// `path` and `linkpath` from pax records (`LEN key=value\n`).
-fn pax_paths(data: &[u8]) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
-    let (mut path, mut link) = (None, None);
-    let mut rest = data;
-    while let Some(space) = rest.iter().position(|&b| b == b' ') {
-        let Some(len) = std::str::from_utf8(&rest[..space])
-            .ok()
-            .and_then(|l| l.parse::<usize>().ok())
-        else {
-            break;
+impl Meta {
+    fn times(&self) -> Timestamps {
+        let at = Timespec {
+            tv_sec: self.mtime.secs,
+            tv_nsec: self.mtime.nanos.into(),
         };
-        if len <= space + 1 || len > rest.len() {
-            break;
+        Timestamps {
+            last_access: at,
+            last_modification: at,
         }
-        let record = &rest[space + 1..len - 1];
-        if let Some(eq) = record.iter().position(|&b| b == b'=') {
-            match &record[..eq] {
-                b"path" => path = Some(record[eq + 1..].to_vec()),
-                b"linkpath" => link = Some(record[eq + 1..].to_vec()),
-                _ => {}
-            }
-        }
-        rest = &rest[len..];
     }
-    (path, link)
 }
 
 struct Unpacker<'a> {
-    root: &'a Path,
+    /// The snapshot's root directory: everything happens beneath it.
+    root: &'a OwnedFd,
     options: &'a UnpackOptions,
+    /// Whether owners are applied (only root may give files to others).
+    chown: bool,
     report: UnpackReport,
-    /// Directory modes applied at the end, so a read-only directory does not stop its own
-    /// entries from being written.
-    dir_modes: Vec<(PathBuf, u32)>,
+    /// Directories' metadata, by path, applied at the end of the layer (so a read-only
+    /// directory does not stop its own entries, and entries do not change its mtime).
+    /// Forgotten when the directory is removed or replaced.
+    dirs: BTreeMap<Vec<u8>, Meta>,
+    /// The parent directory of the last entry, kept open for the next (tar lists a
+    /// directory's entries together); dropped whenever a directory is removed.
+    last_parent: Option<(Vec<u8>, OwnedFd)>,
+}
+
+/// An entry being unpacked: how it is shown in errors, its path and its parent.
+struct At<'e> {
+    shown: &'e str,
+    parts: &'e [Vec<u8>],
+    key: Vec<u8>,
+    name: &'e [u8],
 }
 
 impl Unpacker<'_> {
     fn run(mut self, reader: impl Read) -> Result<UnpackReport, LayerError> {
-        let mut archive = tar::Archive::new(decompress(reader)?);
-        let (mut long_path, mut long_link): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
-        for entry in archive.entries().map_err(LayerError::Read)?.raw(true) {
-            let mut entry = entry.map_err(LayerError::Read)?;
-            let header = entry.header().clone();
-            let size = header.entry_size().map_err(LayerError::Read)?;
-            match header.entry_type() {
-                EntryType::GNULongName => {
-                    long_path = Some(read_limited(&mut entry, size, MAX_NAME, "GNU long name")?);
-                    continue;
-                }
-                EntryType::GNULongLink => {
-                    long_link = Some(read_limited(
-                        &mut entry,
-                        size,
-                        MAX_NAME,
-                        "GNU long link name",
-                    )?);
-                    continue;
-                }
-                EntryType::XHeader => {
-                    let (path, link) =
-                        pax_paths(&read_limited(&mut entry, size, MAX_PAX, "pax header")?);
-                    long_path = path.or(long_path);
-                    long_link = link.or(long_link);
-                    continue;
-                }
-                EntryType::XGlobalHeader => {
-                    read_limited(&mut entry, size, MAX_PAX, "pax global header")?;
-                    continue;
-                }
-                _ => {}
-            }
-            let raw_path = long_path
-                .take()
-                .unwrap_or_else(|| header.path_bytes().into_owned());
-            let raw_link = long_link
-                .take()
-                .or_else(|| header.link_name_bytes().map(|l| l.into_owned()));
-            let shown = String::from_utf8_lossy(&raw_path).into_owned();
-            let parts = clean(&raw_path)?;
-            let Some(name) = parts.last().cloned() else {
+        let mut stream = TarStream::new(decompress(reader)?);
+        while let Some(header) = stream.next_entry()? {
+            let shown = String::from_utf8_lossy(&header.path).into_owned();
+            let parts = clean(&header.path)?;
+            let Some(name) = parts.last() else {
                 continue; // the layer's root directory itself
             };
-            let mode = header.mode().map_err(LayerError::Read)? & 0o7777;
-            self.entry(
-                &mut entry,
-                header.entry_type(),
-                &shown,
-                &parts,
-                &name,
-                mode,
-                raw_link,
-            )?;
+            let at = At {
+                shown: &shown,
+                parts: &parts,
+                key: parts.join(&b'/'),
+                name,
+            };
+            self.entry(&at, &header, &mut stream.data())?;
         }
-        for (path, mode) in self.dir_modes.iter().rev() {
-            fs::set_permissions(path, fs::Permissions::from_mode(*mode))
-                .map_err(write_err(path))?;
-        }
+        self.apply_dir_meta()
+            .map_err(|(path, source)| LayerError::Write {
+                path: String::from_utf8_lossy(&path).into_owned(),
+                source,
+            })?;
         Ok(self.report)
     }
 
-    /// Creates the parent directories of `parts` (never through a symlink); returns the
-    /// parent path.
-    fn parent(&self, shown: &str, parts: &[Vec<u8>]) -> Result<PathBuf, LayerError> {
-        let mut path = self.root.to_path_buf();
-        for part in &parts[..parts.len() - 1] {
-            path.push(std::ffi::OsStr::from_bytes(part));
-            match path.symlink_metadata() {
-                Ok(meta) if meta.file_type().is_symlink() => {
-                    return Err(LayerError::ThroughSymlink {
-                        entry: shown.to_owned(),
-                        symlink: path
-                            .strip_prefix(self.root)
-                            .unwrap_or(&path)
-                            .display()
-                            .to_string(),
-                    })
-                }
-                Ok(meta) if meta.is_dir() => {}
-                Ok(_) => {
-                    return Err(LayerError::NotADirectory {
-                        entry: shown.to_owned(),
-                        component: String::from_utf8_lossy(part).into_owned(),
-                    })
-                }
-                Err(_) => fs::create_dir(&path).map_err(write_err(&path))?,
-            }
-        }
-        Ok(path)
-    }
-
-    /// Removes whatever is at `path` (an earlier entry of the same name), unless it is a
-    /// directory and `keep_dir`.
-    fn replace(path: &Path, keep_dir: bool) -> Result<bool, LayerError> {
-        match path.symlink_metadata() {
-            Ok(meta) if meta.is_dir() && keep_dir => Ok(true),
-            Ok(meta) if meta.is_dir() => fs::remove_dir_all(path)
-                .map(|()| false)
-                .map_err(write_err(path)),
-            Ok(_) => fs::remove_file(path)
-                .map(|()| false)
-                .map_err(write_err(path)),
-            Err(_) => Ok(false),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
     fn entry(
         &mut self,
+        at: &At<'_>,
+        header: &Header,
         data: &mut impl Read,
-        kind: EntryType,
-        shown: &str,
-        parts: &[Vec<u8>],
-        name: &[u8],
-        mode: u32,
-        link: Option<Vec<u8>>,
     ) -> Result<(), LayerError> {
-        let parent = self.parent(shown, parts)?;
-        if let Some(hidden) = name.strip_prefix(b".wh.") {
-            return self.whiteout(&parent, hidden);
+        let write = |source: std::io::Error| LayerError::Write {
+            path: at.shown.to_owned(),
+            source,
+        };
+        let invalid = |reason: &str| LayerError::Invalid {
+            entry: at.shown.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if at.name.contains(&0) {
+            return Err(invalid("its name holds a NUL byte"));
         }
-        let path = parent.join(std::ffi::OsStr::from_bytes(name));
-        match kind {
+        if let Some(hidden) = at.name.strip_prefix(WHITEOUT) {
+            return self.whiteout(at, hidden);
+        }
+        let meta = self.meta(at, header)?;
+        let parent = self.parent(at)?;
+        let parent = parent.as_fd();
+        match header.kind {
             EntryType::Regular | EntryType::Continuous => {
-                Self::replace(&path, false)?;
-                let mut mode = mode;
-                if !self.options.keep_setid && mode & 0o6000 != 0 {
-                    mode &= !0o6000;
-                    self.report.setid_dropped += 1;
-                }
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .custom_flags(nix::libc::O_NOFOLLOW)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(write_err(&path))?;
+                self.replace(parent, at, false).map_err(write)?;
+                let fd = rustix::fs::openat(
+                    parent,
+                    at.name,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|e| write(e.into()))?;
+                let mut file = File::from(fd);
                 self.report.bytes += std::io::copy(data, &mut file).map_err(LayerError::Read)?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-                    .map_err(write_err(&path))?;
+                self.apply_meta(file.as_fd(), &meta).map_err(write)?;
             }
             EntryType::Directory => {
-                if !Self::replace(&path, true)? {
-                    fs::create_dir(&path).map_err(write_err(&path))?;
+                if !self.replace(parent, at, true).map_err(write)? {
+                    rustix::fs::mkdirat(parent, at.name, Mode::from_raw_mode(0o700))
+                        .map_err(|e| write(e.into()))?;
                 }
-                self.dir_modes.push((path, mode));
+                self.dirs.insert(at.key.clone(), meta);
             }
             EntryType::Symlink => {
-                let target = link.unwrap_or_default();
-                if escapes(parts.len() - 1, &target) {
+                let target = header.link.clone().unwrap_or_default();
+                if target.is_empty() || target.contains(&0) {
+                    return Err(invalid("a symlink needs a target without NUL bytes"));
+                }
+                if escapes(at.parts.len() - 1, &target) {
                     return Err(LayerError::EscapingSymlink {
-                        entry: shown.to_owned(),
+                        entry: at.shown.to_owned(),
                         target: String::from_utf8_lossy(&target).into_owned(),
                     });
                 }
-                Self::replace(&path, false)?;
-                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &path)
-                    .map_err(write_err(&path))?;
+                self.replace(parent, at, false).map_err(write)?;
+                rustix::fs::symlinkat(target.as_slice(), parent, at.name)
+                    .map_err(|e| write(e.into()))?;
+                if self.chown {
+                    rustix::fs::chownat(
+                        parent,
+                        at.name,
+                        Some(meta.uid),
+                        Some(meta.gid),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|e| write(e.into()))?;
+                }
+                rustix::fs::utimensat(parent, at.name, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| write(e.into()))?;
             }
             EntryType::Link => {
-                let target = link.unwrap_or_default();
-                let source = self.hardlink_source(shown, &target)?;
-                Self::replace(&path, false)?;
-                fs::hard_link(&source, &path).map_err(write_err(&path))?;
+                let target = header.link.clone().unwrap_or_default();
+                let (source_dir, source_name) = self.hardlink_source(at.shown, &target)?;
+                self.replace(parent, at, false).map_err(write)?;
+                rustix::fs::linkat(
+                    &source_dir,
+                    source_name.as_slice(),
+                    parent,
+                    at.name,
+                    AtFlags::empty(),
+                )
+                .map_err(|e| match e {
+                    // The link replaced its own target.
+                    rustix::io::Errno::NOENT => LayerError::BadHardlink {
+                        entry: at.shown.to_owned(),
+                        target: String::from_utf8_lossy(&target).into_owned(),
+                    },
+                    e => write(e.into()),
+                })?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let kind = match kind {
+                let kind = match header.kind {
                     EntryType::Char => "character device",
                     EntryType::Block => "block device",
                     _ => "FIFO",
                 };
                 return match self.options.special_files {
                     SpecialFiles::Reject => Err(LayerError::SpecialFile {
-                        entry: shown.to_owned(),
+                        entry: at.shown.to_owned(),
                         kind,
                     }),
                     SpecialFiles::Skip => {
@@ -480,7 +466,7 @@ impl Unpacker<'_> {
             }
             other => {
                 return Err(LayerError::Unsupported {
-                    entry: shown.to_owned(),
+                    entry: at.shown.to_owned(),
                     kind: other.as_byte(),
                 })
             }
@@ -489,48 +475,234 @@ impl Unpacker<'_> {
         Ok(())
     }
 
-    /// The file a hardlink points at: inside the layer, reached without symlinks, regular.
-    fn hardlink_source(&self, shown: &str, target: &[u8]) -> Result<PathBuf, LayerError> {
+    /// The entry's metadata as it will be applied: owner checked, setid bits and file
+    /// capabilities dropped unless kept, xattrs checked.
+    fn meta(&mut self, at: &At<'_>, header: &Header) -> Result<Meta, LayerError> {
+        let id = |value: u64, what: &str| {
+            u32::try_from(value)
+                .ok()
+                .filter(|&v| v != u32::MAX)
+                .ok_or_else(|| LayerError::Invalid {
+                    entry: at.shown.to_owned(),
+                    reason: format!("its {what} {value} is out of range"),
+                })
+        };
+        let mut mode = header.mode;
+        let mut xattrs = Vec::with_capacity(header.xattrs.len());
+        let mut dropped = false;
+        for (name, value) in &header.xattrs {
+            if name.starts_with(b"trusted.") {
+                return Err(LayerError::ForbiddenXattr {
+                    entry: at.shown.to_owned(),
+                    name: String::from_utf8_lossy(name).into_owned(),
+                });
+            }
+            if name.is_empty() || name.contains(&0) {
+                return Err(LayerError::Invalid {
+                    entry: at.shown.to_owned(),
+                    reason: "an extended attribute's name is empty or holds a NUL byte".into(),
+                });
+            }
+            if name == b"security.capability" && !self.options.keep_setid {
+                dropped = true;
+                continue;
+            }
+            xattrs.push((name.clone(), value.clone()));
+        }
+        let file = matches!(header.kind, EntryType::Regular | EntryType::Continuous);
+        if file && !self.options.keep_setid && mode & 0o6000 != 0 {
+            mode &= !0o6000;
+            dropped = true;
+        }
+        if dropped {
+            self.report.setid_dropped += 1;
+        }
+        Ok(Meta {
+            mode,
+            uid: Uid::from_raw(id(header.uid, "uid")?),
+            gid: Gid::from_raw(id(header.gid, "gid")?),
+            mtime: header.mtime,
+            xattrs,
+        })
+    }
+
+    /// Owner, mode, xattrs and times of an open file or directory, in the order that keeps
+    /// them: chown clears setuid bits, and every change but the times moves the ctime only.
+    fn apply_meta(&mut self, fd: BorrowedFd<'_>, meta: &Meta) -> std::io::Result<()> {
+        if self.chown {
+            rustix::fs::fchown(fd, Some(meta.uid), Some(meta.gid))?;
+        }
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
+        for (name, value) in &meta.xattrs {
+            match rustix::fs::fsetxattr(fd, name.as_slice(), value, XattrFlags::empty()) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::NOTSUP) => self.report.xattrs_unsupported += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        rustix::fs::futimens(fd, &meta.times())?;
+        Ok(())
+    }
+
+    /// Applies the directories' metadata, deepest first. Each directory is opened again
+    /// beneath the root without following anything, so a directory that a later entry
+    /// replaced by a symlink cannot lend its mode to the link's target.
+    fn apply_dir_meta(&mut self) -> Result<(), (Vec<u8>, std::io::Error)> {
+        let dirs = std::mem::take(&mut self.dirs);
+        for (key, meta) in dirs.iter().rev() {
+            let parts: Vec<&[u8]> = key.split(|&b| b == b'/').collect();
+            let fd = beneath::open_dir(self.root.as_fd(), &parts, false).map_err(|e| {
+                let source = match e {
+                    WalkError::Io(e) => e,
+                    other => std::io::Error::other(format!("the directory changed: {other:?}")),
+                };
+                (key.clone(), source)
+            })?;
+            self.apply_meta(fd.as_fd(), meta)
+                .map_err(|e| (key.clone(), e))?;
+        }
+        Ok(())
+    }
+
+    /// The entry's parent directory, opened beneath the root (missing directories created),
+    /// never through a symlink.
+    fn parent(&mut self, at: &At<'_>) -> Result<OwnedFd, LayerError> {
+        let parent_parts = &at.parts[..at.parts.len() - 1];
+        let key = parent_parts.join(&b'/');
+        if let Some((cached, fd)) = &self.last_parent {
+            if *cached == key {
+                return fd.try_clone().map_err(|e| LayerError::Write {
+                    path: at.shown.to_owned(),
+                    source: e,
+                });
+            }
+        }
+        let fd = beneath::open_dir(self.root.as_fd(), parent_parts, true).map_err(|e| match e {
+            WalkError::Symlink(i) => LayerError::ThroughSymlink {
+                entry: at.shown.to_owned(),
+                symlink: String::from_utf8_lossy(&at.parts[..=i].join(&b'/')).into_owned(),
+            },
+            WalkError::NotADirectory(i) | WalkError::Missing(i) => LayerError::NotADirectory {
+                entry: at.shown.to_owned(),
+                component: String::from_utf8_lossy(&at.parts[i]).into_owned(),
+            },
+            WalkError::Io(source) => LayerError::Write {
+                path: at.shown.to_owned(),
+                source,
+            },
+        })?;
+        let keep = fd.try_clone().map_err(|e| LayerError::Write {
+            path: at.shown.to_owned(),
+            source: e,
+        })?;
+        self.last_parent = Some((key, keep));
+        Ok(fd)
+    }
+
+    /// Removes whatever is at the entry's name (an earlier entry of the same name), unless
+    /// it is a directory and `keep_dir`. Returns whether a directory was kept.
+    fn replace(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        at: &At<'_>,
+        keep_dir: bool,
+    ) -> std::io::Result<bool> {
+        if keep_dir && beneath::kind_of(parent, at.name)? == Some(FileType::Directory) {
+            return Ok(true);
+        }
+        self.remove(parent, &at.key, at.name)?;
+        Ok(false)
+    }
+
+    /// Removes `name` (whose path is `key`) from `parent`; a removed directory takes its
+    /// pending metadata and everything under it along.
+    fn remove(&mut self, parent: BorrowedFd<'_>, key: &[u8], name: &[u8]) -> std::io::Result<()> {
+        if beneath::remove(parent, name)? == Some(FileType::Directory) {
+            self.forget_dir(key);
+        }
+        Ok(())
+    }
+
+    fn forget_dir(&mut self, key: &[u8]) {
+        self.dirs.remove(key);
+        let mut below = key.to_vec();
+        below.push(b'/');
+        let mut end = key.to_vec();
+        end.push(b'/' + 1);
+        let doomed: Vec<Vec<u8>> = self
+            .dirs
+            .range(below..end)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in doomed {
+            self.dirs.remove(&k);
+        }
+        self.last_parent = None;
+    }
+
+    /// The directory and name of the file a hardlink points at: inside the layer, reached
+    /// without symlinks, a regular file or a symlink.
+    fn hardlink_source(
+        &self,
+        shown: &str,
+        target: &[u8],
+    ) -> Result<(OwnedFd, Vec<u8>), LayerError> {
         let bad = || LayerError::BadHardlink {
             entry: shown.to_owned(),
             target: String::from_utf8_lossy(target).into_owned(),
         };
         let parts = clean(target).map_err(|_| bad())?;
-        if parts.is_empty() {
+        let Some(name) = parts.last() else {
+            return Err(bad());
+        };
+        if name.contains(&0) {
             return Err(bad());
         }
-        let mut path = self.root.to_path_buf();
-        for (i, part) in parts.iter().enumerate() {
-            path.push(std::ffi::OsStr::from_bytes(part));
-            let meta = path.symlink_metadata().map_err(|_| bad())?;
-            let last = i == parts.len() - 1;
-            if meta.file_type().is_symlink()
-                || (last && !meta.is_file())
-                || (!last && !meta.is_dir())
-            {
-                return Err(bad());
-            }
+        let dir = beneath::open_dir(self.root.as_fd(), &parts[..parts.len() - 1], false)
+            .map_err(|_| bad())?;
+        match beneath::kind_of(dir.as_fd(), name) {
+            Ok(Some(FileType::RegularFile | FileType::Symlink)) => Ok((dir, name.clone())),
+            _ => Err(bad()),
         }
-        Ok(path)
     }
 
-    fn whiteout(&mut self, parent: &Path, hidden: &[u8]) -> Result<(), LayerError> {
-        if hidden == b".wh..opq" {
-            xattr::set(parent, "trusted.overlay.opaque", b"y").map_err(write_err(parent))?;
-        } else {
-            let path = parent.join(std::ffi::OsStr::from_bytes(hidden));
-            Self::replace(&path, false)?;
-            nix::sys::stat::mknod(
-                &path,
-                nix::sys::stat::SFlag::S_IFCHR,
-                nix::sys::stat::Mode::empty(),
-                nix::sys::stat::makedev(0, 0),
-            )
-            .map_err(|e| LayerError::Write {
-                path: path.display().to_string(),
-                source: e.into(),
-            })?;
+    fn whiteout(&mut self, at: &At<'_>, hidden: &[u8]) -> Result<(), LayerError> {
+        let write = |source: std::io::Error| LayerError::Write {
+            path: at.shown.to_owned(),
+            source,
+        };
+        if at.name == OPAQUE {
+            let parent = self.parent(at)?;
+            rustix::fs::fsetxattr(&parent, "trusted.overlay.opaque", b"y", XattrFlags::empty())
+                .map_err(|e| write(e.into()))?;
+            self.report.whiteouts += 1;
+            return Ok(());
         }
+        if at.name.starts_with(AUFS_META) {
+            self.report.skipped += 1;
+            return Ok(());
+        }
+        if matches!(hidden, b"" | b"." | b"..") {
+            return Err(LayerError::Invalid {
+                entry: at.shown.to_owned(),
+                reason: "a whiteout must name a file ('.wh.NAME')".into(),
+            });
+        }
+        let parent = self.parent(at)?;
+        let mut key = at.parts[..at.parts.len() - 1].join(&b'/');
+        if !key.is_empty() {
+            key.push(b'/');
+        }
+        key.extend_from_slice(hidden);
+        self.remove(parent.as_fd(), &key, hidden).map_err(write)?;
+        rustix::fs::mknodat(
+            &parent,
+            hidden,
+            FileType::CharacterDevice,
+            Mode::empty(),
+            rustix::fs::makedev(0, 0),
+        )
+        .map_err(|e| write(e.into()))?;
         self.report.whiteouts += 1;
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! media types, repository names and tags, manifest validation, and safe layer unpacking.
 //! No network I/O here.
 
+pub mod beneath;
 pub mod digest;
 pub mod layer;
 pub mod manifest;

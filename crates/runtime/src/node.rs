@@ -721,17 +721,13 @@ fn monitor_alive(pid: u32, dir: &Path) -> bool {
     cmdline.split(|b| *b == 0).any(|arg| arg == wanted)
 }
 
-/// Reads a small file of the image (like /etc/passwd) without following symlinks out of it.
+/// Reads a small file of the image (like /etc/passwd) as the container would see it:
+/// symlinks resolve inside the image's tree, never on the host. Missing, too large (over
+/// 4 MiB) or not a regular file: empty.
 fn read_image_file(rootfs: &Path, relative: &str) -> String {
-    let mut path = rootfs.to_path_buf();
-    for part in relative.split('/') {
-        path.push(part);
-        match fs::symlink_metadata(&path) {
-            Ok(meta) if !meta.file_type().is_symlink() => {}
-            _ => return String::new(),
-        }
-    }
-    fs::read_to_string(path).unwrap_or_default()
+    berth_oci::beneath::read_in_root(rootfs, relative, 4 << 20)
+        .map(|data| String::from_utf8_lossy(&data).into_owned())
+        .unwrap_or_default()
 }
 
 fn validate_name(name: &str) -> Result<(), NodeError> {

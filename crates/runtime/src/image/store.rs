@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -464,28 +464,13 @@ fn remove_crashed_leftover(path: &Path, name: &str) {
     }
 }
 
-/// `rm -rf`, making read-only directories writable first (layers may contain 0555 dirs).
+/// `rm -rf` of a snapshot or a leftover of one: relative to directory handles, never
+/// following a link the image left, read-only directories (layers hold 0555 ones) opened
+/// up on the way.
 pub(crate) fn force_remove(path: &Path) -> std::io::Result<()> {
-    fn make_writable(path: &Path) {
-        let Ok(meta) = path.symlink_metadata() else {
-            return;
-        };
-        if meta.is_dir() {
-            let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o755));
-            if let Ok(entries) = fs::read_dir(path) {
-                for entry in entries.flatten() {
-                    make_writable(&entry.path());
-                }
-            }
-        }
-    }
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
+    match berth_oci::beneath::remove_tree(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(_) => {
-            make_writable(path);
-            fs::remove_dir_all(path)
-        }
+        other => other,
     }
 }
 
