@@ -119,6 +119,10 @@ pub struct DeployArgs {
     /// Return once the release is created instead of following the deploy.
     #[arg(long)]
     no_wait: bool,
+    /// Show what the release would do to each service (restart and why, or keep its
+    /// instances) and store nothing. Images are still resolved to digests.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// `berth status`
@@ -140,6 +144,9 @@ pub struct ReleasesArgs {
     client: ClientArgs,
     /// The app.
     app: String,
+    /// Print the server's JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `berth rollback`
@@ -335,23 +342,50 @@ pub fn deploy(args: DeployArgs, root: &Path) -> anyhow::Result<ExitCode> {
     println!("pulling images of {app}…");
     let created = client.post(
         &format!("/v1/apps/{app}/deploy"),
-        json!({ "spec": text, "env": args.env, "file": file, "by": who() }),
+        json!({ "spec": text, "env": args.env, "file": file, "by": who(), "dry_run": args.dry_run }),
     )?;
     let release = created["release"].as_u64().unwrap_or_default();
     let replaces = created["previous"]
         .as_u64()
         .map_or(String::new(), |p| format!(" replaces {app}#{p}"));
-    println!("release {app}#{release}{replaces}");
-    if let Some(images) = created["images"].as_object() {
-        for (service, image) in images {
-            println!(
-                "  {service}: {} ({})",
-                image["reference"].as_str().unwrap_or_default(),
-                image["digest"].as_str().unwrap_or_default()
-            );
-        }
+    if args.dry_run {
+        println!("dry run: release {app}#{release} would be made{replaces}; nothing was stored");
+    } else {
+        println!("release {app}#{release}{replaces}");
     }
-    if args.no_wait {
+    let images = created["images"].as_object();
+    for change in created["services"].as_array().into_iter().flatten() {
+        let service = change["service"].as_str().unwrap_or_default();
+        let reasons: Vec<&str> = change["reasons"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str())
+            .collect();
+        let image = images
+            .and_then(|images| images.get(service))
+            .map(|image| {
+                format!(
+                    " {} ({})",
+                    image["reference"].as_str().unwrap_or_default(),
+                    image["digest"].as_str().unwrap_or_default()
+                )
+            })
+            .unwrap_or_default();
+        let runs = change["runs"].as_u64().unwrap_or_default();
+        let line = match change["action"].as_str().unwrap_or_default() {
+            "add" => format!("added:{image}"),
+            "remove" => "removed: its instances stop".to_owned(),
+            "restart" => format!("restart: {}", reasons.join("; ")),
+            _ if reasons.is_empty() => format!("unchanged: keeps its instances (release #{runs})"),
+            _ => format!(
+                "keeps its instances (release #{runs}); {}",
+                reasons.join("; ")
+            ),
+        };
+        println!("  {service}: {line}");
+    }
+    if args.no_wait || args.dry_run {
         return Ok(ExitCode::SUCCESS);
     }
     follow(&client, &app, release)
@@ -495,6 +529,10 @@ pub fn status(args: StatusArgs, root: &Path) -> anyhow::Result<()> {
 pub fn releases(args: ReleasesArgs, root: &Path) -> anyhow::Result<()> {
     let client = Client::new(&args.client, root)?;
     let releases = client.get(&format!("/v1/apps/{}/releases", args.app))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&releases)?);
+        return Ok(());
+    }
     println!(
         "{:<8} {:<11} {:<20} {:<20} IMAGES",
         "RELEASE", "STATUS", "CREATED", "BY"

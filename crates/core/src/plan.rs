@@ -62,11 +62,22 @@ pub struct Desired {
 impl Desired {
     /// Every service of `app` at `release`.
     pub fn from_spec(app: &AppSpec, release: ReleaseId) -> Desired {
+        Desired::at_revisions(app, |_| release)
+    }
+
+    /// Every service of `app` at its own revision: the release whose instances run it (a
+    /// release that left a service as it was keeps the instances of an older one).
+    pub fn at_revisions(app: &AppSpec, revision: impl Fn(&str) -> ReleaseId) -> Desired {
         Desired {
             services: app
                 .services
                 .iter()
-                .map(|(name, spec)| (name.clone(), DesiredService::from_spec(spec, release)))
+                .map(|(name, spec)| {
+                    (
+                        name.clone(),
+                        DesiredService::from_spec(spec, revision(name)),
+                    )
+                })
                 .collect(),
         }
     }

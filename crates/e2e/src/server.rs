@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -209,6 +209,28 @@ impl BerthServer {
         let out = self.run(&args);
         eprintln!("$ berth deploy ({name}): {}\n{}", out.status, text(&out));
         out
+    }
+
+    /// `berth secret set APP NAME` with `value` on stdin; its output.
+    #[track_caller]
+    pub fn set_secret(&self, app: &str, name: &str, value: &str) -> String {
+        let mut child = self
+            .berth()
+            .args(["secret", "set", app, name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(value.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "secret set: {}", text(&out));
+        text(&out)
     }
 
     /// `berth status APP --json`.

@@ -7,10 +7,10 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use berth_e2e::berth_binary;
@@ -38,23 +38,7 @@ impl Server {
 
     /// `berth secret set shop NAME` with `value` on stdin.
     fn set_secret(&self, name: &str, value: &str) -> String {
-        let mut child = self
-            .berth()
-            .args(["secret", "set", "shop", name])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(value.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "secret set: {}", text(&out));
-        text(&out)
+        self.0.set_secret("shop", name, value)
     }
 
     fn spec(&self, tag: &str) -> PathBuf {

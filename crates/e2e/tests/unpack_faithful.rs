@@ -117,7 +117,12 @@ fn layer_one(w: &Working<'_>) {
                     let p = Path::new(p);
                     let parent = fs::canonicalize(p.parent()?).ok()?;
                     let real = parent.join(p.file_name()?);
-                    Some(real.display().to_string().trim_start_matches('/').to_owned())
+                    Some(
+                        real.display()
+                            .to_string()
+                            .trim_start_matches('/')
+                            .to_owned(),
+                    )
                 })
                 .filter(|p| !p.is_empty()),
         );

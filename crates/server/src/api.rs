@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use crate::controller::{load_releases, AppView, Controller};
 use crate::events::{Event, EventKind};
 use crate::releases::{
-    release_key, state_key, AppState, Release, ReleaseStatus, ResolvedImage, APPS_PREFIX,
+    release_key, revisions, service_changes, state_key, AppState, Release, ReleaseStatus,
+    ResolvedImage, ServiceChange, APPS_PREFIX,
 };
 use crate::{now, ServerError};
 
@@ -198,6 +199,9 @@ pub struct DeployRequest {
     /// Who deploys (`user@host`), recorded with the release.
     #[serde(default)]
     pub by: Option<String>,
+    /// Only say what the release would do (which services restart and why); store nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// The answer to a deploy.
@@ -211,6 +215,12 @@ pub struct DeployResponse {
     pub previous: Option<ReleaseId>,
     /// Each service's image, pinned by digest.
     pub images: BTreeMap<String, ResolvedImage>,
+    /// What the release does to each service: restart (and why), keep, add, remove.
+    #[serde(default)]
+    pub services: Vec<ServiceChange>,
+    /// Nothing was stored: the answer says what a deploy would do.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// `POST /v1/apps/{app}/rollback`
@@ -267,6 +277,9 @@ pub struct ReleaseSummary {
     /// What it changed compared with the release it replaced.
     #[serde(default)]
     pub changes: Vec<String>,
+    /// What it did to each service.
+    #[serde(default)]
+    pub services: Vec<ServiceChange>,
 }
 
 async fn deploy(
@@ -296,7 +309,7 @@ async fn deploy(
     let _turn = state.writes.lock().await;
     let store = state.controller.store();
     let mut attempts = 0;
-    let (number, previous) = loop {
+    let (number, previous, services) = loop {
         let entry = store.get(&state_key(&app)).await?;
         let current: AppState = match &entry {
             Some(entry) => serde_json::from_slice(&entry.value)
@@ -316,6 +329,8 @@ async fn deploy(
             created_at: now().as_millis(),
             by: request.by.clone(),
             changes: Vec::new(),
+            revisions: BTreeMap::new(),
+            services: Vec::new(),
         };
         let replaced = match previous {
             Some(previous) => store
@@ -324,7 +339,18 @@ async fn deploy(
                 .and_then(|entry| serde_json::from_slice::<Release>(&entry.value).ok()),
             None => None,
         };
+        let replaced_spec = replaced.as_ref().and_then(|r| r.app_spec().ok());
+        release.services = service_changes(
+            replaced.as_ref().zip(replaced_spec.as_ref()),
+            &release,
+            &spec,
+        );
+        release.revisions = revisions(&release.services);
         release.changes = crate::releases::changes(replaced.as_ref(), &release);
+        if request.dry_run {
+            break (number, previous, release.services);
+        }
+        let services = release.services.clone();
         let next = current.with_desired(&app, number);
         let compare = match &entry {
             Some(entry) => Expect::ModRevision(entry.mod_revision),
@@ -332,7 +358,7 @@ async fn deploy(
         };
         let release = Some((release_key(&app, number), encode(&release)?));
         match write_state(store.as_ref(), &app, compare, &next, release).await {
-            Ok(()) => break (number, previous),
+            Ok(()) => break (number, previous, services),
             // The controller recorded deploy progress in between: read again.
             Err(e) if e.status == StatusCode::CONFLICT && attempts < 20 => {
                 attempts += 1;
@@ -341,6 +367,19 @@ async fn deploy(
             Err(e) => return Err(e),
         }
     };
+    if request.dry_run {
+        return Ok((
+            StatusCode::OK,
+            Json(DeployResponse {
+                app,
+                release: number,
+                previous,
+                images,
+                services,
+                dry_run: true,
+            }),
+        ));
+    }
     state.controller.event(
         Event::new(
             &app,
@@ -360,6 +399,8 @@ async fn deploy(
             release: number,
             previous,
             images,
+            services,
+            dry_run: false,
         }),
     ))
 }
@@ -539,14 +580,11 @@ async fn list_apps(State(state): State<Arc<ApiState>>) -> Result<Json<Vec<AppSum
     for entry in listing.entries.iter().filter(|e| e.key.ends_with("/state")) {
         let app_state: AppState = serde_json::from_slice(&entry.value)
             .map_err(|e| ServerError::Internal(format!("{}: {e}", entry.key)))?;
-        let numbers: Vec<ReleaseId> = load_releases(store.as_ref(), &app_state.app)
-            .await?
-            .into_keys()
-            .collect();
+        let releases = load_releases(store.as_ref(), &app_state.app).await?;
         apps.push(AppSummary {
             app: app_state.app.clone(),
             desired_release: app_state.desired,
-            status: app_state.status_of(app_state.desired, &numbers),
+            status: app_state.status_of(app_state.desired, &releases),
             latest_release: app_state.latest,
         });
     }
@@ -558,17 +596,14 @@ async fn app_status(
     AppName(app): AppName,
 ) -> Result<Json<AppView>, ApiError> {
     let (current, _) = load_state(&state.controller, &app).await?;
-    let numbers: Vec<ReleaseId> = load_releases(state.controller.store().as_ref(), &app)
-        .await?
-        .into_keys()
-        .collect();
+    let releases = load_releases(state.controller.store().as_ref(), &app).await?;
     let mut view = state.controller.view(&app).unwrap_or_else(|| AppView {
         app: app.clone(),
         ..AppView::default()
     });
     // The store is ahead of the controller's last pass right after a deploy or rollback.
     view.desired_release = current.desired;
-    view.desired_status = Some(current.status_of(current.desired, &numbers));
+    view.desired_status = Some(current.status_of(current.desired, &releases));
     Ok(Json(view))
 }
 
@@ -578,20 +613,24 @@ async fn releases(
 ) -> Result<Json<Vec<ReleaseSummary>>, ApiError> {
     let (current, _) = load_state(&state.controller, &app).await?;
     let releases = load_releases(state.controller.store().as_ref(), &app).await?;
-    let numbers: Vec<ReleaseId> = releases.keys().copied().collect();
+    let statuses: BTreeMap<ReleaseId, ReleaseStatus> = releases
+        .keys()
+        .map(|number| (*number, current.status_of(*number, &releases)))
+        .collect();
     Ok(Json(
         releases
             .into_values()
             .rev()
             .map(|release| ReleaseSummary {
                 number: release.number,
-                status: current.status_of(release.number, &numbers),
+                status: statuses[&release.number],
                 created_at: release.created_at,
                 env: release.env,
                 images: release.images,
                 failure: current.failed.get(&release.number).cloned(),
                 by: release.by,
                 changes: release.changes,
+                services: release.services,
             })
             .collect(),
     ))

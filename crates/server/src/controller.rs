@@ -479,8 +479,8 @@ fn bookkeeping_events(app: &str, action: &Action, state: &AppState) -> Vec<Event
                 .service(service)
                 .release(*release);
             // A failed first deploy has nothing to go back to.
-            let from = state.deploys.get(service).and_then(|d| d.from_release);
-            let back = from.map(|from| {
+            let back = (state.desired != *release).then(|| {
+                let from = state.desired;
                 Event::new(
                     app,
                     EventKind::RolledBack,
@@ -705,6 +705,7 @@ impl Controller {
         &self,
         app: &str,
         state: &AppState,
+        desired: &Release,
         specs: &BTreeMap<ReleaseId, AppSpec>,
     ) -> Option<(String, ReleaseId, String)> {
         let traffic = self.traffic();
@@ -714,7 +715,7 @@ impl Controller {
                 continue;
             };
             let to = deploy.to_release;
-            if to != state.desired {
+            if to != desired.revision(&service) {
                 continue;
             }
             let Some(limits) = specs
@@ -784,7 +785,9 @@ impl Controller {
         };
         let spec = &spec;
 
-        if let Some((service, release, reason)) = self.traffic_rollback(app, &state, &specs) {
+        if let Some((service, release, reason)) =
+            self.traffic_rollback(app, &state, release, &specs)
+        {
             let action = Action::MarkDeployFailed {
                 service: service.clone(),
                 release,
@@ -822,7 +825,7 @@ impl Controller {
             })
             .collect();
         let instances = observe(app, seen, work, &health, &checked, self.started);
-        let desired = Desired::from_spec(spec, state.desired);
+        let desired = Desired::at_revisions(spec, |service| release.revision(service));
         let observed = Observed {
             instances: instances.clone(),
             deploys: state.deploy_states(),
@@ -855,6 +858,7 @@ impl Controller {
         let endpoints = listed(
             app,
             &self.node_name,
+            spec,
             &specs,
             &state.deploy_states(),
             &instances,
@@ -926,7 +930,7 @@ impl Controller {
         self.remove_exited(app, seen, work, &specs);
         self.pin(app, &state, &releases, &numbers).await;
         self.publish(
-            app, &state, spec, &numbers, &instances, seen, &details, waiting,
+            app, &state, spec, &releases, &instances, seen, &details, waiting,
         );
         Ok(())
     }
@@ -1358,7 +1362,7 @@ impl Controller {
         app: &str,
         state: &AppState,
         spec: &AppSpec,
-        numbers: &[ReleaseId],
+        releases: &BTreeMap<ReleaseId, Release>,
         instances: &[Instance],
         seen: &[Seen],
         details: &HashMap<String, String>,
@@ -1409,7 +1413,9 @@ impl Controller {
             .map(|(name, service)| ServiceView {
                 name: name.clone(),
                 replicas: service.replicas,
-                release: state.desired,
+                release: releases
+                    .get(&state.desired)
+                    .map_or(state.desired, |release| release.revision(name)),
                 deploy: state.deploys.get(name).cloned(),
                 waiting: waiting.remove(name).unwrap_or_default(),
                 instances: instances
@@ -1433,7 +1439,7 @@ impl Controller {
         let view = AppView {
             app: app.to_owned(),
             desired_release: state.desired,
-            desired_status: Some(state.status_of(state.desired, numbers)),
+            desired_status: Some(state.status_of(state.desired, releases)),
             services,
             orphans,
             events,

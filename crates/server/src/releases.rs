@@ -5,8 +5,11 @@
 //! Keys: `apps/<app>/state` holds the [`AppState`]; `apps/<app>/releases/<number>` (ten
 //! digits, so keys sort by number) holds each immutable [`Release`].
 
+mod diff;
 #[cfg(test)]
 mod tests;
+
+pub use diff::{changes, revisions, service_changes, ServiceAction, ServiceChange};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -60,12 +63,26 @@ pub struct Release {
     /// What it changed compared with the release it replaced, for people.
     #[serde(default)]
     pub changes: Vec<String>,
+    /// Each service's revision: the release whose instances run it, this release's number
+    /// for a service it changed (or added), an older one for a service it left as it was.
+    /// Empty for releases made before berth kept revisions: every service then runs this
+    /// release's own instances.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub revisions: BTreeMap<String, ReleaseId>,
+    /// What it does to each service compared with the release it replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceChange>,
 }
 
 impl Release {
     /// The spec, parsed as it was when the release was made.
     pub fn app_spec(&self) -> Result<AppSpec, SpecErrors> {
         AppSpec::parse_file(&self.file, &self.spec, self.env.as_deref())
+    }
+
+    /// The release whose instances run `service` when this release is desired.
+    pub fn revision(&self, service: &str) -> ReleaseId {
+        self.revisions.get(service).copied().unwrap_or(self.number)
     }
 }
 
@@ -176,8 +193,12 @@ impl AppState {
                 to_release,
                 ..
             } => {
-                let state = DeployState::begin(*from_release, *to_release, now);
-                self.deploys.insert(service.clone(), state.into());
+                let mut record: DeployRecord =
+                    DeployState::begin(*from_release, *to_release, now).into();
+                // The app release that was desired before this deploy's release: where a
+                // failure takes the whole app back.
+                record.rollback_to = self.previous;
+                self.deploys.insert(service.clone(), record);
                 true
             }
             Action::AdvanceStep { service, step, .. } => {
@@ -199,10 +220,16 @@ impl AppState {
                 };
                 deploy.failed = true;
                 self.failed.insert(*release, reason.clone());
-                // The whole app goes back: its services were released together.
-                if let Some(from) = deploy.from_release {
-                    if self.desired == *release {
-                        self.desired = from;
+                // `release` is the service's revision; the desired app release runs it, so
+                // it failed too (unless it is the same release).
+                if self.desired != *release {
+                    self.failed.insert(self.desired, reason.clone());
+                }
+                // The whole app goes back to the release desired before this deploy: its
+                // services were released together.
+                if let Some(back) = deploy.rollback_to.or(deploy.from_release) {
+                    if back != *release {
+                        self.desired = back;
                     }
                 }
                 true
@@ -252,24 +279,43 @@ impl AppState {
         pinned
     }
 
-    /// Where a release stands.
-    pub fn status_of(&self, number: ReleaseId, releases: &[ReleaseId]) -> ReleaseStatus {
+    /// Where a release stands (`releases`: every release of the app).
+    pub fn status_of(
+        &self,
+        number: ReleaseId,
+        releases: &BTreeMap<ReleaseId, Release>,
+    ) -> ReleaseStatus {
         if self.failed.contains_key(&number) {
             return ReleaseStatus::Failed;
         }
         if number == self.desired {
-            let deploys: Vec<&DeployRecord> = self
-                .deploys
-                .values()
-                .filter(|deploy| deploy.to_release == number)
-                .collect();
-            return if !deploys.is_empty() && deploys.iter().all(|deploy| deploy.finished) {
+            let revisions = releases
+                .get(&number)
+                .map(|release| release.revisions.clone())
+                .unwrap_or_default();
+            let live = if revisions.is_empty() {
+                // A release made before revisions: its services all deploy its own number.
+                let deploys: Vec<&DeployRecord> = self
+                    .deploys
+                    .values()
+                    .filter(|deploy| deploy.to_release == number)
+                    .collect();
+                !deploys.is_empty() && deploys.iter().all(|deploy| deploy.finished)
+            } else {
+                revisions.iter().all(|(service, revision)| {
+                    self.deploys.get(service).is_some_and(|deploy| {
+                        deploy.to_release == *revision && deploy.finished && !deploy.failed
+                    })
+                })
+            };
+            return if live {
                 ReleaseStatus::Live
             } else {
                 ReleaseStatus::Deploying
             };
         }
-        if self.rollback_target(releases) == Some(number) {
+        let numbers: Vec<ReleaseId> = releases.keys().copied().collect();
+        if self.rollback_target(&numbers) == Some(number) {
             ReleaseStatus::Previous
         } else {
             ReleaseStatus::Superseded
@@ -312,6 +358,10 @@ pub struct DeployRecord {
     pub finished: bool,
     /// The deploy failed.
     pub failed: bool,
+    /// The app release desired before the one this deploy is part of: where a failure of
+    /// this deploy takes the app back.
+    #[serde(default)]
+    pub rollback_to: Option<ReleaseId>,
 }
 
 impl From<DeployState> for DeployRecord {
@@ -325,6 +375,7 @@ impl From<DeployState> for DeployRecord {
             promoted_at: state.promoted_at.map(Timestamp::as_millis),
             finished: state.finished,
             failed: state.failed,
+            rollback_to: None,
         }
     }
 }
@@ -383,81 +434,4 @@ impl InstanceName {
             release,
         })
     }
-}
-
-/// What `new` changes compared with `old` (the release it replaces), one line per change:
-/// services added or removed, images, replicas, commands, environment variables (names
-/// only: values may be sensitive), secret versions.
-pub fn changes(old: Option<&Release>, new: &Release) -> Vec<String> {
-    let Some(old) = old else {
-        return vec!["first release".to_owned()];
-    };
-    let (Ok(before), Ok(after)) = (old.app_spec(), new.app_spec()) else {
-        return vec!["the spec changed".to_owned()];
-    };
-    let mut lines = Vec::new();
-    for name in before.services.keys() {
-        if !after.services.contains_key(name) {
-            lines.push(format!("{name}: removed"));
-        }
-    }
-    for (name, service) in &after.services {
-        let Some(previous) = before.services.get(name) else {
-            lines.push(format!("{name}: added"));
-            continue;
-        };
-        let (old_image, new_image) = (old.images.get(name), new.images.get(name));
-        if old_image.map(|i| &i.digest) != new_image.map(|i| &i.digest) {
-            let show = |image: Option<&ResolvedImage>| {
-                image.map_or_else(String::new, |i| {
-                    format!("{} ({})", i.reference, short_digest(&i.digest))
-                })
-            };
-            lines.push(format!(
-                "{name}: image {} -> {}",
-                show(old_image),
-                show(new_image)
-            ));
-        }
-        if previous.replicas != service.replicas {
-            lines.push(format!(
-                "{name}: replicas {} -> {}",
-                previous.replicas, service.replicas
-            ));
-        }
-        if previous.command != service.command {
-            lines.push(format!("{name}: command changed"));
-        }
-        let keys: std::collections::BTreeSet<&String> =
-            previous.env.keys().chain(service.env.keys()).collect();
-        let changed: Vec<&str> = keys
-            .into_iter()
-            .filter(|k| previous.env.get(*k) != service.env.get(*k))
-            .map(String::as_str)
-            .collect();
-        if !changed.is_empty() {
-            lines.push(format!("{name}: env {}", changed.join(", ")));
-        }
-    }
-    for (secret, version) in &new.secrets {
-        match old.secrets.get(secret) {
-            Some(before) if before != version => {
-                lines.push(format!("secret {secret}: v{before} -> v{version}"));
-            }
-            None => lines.push(format!("secret {secret}: v{version}")),
-            _ => {}
-        }
-    }
-    if lines.is_empty() && (old.spec != new.spec || old.env != new.env) {
-        lines.push("spec changed (health, deploy or other settings)".to_owned());
-    }
-    if lines.is_empty() {
-        lines.push("no changes: the same spec, images and secrets".to_owned());
-    }
-    lines
-}
-
-fn short_digest(digest: &str) -> &str {
-    let end = digest.find(':').map_or(0, |i| i + 1) + 12;
-    digest.get(..end).unwrap_or(digest)
 }

@@ -195,13 +195,15 @@ pub struct UpstreamGroup {
 
 /// Which instances of `app` the catalog should list now.
 ///
-/// `specs` are the app's releases (an instance's ports, tags and meta come from its own
-/// release); `deploys` the services' deploy states; `stopping` the instances this pass is
-/// about to stop (they are deregistered first).
+/// `specs` are the app's releases (an instance's ports come from its own release, its tags
+/// and meta from `current`, the desired release, which may change them without restarting
+/// it); `deploys` the services' deploy states; `stopping` the instances this pass is about
+/// to stop (they are deregistered first).
 #[allow(clippy::too_many_arguments)]
 pub fn listed(
     app: &str,
     node: &str,
+    current: &AppSpec,
     specs: &BTreeMap<ReleaseId, AppSpec>,
     deploys: &BTreeMap<String, DeployState>,
     instances: &[Instance],
@@ -240,6 +242,7 @@ pub fn listed(
         else {
             continue;
         };
+        let labels = current.services.get(&instance.service).unwrap_or(service);
         endpoints.push(Endpoint {
             id: found.id.clone(),
             app: app.to_owned(),
@@ -247,8 +250,8 @@ pub fn listed(
             release: instance.release,
             address,
             ports: service.ports.clone(),
-            tags: service.tags.clone(),
-            meta: service.meta.clone(),
+            tags: labels.tags.clone(),
+            meta: labels.meta.clone(),
             node: node.to_owned(),
         });
     }

@@ -100,6 +100,8 @@ impl Api {
                 created_at: number,
                 by: None,
                 changes: Vec::new(),
+                revisions: BTreeMap::new(),
+                services: Vec::new(),
             };
             self.store
                 .put(

@@ -234,6 +234,8 @@ resources = { memory = "64Mi", pids = 32 }
         created_at: 0,
         by: None,
         changes: Vec::new(),
+        revisions: BTreeMap::new(),
+        services: Vec::new(),
     };
     let request = container_request(
         "shop",

@@ -6,6 +6,32 @@ fn state(desired: ReleaseId) -> AppState {
     AppState::default().with_desired("shop", desired)
 }
 
+/// Releases `numbers` of shop, made before revisions were kept.
+fn numbered(numbers: &[ReleaseId]) -> BTreeMap<ReleaseId, Release> {
+    numbers
+        .iter()
+        .map(|&number| {
+            (
+                number,
+                Release {
+                    app: "shop".into(),
+                    number,
+                    spec: String::new(),
+                    file: "berth.toml".into(),
+                    env: None,
+                    images: BTreeMap::new(),
+                    secrets: BTreeMap::new(),
+                    created_at: 0,
+                    by: None,
+                    changes: Vec::new(),
+                    revisions: BTreeMap::new(),
+                    services: Vec::new(),
+                },
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn container_names_round_trip() {
     let name = InstanceName::container("shop-eu", "web-api-12-ab");
@@ -48,7 +74,10 @@ fn a_failed_deploy_makes_the_previous_release_desired() {
         },
         now,
     );
-    assert_eq!(app.status_of(2, &[1, 2]), ReleaseStatus::Deploying);
+    assert_eq!(
+        app.status_of(2, &numbered(&[1, 2])),
+        ReleaseStatus::Deploying
+    );
     app.apply(
         &Action::MarkDeployFailed {
             service: "web".into(),
@@ -58,7 +87,7 @@ fn a_failed_deploy_makes_the_previous_release_desired() {
         now,
     );
     assert_eq!(app.desired, 1);
-    assert_eq!(app.status_of(2, &[1, 2]), ReleaseStatus::Failed);
+    assert_eq!(app.status_of(2, &numbered(&[1, 2])), ReleaseStatus::Failed);
     assert!(app.deploys["web"].failed);
     assert_eq!(app.failed[&2], "never healthy");
 }
@@ -85,7 +114,7 @@ fn a_failed_first_deploy_stays_desired() {
         now,
     );
     assert_eq!(app.desired, 1);
-    assert_eq!(app.status_of(1, &[1]), ReleaseStatus::Failed);
+    assert_eq!(app.status_of(1, &numbered(&[1])), ReleaseStatus::Failed);
 }
 
 #[test]
@@ -109,15 +138,24 @@ fn a_release_is_live_once_every_deploy_to_it_finished() {
         reason: String::new(),
     };
     assert!(app.apply(&finish("db"), now));
-    assert_eq!(app.status_of(3, &[1, 2, 3]), ReleaseStatus::Deploying);
+    assert_eq!(
+        app.status_of(3, &numbered(&[1, 2, 3])),
+        ReleaseStatus::Deploying
+    );
     assert!(app.apply(&finish("web"), now));
     assert!(
         !app.apply(&finish("web"), now),
         "finishing twice changes nothing"
     );
-    assert_eq!(app.status_of(3, &[1, 2, 3]), ReleaseStatus::Live);
-    assert_eq!(app.status_of(2, &[1, 2, 3]), ReleaseStatus::Previous);
-    assert_eq!(app.status_of(1, &[1, 2, 3]), ReleaseStatus::Superseded);
+    assert_eq!(app.status_of(3, &numbered(&[1, 2, 3])), ReleaseStatus::Live);
+    assert_eq!(
+        app.status_of(2, &numbered(&[1, 2, 3])),
+        ReleaseStatus::Previous
+    );
+    assert_eq!(
+        app.status_of(1, &numbered(&[1, 2, 3])),
+        ReleaseStatus::Superseded
+    );
 }
 
 #[test]
@@ -226,6 +264,8 @@ fn a_release_parses_with_the_overlay_it_was_made_with() {
         created_at: 0,
         by: None,
         changes: Vec::new(),
+        revisions: BTreeMap::new(),
+        services: Vec::new(),
     };
     assert_eq!(release.app_spec().unwrap().services["web"].replicas, 1);
     let plain = Release {
@@ -246,6 +286,7 @@ fn promote_marks_only_unfinished_unpromoted_deploys() {
         promoted_at,
         finished,
         failed,
+        rollback_to: None,
     };
     let mut state = AppState {
         deploys: BTreeMap::from([
@@ -304,6 +345,8 @@ fn changes_say_what_a_release_changed_without_env_values() {
         created_at: 0,
         by: None,
         changes: Vec::new(),
+        revisions: BTreeMap::new(),
+        services: Vec::new(),
     };
     let v1 = release(
         1,
@@ -344,5 +387,211 @@ fn changes_say_what_a_release_changed_without_env_values() {
             )
         ),
         ["no changes: the same spec, images and secrets"]
+    );
+}
+
+fn release_with(
+    number: ReleaseId,
+    spec: &str,
+    images: &[(&str, &str)],
+    secrets: &[(&str, u64)],
+) -> Release {
+    Release {
+        app: "shop".into(),
+        number,
+        spec: spec.into(),
+        file: "berth.toml".into(),
+        env: None,
+        images: images
+            .iter()
+            .map(|(service, digest)| {
+                (
+                    (*service).to_owned(),
+                    ResolvedImage {
+                        reference: format!("r/{service}:1"),
+                        digest: (*digest).into(),
+                        pinned_reference: format!("r/{service}@{digest}"),
+                    },
+                )
+            })
+            .collect(),
+        secrets: secrets.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        created_at: 0,
+        by: None,
+        changes: Vec::new(),
+        revisions: BTreeMap::new(),
+        services: Vec::new(),
+    }
+}
+
+/// Makes `new` as the deploy API does: its changes and revisions against `old`.
+fn made(old: Option<&Release>, mut new: Release) -> Release {
+    let old_spec = old.map(|r| r.app_spec().unwrap());
+    let spec = new.app_spec().unwrap();
+    new.services = service_changes(old.zip(old_spec.as_ref()), &new, &spec);
+    new.revisions = revisions(&new.services);
+    new
+}
+
+const SHOP: &str = "app = \"shop\"
+[services.web]
+image = \"r/web:1\"
+env = { MODE = \"a\" }
+[services.db]
+image = \"r/db:1\"
+secrets = [\"PG_PASS\"]
+replicas = REPLICAS
+[services.worker]
+image = \"r/worker:1\"
+secret_files = { TOKEN = \"/run/secrets/token\" }
+";
+
+#[test]
+fn a_release_restarts_only_the_services_whose_containers_differ() {
+    let spec = |replicas: u32| SHOP.replace("REPLICAS", &replicas.to_string());
+    let v1 = made(
+        None,
+        release_with(
+            1,
+            &spec(1),
+            &[
+                ("web", "sha256:aaa"),
+                ("db", "sha256:ddd"),
+                ("worker", "sha256:www"),
+            ],
+            &[("PG_PASS", 1), ("TOKEN", 1)],
+        ),
+    );
+    assert!(v1.services.iter().all(|c| c.action == ServiceAction::Add));
+    // A new web image, db scaled, TOKEN (read by worker only) rotated.
+    let v2 = made(
+        Some(&v1),
+        release_with(
+            2,
+            &spec(2),
+            &[
+                ("web", "sha256:bbb"),
+                ("db", "sha256:ddd"),
+                ("worker", "sha256:www"),
+            ],
+            &[("PG_PASS", 1), ("TOKEN", 2)],
+        ),
+    );
+    let by_service: BTreeMap<&str, &ServiceChange> = v2
+        .services
+        .iter()
+        .map(|c| (c.service.as_str(), c))
+        .collect();
+    assert_eq!(by_service["web"].action, ServiceAction::Restart);
+    assert_eq!(
+        by_service["web"].reasons,
+        ["image r/web:1 (sha256:aaa) -> r/web:1 (sha256:bbb)"]
+    );
+    assert_eq!(by_service["db"].action, ServiceAction::Keep);
+    assert_eq!(by_service["db"].reasons, ["replicas 1 -> 2"]);
+    assert_eq!(by_service["worker"].action, ServiceAction::Restart);
+    assert_eq!(by_service["worker"].reasons, ["secret TOKEN v1 -> v2"]);
+    assert_eq!(
+        v2.revisions,
+        BTreeMap::from([("db".into(), 1), ("web".into(), 2), ("worker".into(), 2)])
+    );
+    // Only db's catalog tags change in 3: every service keeps the revision it had.
+    let v3 = made(
+        Some(&v2),
+        release_with(
+            3,
+            &spec(2).replace("[services.worker]", "tags = [\"x\"]\n[services.worker]"),
+            &[
+                ("web", "sha256:bbb"),
+                ("db", "sha256:ddd"),
+                ("worker", "sha256:www"),
+            ],
+            &[("PG_PASS", 1), ("TOKEN", 2)],
+        ),
+    );
+    assert_eq!(
+        v3.revisions,
+        BTreeMap::from([("db".into(), 1), ("web".into(), 2), ("worker".into(), 2)])
+    );
+    assert_eq!(v3.revision("web"), 2);
+    assert_eq!(v3.services[0].reasons, ["catalog tags or meta changed"]);
+    // A release made before revisions runs its own instances.
+    assert_eq!(numbered(&[4])[&4].revision("web"), 4);
+}
+
+#[test]
+fn a_release_is_live_when_every_service_runs_its_revision() {
+    let mut releases = numbered(&[1, 2, 3]);
+    releases.get_mut(&3).unwrap().revisions = BTreeMap::from([("db".into(), 1), ("web".into(), 3)]);
+    let mut app = state(1);
+    let now = Timestamp::from_millis(5);
+    app.apply(
+        &Action::BeginDeploy {
+            service: "db".into(),
+            from_release: None,
+            to_release: 1,
+            reason: String::new(),
+        },
+        now,
+    );
+    app.apply(
+        &Action::FinishDeploy {
+            service: "db".into(),
+            release: 1,
+            reason: String::new(),
+        },
+        now,
+    );
+    let mut app = app.with_desired("shop", 3);
+    assert_eq!(app.status_of(3, &releases), ReleaseStatus::Deploying);
+    app.apply(
+        &Action::BeginDeploy {
+            service: "web".into(),
+            from_release: Some(1),
+            to_release: 3,
+            reason: String::new(),
+        },
+        now,
+    );
+    app.apply(
+        &Action::FinishDeploy {
+            service: "web".into(),
+            release: 3,
+            reason: String::new(),
+        },
+        now,
+    );
+    assert_eq!(app.status_of(3, &releases), ReleaseStatus::Live);
+}
+
+#[test]
+fn a_failed_revision_fails_the_releases_that_run_it_and_goes_back_before_them() {
+    // Release 3 changed web; release 4 (db only) came while web's deploy ran.
+    let mut app = state(2).with_desired("shop", 3);
+    let now = Timestamp::from_millis(5);
+    app.apply(
+        &Action::BeginDeploy {
+            service: "web".into(),
+            from_release: Some(2),
+            to_release: 3,
+            reason: String::new(),
+        },
+        now,
+    );
+    let mut app = app.with_desired("shop", 4);
+    assert_eq!(app.previous, Some(3));
+    app.apply(
+        &Action::MarkDeployFailed {
+            service: "web".into(),
+            release: 3,
+            reason: "never healthy".into(),
+        },
+        now,
+    );
+    assert_eq!(app.desired, 2, "back to the release before web's change");
+    assert_eq!(
+        app.failed.keys().copied().collect::<Vec<_>>(),
+        [3, 4],
+        "both releases that run the failed revision"
     );
 }

@@ -100,6 +100,7 @@ fn healthy_and_unknown_instances_are_listed_unless_stopping() {
     let listed = listed(
         "shop",
         "node1",
+        &specs[&2],
         &specs,
         &BTreeMap::new(),
         &instances,
@@ -142,6 +143,7 @@ fn blue_green_lists_the_old_set_until_the_switch_then_only_the_new_one() {
         let endpoints = listed(
             "shop",
             "n",
+            &specs[&2],
             &specs,
             &deploys,
             &instances,
@@ -177,6 +179,7 @@ fn blue_green_lists_the_old_set_until_the_switch_then_only_the_new_one() {
     let endpoints = listed(
         "shop",
         "n",
+        &rolling[&2],
         &rolling,
         &deploys,
         &instances,
@@ -207,6 +210,7 @@ fn routes_group_upstreams_by_release_weighted_by_instances() {
     let endpoints = listed(
         "shop",
         "n",
+        &specs[&2],
         &specs,
         &BTreeMap::new(),
         &instances,

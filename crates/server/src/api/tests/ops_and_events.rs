@@ -85,6 +85,7 @@ async fn promote_marks_the_paused_step() {
             promoted_at: None,
             finished: false,
             failed: false,
+            rollback_to: None,
         },
     );
     api.store

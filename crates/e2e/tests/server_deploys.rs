@@ -1,0 +1,183 @@
+//! Deploys an operator can trust, end to end on real containers: a release restarts only the
+//! services whose containers differ, and `berth deploy --dry-run` says which and why first.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use berth_e2e::berth_binary;
+use berth_e2e::server::{healthy_in, push_web, text, BerthServer};
+use serde_json::Value;
+
+/// A web service and a database-like service (each a busybox httpd), each reading a secret.
+fn shop(server: &BerthServer, web_tag: &str) -> String {
+    format!(
+        r#"app = "shop"
+
+[services.db]
+image = "{registry}/shop/db:v1"
+ports = {{ sql = 5432 }}
+secrets = ["DB_PASS"]
+stop_grace = "1s"
+health = {{ tcp = {{ port = "sql" }}, interval = "300ms" }}
+
+[services.web]
+image = "{registry}/shop/web:{web_tag}"
+replicas = 2
+ports = {{ http = 8080 }}
+secrets = ["API_KEY"]
+depends_on = {{ db = "healthy" }}
+stop_grace = "1s"
+health = {{ http = {{ port = "http", path = "/index.html" }}, interval = "300ms" }}
+deploy = {{ min_healthy_time = "0s" }}
+"#,
+        registry = server.registry()
+    )
+}
+
+/// `(id, started_at)` of every live container of `app`, by name.
+fn containers(server: &BerthServer, app: &str) -> BTreeMap<String, (String, String)> {
+    let all: Value = serde_json::from_str(&server.ok(&["ps", "-a", "--json"])).unwrap();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["record"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{app}."))
+        })
+        .filter(|c| c["state"]["status"] == "running")
+        .map(|c| {
+            (
+                c["record"]["name"].as_str().unwrap().to_owned(),
+                (
+                    c["record"]["id"].as_str().unwrap().to_owned(),
+                    c["state"]["started_at"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn of_service(
+    all: &BTreeMap<String, (String, String)>,
+    service: &str,
+) -> BTreeMap<String, (String, String)> {
+    let prefix = format!("shop.{service}-");
+    all.iter()
+        .filter(|(name, _)| name.starts_with(&prefix))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn deploy_ok(server: &BerthServer, name: &str, spec: &str) -> String {
+    let out = server.deploy_text(name, spec, true);
+    assert!(out.status.success(), "deploy {name}: {}", text(&out));
+    text(&out)
+}
+
+fn releases(server: &BerthServer) -> usize {
+    let releases: Value =
+        serde_json::from_str(&server.ok(&["releases", "shop", "--json"])).unwrap();
+    releases.as_array().unwrap().len()
+}
+
+#[test]
+fn a_release_restarts_only_the_services_that_changed() {
+    let server = BerthServer::start_logging(&berth_binary(), "info");
+    let registry = format!("http://{}", server.registry());
+    push_web(&registry, "shop/db", "v1", "db", 5432);
+    push_web(&registry, "shop/web", "v1", "web v1", 8080);
+    push_web(&registry, "shop/web", "v2", "web v2", 8080);
+    server.set_secret("shop", "DB_PASS", "hunter2");
+    server.set_secret("shop", "API_KEY", "key-1");
+
+    deploy_ok(&server, "v1", &shop(&server, "v1"));
+    let first = containers(&server, "shop");
+    let db = of_service(&first, "db");
+    assert_eq!(db.len(), 1, "{first:?}");
+    assert_eq!(of_service(&first, "web").len(), 2, "{first:?}");
+
+    // A dry run says what would happen and stores nothing.
+    let before = releases(&server);
+    std::fs::write(server.dir().join("v2.toml"), shop(&server, "v2")).unwrap();
+    let dry = server.ok(&[
+        "deploy",
+        "--dry-run",
+        "-f",
+        server.dir().join("v2.toml").to_str().unwrap(),
+    ]);
+    assert!(
+        dry.contains("dry run: release shop#2 would be made"),
+        "{dry}"
+    );
+    assert!(
+        dry.contains("web: restart: image") && dry.contains("shop/web:v2"),
+        "{dry}"
+    );
+    assert!(
+        dry.contains("db: unchanged: keeps its instances (release #1)"),
+        "{dry}"
+    );
+    assert_eq!(releases(&server), before, "a dry run stores no release");
+
+    // Only the web image changes: the database container stays, same id, same start.
+    let out = deploy_ok(&server, "v2", &shop(&server, "v2"));
+    assert!(out.contains("db: unchanged"), "{out}");
+    let second = containers(&server, "shop");
+    assert_eq!(of_service(&second, "db"), db, "the database was restarted");
+    let web2 = of_service(&second, "web");
+    assert_eq!(web2.len(), 2);
+    assert!(
+        web2.keys().all(|name| name.starts_with("shop.web-2-")),
+        "{web2:?}"
+    );
+
+    // Rotating a secret only web reads restarts web only.
+    server.set_secret("shop", "API_KEY", "key-2");
+    let dry = server.ok(&[
+        "deploy",
+        "--dry-run",
+        "-f",
+        server.dir().join("v2.toml").to_str().unwrap(),
+    ]);
+    assert!(
+        dry.contains("web: restart: secret API_KEY v1 -> v2"),
+        "{dry}"
+    );
+    assert!(dry.contains("db: unchanged"), "{dry}");
+    deploy_ok(&server, "v2-key2", &shop(&server, "v2"));
+    let third = containers(&server, "shop");
+    assert_eq!(of_service(&third, "db"), db, "the database was restarted");
+    assert!(
+        of_service(&third, "web")
+            .keys()
+            .all(|name| name.starts_with("shop.web-3-")),
+        "{third:?}"
+    );
+
+    // A rollback to release 1 brings web v1 back and still leaves the database alone.
+    server.ok(&["rollback", "shop", "1"]);
+    server.wait_for(
+        "shop",
+        "web back on release 1",
+        Duration::from_secs(60),
+        || {
+            let view = server.status("shop");
+            let healthy = healthy_in(&view);
+            healthy
+                .iter()
+                .filter(|(c, _, _)| c.starts_with("shop.web-1-"))
+                .count()
+                == 2
+                && healthy
+                    .iter()
+                    .all(|(c, _, _)| !c.starts_with("shop.web-3-"))
+        },
+    );
+    assert_eq!(of_service(&containers(&server, "shop"), "db"), db);
+}
