@@ -45,14 +45,14 @@ pub struct ScaleArgs {
     replicas: u32,
 }
 
-/// `berth promote`
+/// `berth promote`, `berth pause`, `berth resume`
 #[derive(Args)]
 pub struct PromoteArgs {
     #[command(flatten)]
     client: ClientArgs,
     /// The app.
     app: String,
-    /// The service [default: every service with a deploy paused].
+    /// The service [default: every service with a deploy under way].
     service: Option<String>,
 }
 
@@ -286,14 +286,47 @@ pub fn scale(args: ScaleArgs, root: &Path) -> anyhow::Result<()> {
 
 /// `berth promote APP [SERVICE]`
 pub fn promote(args: PromoteArgs, root: &Path) -> anyhow::Result<ExitCode> {
+    deploy_op(
+        args,
+        root,
+        "promote",
+        "promoted",
+        "promoted to the next step",
+    )
+}
+
+/// `berth pause APP [SERVICE]`
+pub fn pause(args: PromoteArgs, root: &Path) -> anyhow::Result<ExitCode> {
+    deploy_op(
+        args,
+        root,
+        "pause",
+        "services",
+        "deploy paused (its deadline stops; `berth resume` lets it go on)",
+    )
+}
+
+/// `berth resume APP [SERVICE]`
+pub fn resume(args: PromoteArgs, root: &Path) -> anyhow::Result<ExitCode> {
+    deploy_op(args, root, "resume", "services", "deploy resumed")
+}
+
+/// POSTs `/v1/apps/APP/{op}` and prints `done` for each service in the answer's `field`.
+fn deploy_op(
+    args: PromoteArgs,
+    root: &Path,
+    op: &str,
+    field: &str,
+    done: &str,
+) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.client, root)?;
     let answer = client.post(
-        &format!("/v1/apps/{}/promote", args.app),
+        &format!("/v1/apps/{}/{op}", args.app),
         json!({ "service": args.service }),
     )?;
-    for service in answer["promoted"].as_array().into_iter().flatten() {
+    for service in answer[field].as_array().into_iter().flatten() {
         println!(
-            "{}/{}: promoted to the next step",
+            "{}/{}: {done}",
             args.app,
             service.as_str().unwrap_or_default()
         );

@@ -117,6 +117,11 @@ enum Command {
     Scale(app_cmd::ScaleArgs),
     /// Let a canary deploy paused at a step with pause = "manual" go on.
     Promote(app_cmd::PromoteArgs),
+    /// Hold an app's deploys under way: they start and stop nothing, and their
+    /// healthy_deadline stops, until `berth resume`.
+    Pause(app_cmd::PromoteArgs),
+    /// Let held deploys go on; their healthy_deadline counts from now.
+    Resume(app_cmd::PromoteArgs),
     /// The proxy's routes: hosts and paths, the releases behind each with their weights and
     /// upstreams, and the requests, 5xx responses and p99 latency each release served.
     Routes(app_cmd::RoutesArgs),
@@ -195,6 +200,8 @@ fn main() -> std::process::ExitCode {
         Command::Events(args) => ok(app_cmd::events(args, &cli.root)),
         Command::Scale(args) => ok(app_cmd::scale(args, &cli.root)),
         Command::Promote(args) => app_cmd::promote(args, &cli.root),
+        Command::Pause(args) => app_cmd::pause(args, &cli.root),
+        Command::Resume(args) => app_cmd::resume(args, &cli.root),
         Command::Routes(args) => ok(app_cmd::routes(args, &cli.root)),
         Command::InternalMonitor { dir } => container_cmd::monitor(&dir),
         Command::InternalCgroupNs { program, args } => Err(

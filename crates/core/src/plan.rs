@@ -300,6 +300,12 @@ pub struct DeployState {
     pub finished: bool,
     /// The deploy failed; the controller rolled back (or, for a first deploy, gave up).
     pub failed: bool,
+    /// Since when an operator has held the deploy (`berth pause`): it starts and stops
+    /// nothing, and its deadline does not run.
+    pub paused_since: Option<Timestamp>,
+    /// When an operator last let a held deploy go on (`berth resume`): the deadline counts
+    /// from then at the earliest.
+    pub resumed_at: Option<Timestamp>,
 }
 
 impl DeployState {
@@ -314,6 +320,8 @@ impl DeployState {
             promoted_at: None,
             finished: false,
             failed: false,
+            paused_since: None,
+            resumed_at: None,
         }
     }
 }

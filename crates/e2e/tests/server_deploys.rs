@@ -181,3 +181,49 @@ fn a_release_restarts_only_the_services_that_changed() {
     );
     assert_eq!(of_service(&containers(&server, "shop"), "db"), db);
 }
+
+#[test]
+fn a_deploy_paused_longer_than_its_deadline_goes_on_when_resumed() {
+    let server = BerthServer::start_logging(&berth_binary(), "info");
+    let registry = format!("http://{}", server.registry());
+    push_web(&registry, "hold/web", "v1", "v1", 8080);
+    push_web(&registry, "hold/web", "v2", "v2", 8080);
+    let deploy = "min_healthy_time = \"3s\"\nhealthy_deadline = \"5s\"";
+    let v1 = berth_e2e::server::web_spec(&server, "hold", "v1", 3, "300ms", deploy);
+    let v2 = berth_e2e::server::web_spec(&server, "hold", "v2", 3, "300ms", deploy);
+    let out = server.deploy_text("hold-v1", &v1, true);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = server.deploy_text("hold-v2", &v2, false);
+    assert!(out.status.success(), "{}", text(&out));
+    let paused = server.ok(&["pause", "hold"]);
+    assert!(paused.contains("hold/web: deploy paused"), "{paused}");
+    let release_two = |view: &Value| {
+        berth_e2e::server::instances_in(view)
+            .iter()
+            .filter(|i| i["release"] == 2)
+            .count()
+    };
+    let at_pause = release_two(&server.status("hold"));
+    // Held for twice the deadline: nothing new starts, nothing fails.
+    std::thread::sleep(Duration::from_secs(10));
+    let view = server.status("hold");
+    assert_eq!(view["desired_release"], 2, "{view:#}");
+    assert_eq!(view["desired_status"], "deploying", "{view:#}");
+    assert!(
+        release_two(&view) <= at_pause.max(1),
+        "started instances while paused: {view:#}"
+    );
+    let waiting = view["services"][0]["waiting"].to_string();
+    assert!(waiting.contains("paused"), "{view:#}");
+    let events = server.ok(&["events", "hold"]);
+    assert!(events.contains("the deploy is paused"), "{events}");
+
+    let resumed = server.ok(&["resume", "hold"]);
+    assert!(resumed.contains("hold/web: deploy resumed"), "{resumed}");
+    server.wait_for("hold", "release 2 live", Duration::from_secs(90), || {
+        server.status("hold")["desired_status"] == "live"
+    });
+    let view = server.status("hold");
+    assert_eq!(view["desired_release"], 2, "it did not roll back: {view:#}");
+}

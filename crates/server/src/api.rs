@@ -32,7 +32,7 @@ use crate::releases::{
 };
 use crate::{now, ServerError};
 
-pub use ops::{PromoteRequest, PromoteResponse, ScaleRequest, ScaleResponse};
+pub use ops::{PauseResponse, PromoteRequest, PromoteResponse, ScaleRequest, ScaleResponse};
 pub use streams::LogLine;
 
 /// What the handlers share.
@@ -71,6 +71,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(crate::volumes_api::routes())
         .route("/v1/apps/{app}/scale", post(ops::scale))
         .route("/v1/apps/{app}/promote", post(ops::promote))
+        .route("/v1/apps/{app}/pause", post(ops::pause))
+        .route("/v1/apps/{app}/resume", post(ops::resume))
         .route("/v1/apps/{app}/events", get(streams::app_events))
         .route("/v1/apps/{app}/logs", get(streams::app_logs))
         .route("/v1/events", get(streams::all_events))

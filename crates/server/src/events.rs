@@ -48,6 +48,10 @@ pub enum EventKind {
     Scaled,
     /// `berth promote` let a paused canary step go on.
     Promoted,
+    /// `berth pause` held a deploy.
+    Paused,
+    /// `berth resume` let a held deploy go on.
+    Resumed,
     /// A service's deploy began.
     DeployBegun,
     /// A deploy moved to its next step.

@@ -160,19 +160,58 @@ impl AppState {
     /// `None`) that are not promoted yet, for canary steps with `pause = "manual"`. Returns
     /// the services promoted.
     pub fn promote(&mut self, service: Option<&str>, now: Timestamp) -> Vec<String> {
-        let mut promoted = Vec::new();
+        self.change_deploys(
+            service,
+            |deploy| deploy.promoted_at.is_none(),
+            |deploy| deploy.promoted_at = Some(now.as_millis()),
+        )
+    }
+
+    /// Pauses the unfinished deploys of `service` (every service when `None`) that are not
+    /// paused: they start and stop nothing until resumed, and their deadline stops. Returns
+    /// the services paused.
+    pub fn pause(&mut self, service: Option<&str>, now: Timestamp) -> Vec<String> {
+        self.change_deploys(
+            service,
+            |deploy| deploy.paused_at.is_none(),
+            |deploy| deploy.paused_at = Some(now.as_millis()),
+        )
+    }
+
+    /// Lets the paused deploys of `service` (every service when `None`) go on; their
+    /// deadline counts from now. Returns the services resumed.
+    pub fn resume(&mut self, service: Option<&str>, now: Timestamp) -> Vec<String> {
+        self.change_deploys(
+            service,
+            |deploy| deploy.paused_at.is_some(),
+            |deploy| {
+                deploy.paused_at = None;
+                deploy.resumed_at = Some(now.as_millis());
+            },
+        )
+    }
+
+    /// Applies `change` to the unfinished, not failed deploys of `service` (every service
+    /// when `None`) that are `eligible`; returns their services.
+    fn change_deploys(
+        &mut self,
+        service: Option<&str>,
+        eligible: impl Fn(&DeployRecord) -> bool,
+        mut change: impl FnMut(&mut DeployRecord),
+    ) -> Vec<String> {
+        let mut changed = Vec::new();
         for (name, deploy) in &mut self.deploys {
             if service.is_some_and(|s| s != name)
                 || deploy.finished
                 || deploy.failed
-                || deploy.promoted_at.is_some()
+                || !eligible(deploy)
             {
                 continue;
             }
-            deploy.promoted_at = Some(now.as_millis());
-            promoted.push(name.clone());
+            change(deploy);
+            changed.push(name.clone());
         }
-        promoted
+        changed
     }
 
     /// The deploy progress in the planner's terms.
@@ -362,6 +401,12 @@ pub struct DeployRecord {
     /// this deploy takes the app back.
     #[serde(default)]
     pub rollback_to: Option<ReleaseId>,
+    /// When an operator paused the deploy (`berth pause`), while it is paused.
+    #[serde(default)]
+    pub paused_at: Option<u64>,
+    /// When an operator last resumed it (`berth resume`).
+    #[serde(default)]
+    pub resumed_at: Option<u64>,
 }
 
 impl From<DeployState> for DeployRecord {
@@ -376,6 +421,8 @@ impl From<DeployState> for DeployRecord {
             finished: state.finished,
             failed: state.failed,
             rollback_to: None,
+            paused_at: state.paused_since.map(Timestamp::as_millis),
+            resumed_at: state.resumed_at.map(Timestamp::as_millis),
         }
     }
 }
@@ -391,6 +438,8 @@ impl From<DeployRecord> for DeployState {
             promoted_at: record.promoted_at.map(Timestamp::from_millis),
             finished: record.finished,
             failed: record.failed,
+            paused_since: record.paused_at.map(Timestamp::from_millis),
+            resumed_at: record.resumed_at.map(Timestamp::from_millis),
         }
     }
 }

@@ -71,6 +71,17 @@ pub(super) fn plan_service(
         });
         return;
     }
+    if let (Some(since), false) = (state.paused_since, state.finished) {
+        actions.push(Action::Wait {
+            service: name.to_string(),
+            until: None,
+            reason: format!(
+                "the deploy of release {target} is paused (for {}s): `berth resume` lets it go on",
+                now.since(since).as_secs()
+            ),
+        });
+        return;
+    }
     let first_deploy = state.from_release.is_none() || live.iter().all(|i| i.release == target);
     let before = actions.len();
 
@@ -102,12 +113,23 @@ pub(super) fn plan_service(
     }));
     let total = count(live.iter());
 
-    // Deadline: fail when no new instance became ready for `healthy_deadline`.
+    // Deadline: fail when no new instance became ready for `healthy_deadline`. Time the
+    // deploy spent held (a canary pause, waiting for a promote, paused by an operator) does
+    // not count: the clock starts again when it goes on.
     if !state.finished && limits.gate.is_none() && new_ready + settled < limits.start_target {
+        let pause_ended = match &service.strategy {
+            DeployStrategy::Canary {
+                pause: Some(pause), ..
+            } if state.step > 0 => Some(state.step_started_at + *pause),
+            _ => None,
+        };
         let progress = new
             .iter()
             .filter_map(|i| i.ready_since())
             .chain([state.step_started_at])
+            .chain(state.promoted_at)
+            .chain(state.resumed_at)
+            .chain(pause_ended)
             .max()
             .unwrap_or(state.step_started_at);
         let deadline = progress + limits.healthy_deadline;

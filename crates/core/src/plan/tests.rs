@@ -755,3 +755,64 @@ proptest! {
         prop_assert!(db_live.iter().all(|i| i.release == 2 && i.is_ready()));
     }
 }
+
+#[test]
+fn a_paused_deploy_does_nothing_and_goes_on_after_its_deadline_would_have_passed() {
+    let mut sim = Sim::new(desired(vec![("web", service(2, 3, rolling(1, 0, 0)))]));
+    sim.running("web", 1, 3);
+    for _ in 0..3 {
+        sim.tick().expect("invariants");
+    }
+    let before: Vec<(String, InstanceState)> = sim
+        .observed
+        .instances
+        .iter()
+        .map(|i| (i.id.clone(), i.state))
+        .collect();
+    let deploy = sim.observed.deploys.get_mut("web").expect("deploy");
+    deploy.paused_since = Some(sim.now);
+    // Twice the 30 s deadline: nothing starts, stops or fails.
+    for _ in 0..60 {
+        let actions = sim.tick().expect("invariants");
+        assert!(
+            matches!(&actions[..], [Action::Wait { until: None, reason, .. }] if reason.contains("berth resume")),
+            "{actions:#?}"
+        );
+    }
+    let ids: Vec<&String> = sim.observed.instances.iter().map(|i| &i.id).collect();
+    assert_eq!(ids, before.iter().map(|(id, _)| id).collect::<Vec<_>>());
+    let deploy = sim.observed.deploys.get_mut("web").expect("deploy");
+    deploy.paused_since = None;
+    deploy.resumed_at = Some(sim.now);
+    sim.run(100).expect("converges after the resume");
+    assert!(sim.failed.is_empty(), "{:?}", sim.failed);
+}
+
+#[test]
+fn a_canary_promoted_after_its_deadline_would_have_passed_goes_on() {
+    let strategy = DeployStrategy::Canary {
+        steps: vec![1, 2],
+        pause: None,
+        min_healthy_time: Duration::ZERO,
+        healthy_deadline: Duration::from_secs(30),
+    };
+    let mut sim = Sim::new(desired(vec![("web", service(2, 4, strategy))]));
+    sim.auto_promote = false;
+    sim.running("web", 1, 4);
+    // Step 1 done, then an operator takes 100 s to promote.
+    for _ in 0..110 {
+        sim.tick().expect("invariants");
+    }
+    sim.observed
+        .deploys
+        .get_mut("web")
+        .expect("deploy")
+        .promoted_at = Some(sim.now);
+    sim.auto_promote = true;
+    sim.run(100).expect("converges");
+    assert!(
+        sim.failed.is_empty(),
+        "failed after the promote: {:?}",
+        sim.failed
+    );
+}

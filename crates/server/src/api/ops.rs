@@ -1,5 +1,5 @@
-//! `POST /v1/apps/{app}/scale` and `POST /v1/apps/{app}/promote`: changes to an app's
-//! state that the controller's planner carries out; no new release.
+//! `POST /v1/apps/{app}/scale`, `promote`, `pause` and `resume`: changes to an app's state
+//! that the controller's planner carries out; no new release.
 
 use std::sync::Arc;
 
@@ -57,6 +57,59 @@ pub struct PromoteResponse {
     pub app: String,
     /// The services whose current step was promoted.
     pub promoted: Vec<String>,
+}
+
+/// The answer to a pause or a resume.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PauseResponse {
+    /// The app.
+    pub app: String,
+    /// The services whose deploy was paused (or resumed).
+    pub services: Vec<String>,
+}
+
+/// What an operator does to the deploys under way.
+#[derive(Clone, Copy)]
+enum DeployOp {
+    Promote,
+    Pause,
+    Resume,
+}
+
+impl DeployOp {
+    fn apply(self, state: &mut AppState, service: Option<&str>) -> Vec<String> {
+        match self {
+            DeployOp::Promote => state.promote(service, now()),
+            DeployOp::Pause => state.pause(service, now()),
+            DeployOp::Resume => state.resume(service, now()),
+        }
+    }
+
+    /// What no deploy waits for, when nothing was changed.
+    fn none_left(self) -> &'static str {
+        match self {
+            DeployOp::Promote => "waits to be promoted",
+            DeployOp::Pause => "is under way and not paused",
+            DeployOp::Resume => "is paused",
+        }
+    }
+
+    fn event(self, service: &str) -> (EventKind, String) {
+        match self {
+            DeployOp::Promote => (
+                EventKind::Promoted,
+                format!("{service}: the current step was promoted"),
+            ),
+            DeployOp::Pause => (
+                EventKind::Paused,
+                format!("{service}: the deploy is paused: it starts and stops nothing, and its deadline stops"),
+            ),
+            DeployOp::Resume => (
+                EventKind::Resumed,
+                format!("{service}: the deploy goes on; its deadline counts from now"),
+            ),
+        }
+    }
 }
 
 /// Changes the app state with `change` and writes it if nobody changed it meanwhile
@@ -160,40 +213,67 @@ pub(super) async fn promote(
     AppName(app): AppName,
     body: axum::body::Bytes,
 ) -> Result<Json<PromoteResponse>, ApiError> {
-    // The body is optional: an empty one promotes every service.
+    let promoted = deploy_op(&state, &app, &body, DeployOp::Promote).await?;
+    Ok(Json(PromoteResponse { app, promoted }))
+}
+
+pub(super) async fn pause(
+    State(state): State<Arc<ApiState>>,
+    AppName(app): AppName,
+    body: axum::body::Bytes,
+) -> Result<Json<PauseResponse>, ApiError> {
+    let services = deploy_op(&state, &app, &body, DeployOp::Pause).await?;
+    Ok(Json(PauseResponse { app, services }))
+}
+
+pub(super) async fn resume(
+    State(state): State<Arc<ApiState>>,
+    AppName(app): AppName,
+    body: axum::body::Bytes,
+) -> Result<Json<PauseResponse>, ApiError> {
+    let services = deploy_op(&state, &app, &body, DeployOp::Resume).await?;
+    Ok(Json(PauseResponse { app, services }))
+}
+
+/// Promotes, pauses or resumes the deploys under way of the service `body` names (every
+/// service when the body is empty or names none); records an event for each.
+async fn deploy_op(
+    state: &ApiState,
+    app: &str,
+    body: &[u8],
+    op: DeployOp,
+) -> Result<Vec<String>, ApiError> {
     let request: PromoteRequest = if body.iter().all(u8::is_ascii_whitespace) {
         PromoteRequest::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("promote request: {e}")))?
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request: {e}")))?
     };
-    let promoted = update(&state, &app, |current| {
-        let promoted = current.promote(request.service.as_deref(), now());
-        if promoted.is_empty() {
+    let changed = update(state, app, |current| {
+        let changed = op.apply(current, request.service.as_deref());
+        if changed.is_empty() {
             let which = request
                 .service
                 .as_ref()
                 .map_or(String::new(), |s| format!(" of `{s}`"));
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
-                format!("no deploy{which} of {app} waits to be promoted (see berth status {app})"),
+                format!(
+                    "no deploy{which} of {app} {} (see berth status {app})",
+                    op.none_left()
+                ),
             ));
         }
-        Ok(promoted)
+        Ok(changed)
     })
     .await?;
-    for service in &promoted {
-        state.controller.event(
-            Event::new(
-                &app,
-                EventKind::Promoted,
-                format!("{service}: the current step was promoted"),
-            )
-            .service(service),
-        );
+    for service in &changed {
+        let (kind, message) = op.event(service);
+        state
+            .controller
+            .event(Event::new(app, kind, message).service(service));
     }
     state.controller.wake();
-    Ok(Json(PromoteResponse { app, promoted }))
+    Ok(changed)
 }
 
 /// `GET /v1/routes`: the proxy's routes, their releases and what each served.

@@ -287,6 +287,8 @@ fn promote_marks_only_unfinished_unpromoted_deploys() {
         finished,
         failed,
         rollback_to: None,
+        paused_at: None,
+        resumed_at: None,
     };
     let mut state = AppState {
         deploys: BTreeMap::from([

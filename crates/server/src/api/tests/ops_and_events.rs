@@ -86,6 +86,8 @@ async fn promote_marks_the_paused_step() {
             finished: false,
             failed: false,
             rollback_to: None,
+            paused_at: None,
+            resumed_at: None,
         },
     );
     api.store
