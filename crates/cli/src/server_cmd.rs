@@ -485,6 +485,13 @@ pub fn status(args: StatusArgs, root: &Path) -> anyhow::Result<()> {
         view["desired_release"],
         view["desired_status"].as_str().unwrap_or("unknown")
     );
+    for failed in view["rolled_back"].as_array().into_iter().flatten() {
+        println!(
+            "rolled back from release #{}: {}",
+            failed["release"],
+            failed["reason"].as_str().unwrap_or_default()
+        );
+    }
     println!(
         "{:<10} {:<14} {:<8} {:<9} {:<10} ADDRESS",
         "SERVICE", "INSTANCE", "RELEASE", "STATE", "HEALTH"

@@ -182,6 +182,11 @@ pub struct Observed {
     pub instances: Vec<Instance>,
     /// Each service's latest deploy, by service name.
     pub deploys: BTreeMap<String, DeployState>,
+    /// Services' releases whose deploy failed, as `(service, release)`. Their instances
+    /// (unless the release is the service's desired one again) serve nothing and stop at
+    /// once, whatever the strategy would otherwise keep: a failed canary leaves traffic and
+    /// goes in the same plan.
+    pub failed: BTreeSet<(String, ReleaseId)>,
 }
 
 /// One instance of a service.

@@ -351,8 +351,21 @@ pub struct AutoRollback {
     pub error_rate: Option<f64>,
     /// 99th-percentile latency.
     pub p99: Option<Duration>,
-    /// How long to watch.
+    /// How long to watch after the deploy finished.
     pub watch: Duration,
+    /// The sliding window the limits are judged over: the most recent requests only, so a
+    /// release that breaks late is caught as fast as one that breaks at once, and a slow
+    /// start is forgotten (default 30s).
+    pub window: Duration,
+    /// The fewest requests in the window that say anything about a release (default 20).
+    pub min_requests: u64,
+}
+
+impl AutoRollback {
+    /// The default sliding window.
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
+    /// The default fewest requests in a window.
+    pub const DEFAULT_MIN_REQUESTS: u64 = 20;
 }
 
 /// One problem in a `berth.toml`, with where it is and what to do about it.

@@ -282,15 +282,31 @@ fn the_proxy_loses_no_request_through_rolling_blue_green_canary_and_rollback() {
     );
 }
 
-/// An image whose /cgi-bin/app answers 500 to every other request when `broken`.
-fn push_cgi(server: &BerthServer, app: &str, tag: &str, broken: bool) {
-    let script = if broken {
-        format!(
-            "#!/bin/sh\nif [ $((RANDOM % 2)) -eq 0 ]; then printf 'HTTP/1.1 500 Broken\\r\\nContent-Type: text/plain\\r\\n\\r\\n{tag} broken\\n'; exit 0; fi\nprintf 'Content-Type: text/plain\\r\\n\\r\\n{tag}\\n'\n"
-        )
-    } else {
-        format!("#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n{tag}\\n'\n")
+/// How an image's /cgi-bin/app answers.
+#[derive(Clone, Copy)]
+enum Cgi {
+    /// 200 with the tag.
+    Ok,
+    /// 500 to every other request.
+    HalfBroken,
+    /// 200 for this many seconds after its first request, then 500 to every other one.
+    BreaksAfter(u32),
+}
+
+/// Pushes `{app}/web:{tag}`: busybox httpd whose /cgi-bin/app answers as `cgi` says.
+fn push_cgi(server: &BerthServer, app: &str, tag: &str, cgi: Cgi) {
+    let fail = format!(
+        "if [ $((RANDOM % 2)) -eq 0 ]; then printf 'HTTP/1.1 500 Broken\\r\\nContent-Type: text/plain\\r\\n\\r\\n{tag} broken\\n'; exit 0; fi\n"
+    );
+    let broken = match cgi {
+        Cgi::Ok => String::new(),
+        Cgi::HalfBroken => fail,
+        Cgi::BreaksAfter(seconds) => format!(
+            "now=$(/bin/busybox date +%s)\n[ -f /tmp/first ] || echo $now > /tmp/first\nif [ $((now - $(cat /tmp/first))) -ge {seconds} ]; then\n{fail}fi\n"
+        ),
     };
+    let script =
+        format!("#!/bin/sh\n{broken}printf 'Content-Type: text/plain\\r\\n\\r\\n{tag}\\n'\n");
     push_image(
         &format!("http://{}", server.registry()),
         &format!("{app}/web"),
@@ -304,33 +320,70 @@ fn push_cgi(server: &BerthServer, app: &str, tag: &str, broken: bool) {
     );
 }
 
+/// Steady traffic to the CGI through the proxy (a request every 20 ms), counting answers.
+struct CgiTraffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: JoinHandle<(u32, u32)>,
+}
+
+impl CgiTraffic {
+    fn start(server: &BerthServer) -> CgiTraffic {
+        let url = format!("{}/cgi-bin/app", server.proxy_url());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::new();
+                let (mut ok, mut errors) = (0u32, 0u32);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    match client.get(&url).header("Host", HOST).send() {
+                        Ok(response) if response.status().is_success() => ok += 1,
+                        _ => errors += 1,
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                (ok, errors)
+            })
+        };
+        CgiTraffic { stop, thread }
+    }
+
+    /// Stops; `(2xx answers, others)`.
+    fn stop(self) -> (u32, u32) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+/// The bodies of `n` requests to the CGI through the proxy, `ERROR <status>` for non-2xx.
+fn cgi_answers(server: &BerthServer, n: usize) -> Vec<String> {
+    let client = reqwest::blocking::Client::new();
+    (0..n)
+        .map(|_| {
+            let response = client
+                .get(format!("{}/cgi-bin/app", server.proxy_url()))
+                .header("Host", HOST)
+                .send()
+                .unwrap();
+            if response.status().is_success() {
+                response.text().unwrap().trim().to_owned()
+            } else {
+                format!("ERROR {}", response.status())
+            }
+        })
+        .collect()
+}
+
 #[test]
 fn a_release_answering_5xx_is_rolled_back_within_its_watch_window() {
     let server = BerthServer::start();
     let app = "watch";
-    push_cgi(&server, app, "v1", false);
-    push_cgi(&server, app, "v2", true);
+    push_cgi(&server, app, "v1", Cgi::Ok);
+    push_cgi(&server, app, "v2", Cgi::HalfBroken);
     let deploy = "strategy = \"rolling\"\nmax_surge = 2\nmin_healthy_time = \"0s\"\nauto_rollback = { error_rate = 0.1, watch = \"40s\" }";
     deploy_ok(&server, "v1", &spec(&server, app, "v1", 2, deploy));
 
-    // Steady traffic to the CGI through the proxy, counting answers.
-    let url = format!("{}/cgi-bin/app", server.proxy_url());
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let traffic = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let client = reqwest::blocking::Client::new();
-            let (mut ok, mut errors) = (0u32, 0u32);
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                match client.get(&url).header("Host", HOST).send() {
-                    Ok(response) if response.status().is_success() => ok += 1,
-                    _ => errors += 1,
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            (ok, errors)
-        })
-    };
+    let traffic = CgiTraffic::start(&server);
     let began = Instant::now();
     let out = server.deploy_text("v2", &spec(&server, app, "v2", 2, deploy), false);
     assert!(out.status.success(), "{}", text(&out));
@@ -347,8 +400,7 @@ fn a_release_answering_5xx_is_rolled_back_within_its_watch_window() {
         Duration::from_secs(30),
         || only_release(&server, app, 1, 2),
     );
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (ok, errors) = traffic.join().unwrap();
+    let (ok, errors) = traffic.stop();
     eprintln!(
         "auto-rollback {:.1}s after the deploy began; {ok} requests answered 2xx, {errors} not",
         rolled_back_after.as_secs_f64()
@@ -375,14 +427,88 @@ fn a_release_answering_5xx_is_rolled_back_within_its_watch_window() {
     let metrics = server.ok(&["routes", "--json"]);
     assert!(metrics.contains("errors_5xx"), "{metrics}");
     // After the rollback every request succeeds again.
-    let client = reqwest::blocking::Client::new();
-    for _ in 0..20 {
-        let response = client
-            .get(format!("{}/cgi-bin/app", server.proxy_url()))
-            .header("Host", HOST)
-            .send()
-            .unwrap();
-        assert!(response.status().is_success());
-        assert_eq!(response.text().unwrap().trim(), "v1");
-    }
+    assert!(cgi_answers(&server, 20).iter().all(|a| a == "v1"));
+}
+
+#[test]
+fn a_failed_canary_leaves_traffic_at_once_and_stops() {
+    let server = BerthServer::start();
+    let app = "canary";
+    push_cgi(&server, app, "v1", Cgi::Ok);
+    push_cgi(&server, app, "v2", Cgi::HalfBroken);
+    // One canary instance of three, held at its step for a minute.
+    let deploy = "strategy = \"canary\"\nsteps = [\"1\", \"100%\"]\npause = \"60s\"\nmin_healthy_time = \"0s\"\nauto_rollback = { error_rate = 0.1, watch = \"60s\", window = \"10s\" }";
+    deploy_ok(&server, "v1", &spec(&server, app, "v1", 3, deploy));
+    let traffic = CgiTraffic::start(&server);
+    let out = server.deploy_text("v2", &spec(&server, app, "v2", 3, deploy), false);
+    assert!(out.status.success(), "{}", text(&out));
+    server.wait_for(
+        app,
+        "the canary's rollback",
+        Duration::from_secs(60),
+        || server.status(app)["desired_release"] == 1,
+    );
+    let rolled_back = Instant::now();
+    // Within one health interval (300 ms) every request is on the stable release.
+    std::thread::sleep(Duration::from_millis(300));
+    let answers = cgi_answers(&server, 50);
+    let stable = answers.iter().filter(|a| *a == "v1").count();
+    eprintln!(
+        "{stable} of 50 requests sent {:.2}s after the rollback were answered by release 1",
+        rolled_back.elapsed().as_secs_f64()
+    );
+    assert_eq!(stable, 50, "the failed canary still serves: {answers:?}");
+    // Its instance stops, and status and events say why.
+    server.wait_for(
+        app,
+        "the canary instance gone",
+        Duration::from_secs(30),
+        || {
+            berth_e2e::server::instances_in(&server.status(app))
+                .iter()
+                .all(|i| i["release"] != 2)
+        },
+    );
+    let (_, errors) = traffic.stop();
+    assert!(errors > 0, "the canary got traffic before it failed");
+    let status = server.ok(&["status", app]);
+    assert!(
+        status.contains("rolled back from release #2: 5xx rate"),
+        "{status}"
+    );
+    let events = server.ok(&["events", app]);
+    assert!(events.contains("auto_rolled_back"), "{events}");
+    assert!(
+        events.contains("failed: canary.web-2-") || events.contains("stops at once"),
+        "{events}"
+    );
+}
+
+#[test]
+fn a_release_that_breaks_late_is_rolled_back_by_its_window() {
+    let server = BerthServer::start();
+    let app = "late";
+    push_cgi(&server, app, "v1", Cgi::Ok);
+    // Serves well for 20 s, then answers 500 to half of the requests. Judged over its whole
+    // life, its 5xx rate would stay under 20% for another 13 s: past the end of its watch.
+    push_cgi(&server, app, "v2", Cgi::BreaksAfter(20));
+    let deploy = "strategy = \"rolling\"\nmax_surge = 2\nmin_healthy_time = \"0s\"\nauto_rollback = { error_rate = 0.2, watch = \"25s\", window = \"5s\", min_requests = 10 }";
+    deploy_ok(&server, "v1", &spec(&server, app, "v1", 2, deploy));
+    let traffic = CgiTraffic::start(&server);
+    deploy_ok(&server, "v2", &spec(&server, app, "v2", 2, deploy));
+    let live = Instant::now();
+    server.wait_for(
+        app,
+        "the rollback of the late breakage",
+        Duration::from_secs(45),
+        || server.status(app)["desired_release"] == 1,
+    );
+    eprintln!(
+        "release 2 rolled back {:.1}s after it went live (it breaks 20 s after its first request)",
+        live.elapsed().as_secs_f64()
+    );
+    let (ok, errors) = traffic.stop();
+    eprintln!("{ok} requests answered 2xx, {errors} not");
+    let releases = server.ok(&["releases", app]);
+    assert!(releases.contains("of the last"), "{releases}");
 }

@@ -49,6 +49,9 @@ pub const TICK: Duration = Duration::from_millis(500);
 /// How long a failed start is reported as `failed` before the planner may try again.
 const START_RETRY_AFTER: Duration = Duration::from_secs(5);
 
+/// How long the traffic samples of a release nobody judges any more are kept.
+const WINDOW_IDLE: Duration = Duration::from_secs(600);
+
 /// How many recent events `GET /v1/apps/{app}` shows (the store keeps more).
 const RECENT_EVENTS: usize = 100;
 
@@ -91,6 +94,8 @@ struct Inner {
     routes: BTreeMap<String, Vec<RouteIntent>>,
     /// When the traffic watch of a finished deploy ends, by app, service and release.
     watch_until: BTreeMap<(String, String, ReleaseId), Timestamp>,
+    /// Recent samples of the proxy's counters, to judge releases over sliding windows.
+    windows: crate::traffic::window::Windows,
 }
 
 /// Something the controller is doing to a container.
@@ -148,8 +153,21 @@ pub struct AppView {
     pub services: Vec<ServiceView>,
     /// Instances of services no longer desired.
     pub orphans: Vec<InstanceView>,
+    /// Releases newer than the desired one whose deploy failed, newest first: what the app
+    /// was rolled back from, and why.
+    #[serde(default)]
+    pub rolled_back: Vec<FailedRelease>,
     /// Recent events, oldest first.
     pub events: Vec<Event>,
+}
+
+/// A release whose deploy failed.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct FailedRelease {
+    /// The release.
+    pub release: ReleaseId,
+    /// Why it failed (for an automatic rollback, what the proxy saw).
+    pub reason: String,
 }
 
 /// One service.
@@ -674,6 +692,7 @@ impl Controller {
         for event in self.registry_pins.sync().await {
             self.event(event);
         }
+        self.lock().windows.forget_idle(now, WINDOW_IDLE);
         Ok(())
     }
 
@@ -736,10 +755,18 @@ impl Controller {
                     continue;
                 }
             }
-            let Some(new) = traffic.stats(app, &service, to) else {
+            let Some(new) = traffic.counters(app, &service, to) else {
                 continue;
             };
-            let old = traffic.stats(app, &service, from);
+            let old = traffic.counters(app, &service, from);
+            let (new, old) = {
+                let mut inner = self.lock();
+                let windows = &mut inner.windows;
+                let key = |release| (app.to_owned(), service.clone(), release);
+                let new = windows.observe(key(to), now, new, limits.window);
+                let old = old.map(|old| windows.observe(key(from), now, old, limits.window));
+                (new, old)
+            };
             if let Some(reason) = traffic_verdict(&limits, &new, old.as_ref()) {
                 return Some((service, to, reason));
             }
@@ -829,6 +856,7 @@ impl Controller {
         let observed = Observed {
             instances: instances.clone(),
             deploys: state.deploy_states(),
+            failed: state.failed_revisions.clone(),
         };
         let now = now();
         let actions = plan(&desired, &observed, now);
@@ -1442,6 +1470,16 @@ impl Controller {
             desired_status: Some(state.status_of(state.desired, releases)),
             services,
             orphans,
+            rolled_back: state
+                .failed
+                .iter()
+                .rev()
+                .filter(|(release, _)| **release > state.desired)
+                .map(|(release, reason)| FailedRelease {
+                    release: *release,
+                    reason: reason.clone(),
+                })
+                .collect(),
             events,
         };
         self.views

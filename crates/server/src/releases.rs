@@ -115,6 +115,10 @@ pub struct AppState {
     pub deploys: BTreeMap<String, DeployRecord>,
     /// Releases whose deploy failed, with the planner's reason.
     pub failed: BTreeMap<ReleaseId, String>,
+    /// The services' revisions whose deploy failed, as `(service, release)`: their
+    /// instances serve nothing and stop at once.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub failed_revisions: BTreeSet<(String, ReleaseId)>,
     /// The release that was desired before the current one (unless it failed): kept on the
     /// node after a rollback, so going forward again is as quick as going back.
     #[serde(default)]
@@ -259,6 +263,7 @@ impl AppState {
                 };
                 deploy.failed = true;
                 self.failed.insert(*release, reason.clone());
+                self.failed_revisions.insert((service.clone(), *release));
                 // `release` is the service's revision; the desired app release runs it, so
                 // it failed too (unless it is the same release).
                 if self.desired != *release {

@@ -16,6 +16,7 @@ use berth_core::plan::{DeployState, Instance, InstanceState, ReleaseId};
 use berth_core::spec::{AutoRollback, PortRef, RouteSpec};
 use berth_core::AppSpec;
 use berth_discovery::{Catalog, Change, Endpoint};
+use berth_proxy::StatsSnapshot;
 
 use crate::controller::Seen;
 
@@ -29,9 +30,10 @@ pub trait Traffic: Send + Sync {
     /// new ones), or until `timeout`; returns how many were still in flight then.
     async fn drain(&self, address: IpAddr, timeout: Duration) -> usize;
 
-    /// What the proxy measured for `release` of `app`'s `service` so far (`None` when the
-    /// service has no route or the release got no traffic).
-    fn stats(&self, app: &str, service: &str, release: ReleaseId) -> Option<ReleaseStats>;
+    /// The proxy's counters for `release` of `app`'s `service` so far (they only grow;
+    /// `None` when the service has no route or the release got no traffic). The controller
+    /// judges releases over a sliding window of them ([`window::Windows`]).
+    fn counters(&self, app: &str, service: &str, release: ReleaseId) -> Option<StatsSnapshot>;
 
     /// Every route with its upstreams and what each release served so far.
     fn report(&self) -> Vec<RouteReport> {
@@ -96,28 +98,28 @@ impl ReleaseStats {
     }
 }
 
-/// Fewer requests than this say nothing about a release.
-pub const MIN_REQUESTS: u64 = 20;
-
-/// Why the new release must be rolled back, if it must: it crossed a limit of `limits` and
-/// did worse than the release before it (when that one served enough requests to compare).
+/// Why the new release must be rolled back, if it must: over the window, it crossed a limit
+/// of `limits` and did worse than the release before it (when that one served enough
+/// requests in the window to compare). Fewer than `limits.min_requests` requests in the
+/// window say nothing.
 pub fn traffic_verdict(
     limits: &AutoRollback,
     new: &ReleaseStats,
     old: Option<&ReleaseStats>,
 ) -> Option<String> {
-    if new.requests < MIN_REQUESTS {
+    if new.requests < limits.min_requests {
         return None;
     }
-    let old = old.filter(|old| old.requests >= MIN_REQUESTS);
+    let old = old.filter(|old| old.requests >= limits.min_requests);
     if let Some(max) = limits.error_rate {
         let rate = new.error_rate();
         if rate > max && old.is_none_or(|old| rate > old.error_rate()) {
             return Some(format!(
-                "5xx rate {:.1}% ({} of {} requests) is over the limit of {:.1}%{}",
+                "5xx rate {:.1}% ({} of the last {} requests, within {}s) is over the limit of {:.1}%{}",
                 rate * 100.0,
                 new.errors,
                 new.requests,
+                limits.window.as_secs(),
                 max * 100.0,
                 old.map_or(String::new(), |old| format!(
                     "; the previous release had {:.1}%",
@@ -133,8 +135,9 @@ pub fn traffic_verdict(
                 .is_none_or(|before| p99 > before)
         {
             return Some(format!(
-                "p99 latency {} ms is over the limit of {} ms{}",
+                "p99 latency {} ms over the last {}s is over the limit of {} ms{}",
                 p99.as_millis(),
+                limits.window.as_secs(),
                 max.as_millis(),
                 old.and_then(|old| old.p99)
                     .map_or(String::new(), |before| format!(
@@ -159,7 +162,7 @@ impl Traffic for NoTraffic {
         0
     }
 
-    fn stats(&self, _app: &str, _service: &str, _release: ReleaseId) -> Option<ReleaseStats> {
+    fn counters(&self, _app: &str, _service: &str, _release: ReleaseId) -> Option<StatsSnapshot> {
         None
     }
 }
@@ -362,5 +365,6 @@ fn route_port(route: &RouteSpec, ports: &BTreeMap<String, u16>) -> Option<u16> {
 mod proxy;
 #[cfg(test)]
 mod tests;
+pub mod window;
 
 pub use proxy::{group_label, proxy_routes, route_name, ProxyTraffic};

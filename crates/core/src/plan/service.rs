@@ -85,11 +85,29 @@ pub(super) fn plan_service(
     let first_deploy = state.from_release.is_none() || live.iter().all(|i| i.release == target);
     let before = actions.len();
 
-    // Unhealthy instances are replaced, old or new: they serve nothing.
+    // Unhealthy instances are replaced, old or new: they serve nothing. Instances of a
+    // release that failed go at once, as long as the desired release has an instance that
+    // can take their traffic (with none, they serve until replacements are ready, like any
+    // old instance: some answers beat none).
+    let target_ready = live.iter().any(|i| i.release == target && i.is_ready());
     let mut active: Vec<&Instance> = Vec::new();
     for instance in &live {
         match instance.state {
             InstanceState::Stopping => {}
+            _ if target_ready
+                && instance.release != target
+                && observed
+                    .failed
+                    .contains(&(name.to_owned(), instance.release)) =>
+            {
+                actions.push(Action::Stop {
+                    instance: instance.id.clone(),
+                    reason: format!(
+                        "release {} of `{name}` failed: {} stops at once",
+                        instance.release, instance.id
+                    ),
+                });
+            }
             InstanceState::Running {
                 healthy: Some(false),
                 ..

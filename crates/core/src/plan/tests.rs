@@ -115,8 +115,10 @@ impl Sim {
     /// Instances that can take traffic in fact: ready ones, and the ones whose health the
     /// planner does not know yet (they are healthy in this simulation).
     fn ready(&self, name: &str) -> usize {
+        // A failed release's instances serve nothing, whatever their health.
         self.live(name)
             .iter()
+            .filter(|i| !self.observed.failed.contains(&(name.to_owned(), i.release)))
             .filter(|i| i.is_ready() || matches!(i.state, InstanceState::Unknown { .. }))
             .count()
     }
@@ -228,6 +230,7 @@ impl Sim {
                 service, release, ..
             } => {
                 self.failed.push((service.clone(), *release));
+                self.observed.failed.insert((service.clone(), *release));
                 if let Some(state) = self.observed.deploys.get_mut(service) {
                     state.failed = true;
                     if let (Some(from), Some(wanted)) =
@@ -815,4 +818,46 @@ fn a_canary_promoted_after_its_deadline_would_have_passed_goes_on() {
         "failed after the promote: {:?}",
         sim.failed
     );
+}
+
+#[test]
+fn a_failed_canary_stops_at_once_and_the_stable_release_fills_up() {
+    let strategy = DeployStrategy::Canary {
+        steps: vec![1, 2],
+        pause: Some(Duration::from_secs(60)),
+        min_healthy_time: Duration::ZERO,
+        healthy_deadline: Duration::from_secs(30),
+    };
+    let mut sim = Sim::new(desired(vec![("web", service(2, 4, strategy))]));
+    sim.running("web", 1, 4);
+    for _ in 0..30 {
+        sim.tick().expect("invariants");
+    }
+    let canaries: Vec<String> = sim
+        .live("web")
+        .iter()
+        .filter(|i| i.release == 2)
+        .map(|i| i.id.clone())
+        .collect();
+    assert!(!canaries.is_empty(), "the canary runs");
+    // The proxy saw the canary fail: the controller marks it failed and goes back to 1.
+    sim.apply(&Action::MarkDeployFailed {
+        service: "web".into(),
+        release: 2,
+        reason: "5xx".into(),
+    });
+    let actions = plan(&sim.desired, &sim.observed, sim.now);
+    let stopped = stops(&actions);
+    for canary in &canaries {
+        assert!(
+            stopped.contains(&canary.as_str()),
+            "{canary} still runs: {actions:#?}"
+        );
+    }
+    sim.run(100).expect("back on release 1");
+    assert!(sim
+        .live("web")
+        .iter()
+        .all(|i| i.release == 1 && i.is_ready()));
+    assert_eq!(sim.live("web").len(), 4);
 }

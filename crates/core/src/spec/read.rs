@@ -130,6 +130,8 @@ const AUTO_ROLLBACK: Schema = &[
     ("error_rate", "error_rate = 0.02"),
     ("p99", "p99 = \"500ms\""),
     ("watch", "watch = \"2m\""),
+    ("window", "window = \"30s\""),
+    ("min_requests", "min_requests = 20"),
 ];
 const DEPLOY_COMMON: Schema = &[
     ("strategy", "strategy = \"rolling\""),
@@ -1677,5 +1679,12 @@ fn read_auto_rollback(r: &mut Reader, deploy: &Tbl<'_, '_>) -> Option<AutoRollba
         watch: r
             .duration(&table, "watch")
             .unwrap_or(Duration::from_secs(120)),
+        window: r
+            .duration(&table, "window")
+            .filter(|window| !window.is_zero())
+            .unwrap_or(AutoRollback::DEFAULT_WINDOW),
+        min_requests: r
+            .integer(&table, "min_requests", 1, 1_000_000)
+            .map_or(AutoRollback::DEFAULT_MIN_REQUESTS, |n| n as u64),
     })
 }

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_core::plan::ReleaseId;
-use berth_proxy::{Balance, DrainResult, Group, Proxy, ProxyConfig, ProxyError, Route};
+use berth_proxy::{
+    Balance, DrainResult, Group, Proxy, ProxyConfig, ProxyError, Route, StatsSnapshot,
+};
 
-use super::{GroupReport, ReleaseStats, RouteIntent, RouteReport, Traffic};
+use super::{GroupReport, RouteIntent, RouteReport, Traffic};
 
 /// The proxy, driven by the controller: every app's routes make one table.
 pub struct ProxyTraffic {
@@ -184,15 +186,10 @@ impl Traffic for ProxyTraffic {
         Some(text)
     }
 
-    fn stats(&self, app: &str, service: &str, release: ReleaseId) -> Option<ReleaseStats> {
-        let metrics = self.proxy.metrics();
-        let stats = metrics
-            .group(&route_name(app, service), &group_label(release))?
-            .total();
-        Some(ReleaseStats {
-            requests: stats.requests,
-            errors: stats.errors_5xx,
-            p99: stats.p99,
-        })
+    fn counters(&self, app: &str, service: &str, release: ReleaseId) -> Option<StatsSnapshot> {
+        self.proxy
+            .metrics()
+            .group(&route_name(app, service), &group_label(release))
+            .cloned()
     }
 }

@@ -276,6 +276,8 @@ fn a_release_is_rolled_back_for_its_traffic_only_past_a_limit_and_worse_than_bef
         error_rate: Some(0.02),
         p99: Some(std::time::Duration::from_millis(500)),
         watch: std::time::Duration::from_secs(60),
+        window: std::time::Duration::from_secs(30),
+        min_requests: 20,
     };
     let stats = |requests, errors, p99_ms: u64| ReleaseStats {
         requests,
@@ -289,7 +291,7 @@ fn a_release_is_rolled_back_for_its_traffic_only_past_a_limit_and_worse_than_bef
     let verdict = traffic_verdict(&limits, &stats(100, 30, 100), Some(&stats(1000, 1, 50)));
     assert_eq!(
         verdict.as_deref(),
-        Some("5xx rate 30.0% (30 of 100 requests) is over the limit of 2.0%; the previous release had 0.1%")
+        Some("5xx rate 30.0% (30 of the last 100 requests, within 30s) is over the limit of 2.0%; the previous release had 0.1%")
     );
     // Over the limit, but no worse than the release before: the new one is not to blame.
     assert_eq!(
@@ -299,7 +301,7 @@ fn a_release_is_rolled_back_for_its_traffic_only_past_a_limit_and_worse_than_bef
     let slow = traffic_verdict(&limits, &stats(100, 0, 900), Some(&stats(100, 0, 80)));
     assert_eq!(
         slow.as_deref(),
-        Some("p99 latency 900 ms is over the limit of 500 ms; the previous release had 80 ms")
+        Some("p99 latency 900 ms over the last 30s is over the limit of 500 ms; the previous release had 80 ms")
     );
     assert_eq!(
         traffic_verdict(&limits, &stats(100, 0, 900), Some(&stats(100, 0, 950))),
