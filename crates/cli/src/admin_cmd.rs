@@ -151,10 +151,11 @@ pub fn pin(client: &AdminClient, digest: &str, reason: &str) -> anyhow::Result<(
     Ok(())
 }
 
-pub fn unpin(client: &AdminClient, digest: &str) -> anyhow::Result<()> {
+pub fn unpin(client: &AdminClient, digest: &str, force: bool) -> anyhow::Result<()> {
+    let query = if force { "?force=true" } else { "" };
     client.send(
         reqwest::Method::DELETE,
-        &format!("/admin/pins/{digest}"),
+        &format!("/admin/pins/{digest}{query}"),
         None,
     )?;
     println!("unpinned {digest}");
@@ -165,11 +166,12 @@ pub fn pins(client: &AdminClient) -> anyhow::Result<()> {
     let pins = client
         .send(reqwest::Method::GET, "/admin/pins", None)?
         .context("empty answer")?;
-    println!("{:<72} REASON", "DIGEST");
+    println!("{:<72} {:<14} REASON", "DIGEST", "OWNER");
     for pin in pins["pins"].as_array().cloned().unwrap_or_default() {
         println!(
-            "{:<72} {}",
+            "{:<72} {:<14} {}",
             pin["digest"].as_str().unwrap_or("?"),
+            pin["owner"].as_str().unwrap_or("-"),
             pin["reason"].as_str().unwrap_or("")
         );
     }

@@ -64,6 +64,10 @@ pub enum RegistryCommand {
         admin: AdminArgs,
         /// The pinned digest.
         digest: String,
+        /// Also remove a pin its owner keeps (`berth server` pins the images of releases
+        /// that are live or can be rolled back to; it pins them again on its next pass).
+        #[arg(long)]
+        force: bool,
     },
     /// List pins.
     Pins {
@@ -184,7 +188,11 @@ pub fn run(cmd: RegistryCommand, config: Option<&Path>) -> anyhow::Result<()> {
             digest,
             reason,
         } => admin_cmd::pin(&admin.client()?, &digest, &reason),
-        RegistryCommand::Unpin { admin, digest } => admin_cmd::unpin(&admin.client()?, &digest),
+        RegistryCommand::Unpin {
+            admin,
+            digest,
+            force,
+        } => admin_cmd::unpin(&admin.client()?, &digest, force),
         RegistryCommand::Pins { admin } => admin_cmd::pins(&admin.client()?),
     }
 }

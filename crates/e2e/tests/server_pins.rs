@@ -93,6 +93,21 @@ fn the_rollback_window_is_pinned_in_the_registry_and_survives_gc() {
         assert!(reason.contains("app shop"), "{digest}: {reason}");
     }
 
+    // A pin the server owns is not removed without force; removed by force, it is back at
+    // the server's next pass.
+    let path = format!("/admin/pins/{}", digests[2]);
+    let refused = registry.request(Method::DELETE, &path).send().unwrap();
+    assert_eq!(refused.status(), 409, "{}", show(refused));
+    let forced = format!("{path}?force=true");
+    ok(
+        registry.request(Method::DELETE, &forced).send().unwrap(),
+        &forced,
+    );
+    assert!(!pins(&registry).iter().any(|(d, _)| *d == digests[2]));
+    server.wait_for("shop", "the pin restored", Duration::from_secs(10), || {
+        pins(&registry).iter().any(|(d, _)| *d == digests[2])
+    });
+
     // The tags of release 3 (in the window) and release 1 (out of it) are deleted; a
     // collection of untagged manifests takes release 1's and keeps release 3's.
     for tag in ["v1", "v3"] {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{parse_digest, Registry};
 use crate::error::{ApiError, ApiResult, Code};
 use crate::gc::{collect, GcError, GcRequest};
-use crate::metadata::{PinRecord, RepoUsage};
+use crate::metadata::{PinRecord, RepoUsage, Unpinned};
 
 /// The admin routes.
 pub fn routes() -> Router<Arc<Registry>> {
@@ -32,23 +32,25 @@ impl Registry {
         self.blocking_meta(|m| m.pins()).await
     }
 
-    /// Pins `digest` with `reason`, as `PUT /admin/pins/{digest}` does.
-    pub async fn pin(&self, digest: &Digest, reason: &str) -> ApiResult<()> {
-        let (d, reason) = (digest.clone(), reason.to_owned());
-        self.blocking_meta(move |m| m.pin(&d, &reason)).await?;
+    /// Pins `digest` with `reason`, kept by `owner` if given, as `PUT /admin/pins/{digest}`
+    /// does.
+    pub async fn pin(&self, digest: &Digest, reason: &str, owner: Option<&str>) -> ApiResult<()> {
+        let (d, reason, owner) = (digest.clone(), reason.to_owned(), owner.map(str::to_owned));
+        self.blocking_meta(move |m| m.pin(&d, &reason, owner.as_deref()))
+            .await?;
         tracing::info!(%digest, "pinned");
         Ok(())
     }
 
-    /// Removes the pin of `digest`, as `DELETE /admin/pins/{digest}` does; false when there
-    /// was none.
-    pub async fn unpin(&self, digest: &Digest) -> ApiResult<bool> {
+    /// Removes the pin of `digest`, as `DELETE /admin/pins/{digest}` does; a pin with an
+    /// owner only with `force`.
+    pub async fn unpin(&self, digest: &Digest, force: bool) -> ApiResult<Unpinned> {
         let d = digest.clone();
-        let removed = self.blocking_meta(move |m| m.unpin(&d)).await?;
-        if removed {
-            tracing::info!(%digest, "unpinned");
+        let outcome = self.blocking_meta(move |m| m.unpin(&d, force)).await?;
+        if outcome == Unpinned::Removed {
+            tracing::info!(%digest, force, "unpinned");
         }
-        Ok(removed)
+        Ok(outcome)
     }
 }
 
@@ -148,6 +150,15 @@ async fn pins(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> ApiR
 #[serde(deny_unknown_fields)]
 struct PinBody {
     reason: String,
+    #[serde(default)]
+    owner: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnpinQuery {
+    #[serde(default)]
+    force: bool,
 }
 
 async fn pin(
@@ -158,20 +169,23 @@ async fn pin(
 ) -> ApiResult<Response> {
     require_admin(&registry, &headers)?;
     let digest = parse_digest(&digest)?;
-    let reason = if body.is_empty() {
-        "pinned through the admin API".to_owned()
+    let body = if body.is_empty() {
+        PinBody {
+            reason: "pinned through the admin API".to_owned(),
+            owner: None,
+        }
     } else {
-        serde_json::from_slice::<PinBody>(&body)
-            .map_err(|e| {
-                ApiError::new(
-                    Code::Unsupported,
-                    format!("body must be {{\"reason\": \"...\"}}: {e}"),
-                )
-                .status(StatusCode::BAD_REQUEST)
-            })?
-            .reason
+        serde_json::from_slice::<PinBody>(&body).map_err(|e| {
+            ApiError::new(
+                Code::Unsupported,
+                format!("body must be {{\"reason\": \"...\", \"owner\": \"...\" (optional)}}: {e}"),
+            )
+            .status(StatusCode::BAD_REQUEST)
+        })?
     };
-    registry.pin(&digest, &reason).await?;
+    registry
+        .pin(&digest, &body.reason, body.owner.as_deref())
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -179,15 +193,32 @@ async fn unpin(
     State(registry): State<Arc<Registry>>,
     headers: HeaderMap,
     Path(digest): Path<String>,
+    query: Result<Query<UnpinQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     require_admin(&registry, &headers)?;
     let digest = parse_digest(&digest)?;
-    if registry.unpin(&digest).await? {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(
-            ApiError::new(Code::ManifestUnknown, format!("{digest} is not pinned"))
-                .status(StatusCode::NOT_FOUND),
+    let Query(query) = query.map_err(|e| {
+        ApiError::new(
+            Code::Unsupported,
+            format!("the only query parameter is force=true: {e}"),
         )
+        .status(StatusCode::BAD_REQUEST)
+    })?;
+    match registry.unpin(&digest, query.force).await? {
+        Unpinned::Removed => Ok(StatusCode::NO_CONTENT.into_response()),
+        Unpinned::NotPinned => Err(ApiError::new(
+            Code::ManifestUnknown,
+            format!("{digest} is not pinned"),
+        )
+        .status(StatusCode::NOT_FOUND)),
+        Unpinned::Owned(record) => Err(ApiError::new(
+            Code::Denied,
+            format!(
+                "{digest} is pinned by {} ({}): it protects an image a live or rollback-able release needs; add ?force=true (berth registry unpin --force) to remove it anyway, and its owner may pin it again",
+                record.owner.as_deref().unwrap_or("its owner"),
+                record.reason
+            ),
+        )
+        .status(StatusCode::CONFLICT)),
     }
 }

@@ -607,4 +607,4 @@ mod gc;
 #[cfg(test)]
 mod tests;
 
-pub use gc::{BlobCandidate, PinRecord, Pinned, RepoUsage, TagInfo};
+pub use gc::{BlobCandidate, PinRecord, Pinned, RepoUsage, TagInfo, Unpinned};

@@ -228,9 +228,37 @@ async fn pins_untagged_manifests_referrers_and_index_children() {
         );
     }
 
+    // A pin with an owner is removed only by force.
+    let r = reg
+        .req(Method::PUT, &format!("/admin/pins/{b}"))
+        .body(r#"{"reason":"berth server: kept for rollback, app app","owner":"berth server"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let pins: Value = reg.json("/admin/pins").await;
+    assert_eq!(pins["pins"][0]["owner"], "berth server");
+    let r = reg
+        .req(Method::DELETE, &format!("/admin/pins/{b}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "DENIED");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("pinned by berth server") && message.contains("force=true"),
+        "{message}"
+    );
+    assert_eq!(
+        status(&reg, Method::DELETE, &format!("/admin/pins/{b}?force=yes")).await,
+        400
+    );
+
     // Unpinned, b goes with its layer.
     assert_eq!(
-        status(&reg, Method::DELETE, &format!("/admin/pins/{b}")).await,
+        status(&reg, Method::DELETE, &format!("/admin/pins/{b}?force=true")).await,
         204
     );
     assert_eq!(

@@ -7,8 +7,11 @@
 //!
 //! A pin is the registry's, keyed by digest; the reason of the pins made here names the app
 //! ([`pin_reason`]), so after a restart the server recognises its own pins and never touches
-//! pins an administrator made. An image in another registry cannot be pinned: an
-//! `image_not_pinned` event says so (once per app and image), and the deploy goes on.
+//! pins an administrator made. The server's pins are owned ([`PIN_OWNER`]): the registry
+//! refuses to remove them without `force`, and the server re-asserts the pins it wants on
+//! every pass, so one removed anyway comes back at once. An image in another registry cannot
+//! be pinned: an `image_not_pinned` event says so (once per app and image), and the deploy
+//! goes on.
 
 #[cfg(test)]
 mod tests;
@@ -22,6 +25,9 @@ use berth_core::plan::ReleaseId;
 
 use crate::events::{Event, EventKind};
 use crate::releases::{AppState, Release};
+
+/// The owner of the pins the server makes: the registry removes them only with `force`.
+pub const PIN_OWNER: &str = "berth server";
 
 /// The start of the reason of every pin the server makes.
 const REASON_PREFIX: &str = "berth server: kept for rollback, app ";
@@ -41,9 +47,9 @@ fn app_of(reason: &str) -> Option<&str> {
 pub trait PinStore: Send + Sync {
     /// Every pin: digest -> reason.
     async fn pins(&self) -> Result<BTreeMap<String, String>, String>;
-    /// Pins a manifest digest.
+    /// Pins a manifest digest as the server's own ([`PIN_OWNER`]).
     async fn pin(&self, digest: &str, reason: &str) -> Result<(), String>;
-    /// Removes the pin of a digest (none is fine).
+    /// Removes the server's pin of a digest (none is fine).
     async fn unpin(&self, digest: &str) -> Result<(), String>;
 }
 
@@ -69,14 +75,14 @@ impl PinStore for LocalRegistry {
 
     async fn pin(&self, digest: &str, reason: &str) -> Result<(), String> {
         self.0
-            .pin(&parse_digest(digest)?, reason)
+            .pin(&parse_digest(digest)?, reason, Some(PIN_OWNER))
             .await
             .map_err(|e| e.message)
     }
 
     async fn unpin(&self, digest: &str) -> Result<(), String> {
         self.0
-            .unpin(&parse_digest(digest)?)
+            .unpin(&parse_digest(digest)?, true)
             .await
             .map(|_| ())
             .map_err(|e| e.message)
@@ -195,8 +201,6 @@ struct PinState {
     wanted: BTreeMap<String, BTreeSet<WantedImage>>,
     /// (app, digest) already reported as not pinnable.
     reported: BTreeSet<(String, String)>,
-    /// Something changed (or failed) since the last sync.
-    dirty: bool,
 }
 
 impl RegistryPins {
@@ -204,9 +208,7 @@ impl RegistryPins {
     /// [`registry_hosts`]). Set once, before the controller runs; false if already set.
     pub fn attach(&self, store: Arc<dyn PinStore>, hosts: BTreeSet<String>) -> bool {
         let hosts = hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
-        let attached = self.registry.set((store, hosts)).is_ok();
-        self.lock().dirty = true;
-        attached
+        self.registry.set((store, hosts)).is_ok()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PinState> {
@@ -217,60 +219,41 @@ impl RegistryPins {
 
     /// Records the images `app`'s rollback window needs now.
     pub fn want(&self, app: &str, images: BTreeSet<WantedImage>) {
-        let mut state = self.lock();
-        if state.wanted.get(app) != Some(&images) {
-            state.wanted.insert(app.to_owned(), images);
-            state.dirty = true;
-        }
+        self.lock().wanted.insert(app.to_owned(), images);
     }
 
-    /// Pins and unpins in the registry what changed since the last sync; returns the events
-    /// to record (images that cannot be pinned). Failures are logged and retried at the
-    /// next sync; they never stop a deploy.
+    /// Makes the registry's pins what the apps want, whatever happened to them since the
+    /// last sync (a pin removed by force comes back); returns the events to record (images
+    /// that cannot be pinned). Runs on every pass; failures are logged and retried at the
+    /// next one, and never stop a deploy.
     pub async fn sync(&self) -> Vec<Event> {
-        let wanted = {
-            let mut state = self.lock();
-            if !state.dirty {
-                return Vec::new();
-            }
-            state.dirty = false;
-            state.wanted.clone()
-        };
+        let wanted = self.lock().wanted.clone();
         let (pins, hosts) = match self.registry.get() {
             Some((store, hosts)) => match store.pins().await {
                 Ok(pins) => (pins, hosts.clone()),
                 Err(error) => {
                     tracing::warn!(%error, "listing the registry's pins");
-                    self.lock().dirty = true;
                     return Vec::new();
                 }
             },
             None => (BTreeMap::new(), BTreeSet::new()),
         };
         let plan = plan(&wanted, &pins, &hosts);
-        let mut failed = false;
         if let Some((store, _)) = self.registry.get() {
             for (digest, reason) in &plan.pin {
                 match store.pin(digest, reason).await {
-                    Ok(()) => tracing::debug!(%digest, reason, "pinned in the registry"),
-                    Err(error) => {
-                        tracing::warn!(%digest, %error, "pinning in the registry");
-                        failed = true;
-                    }
+                    Ok(()) => tracing::info!(%digest, reason, "pinned in the registry"),
+                    Err(error) => tracing::warn!(%digest, %error, "pinning in the registry"),
                 }
             }
             for digest in &plan.unpin {
                 match store.unpin(digest).await {
                     Ok(()) => tracing::debug!(%digest, "unpinned in the registry"),
-                    Err(error) => {
-                        tracing::warn!(%digest, %error, "unpinning in the registry");
-                        failed = true;
-                    }
+                    Err(error) => tracing::warn!(%digest, %error, "unpinning in the registry"),
                 }
             }
         }
         let mut state = self.lock();
-        state.dirty |= failed;
         let own = if hosts.is_empty() {
             "this server serves no registry (berth server --registry-listen)".to_owned()
         } else {

@@ -21,6 +21,21 @@ pub struct PinRecord {
     pub reason: String,
     /// When (unix seconds).
     pub created: u64,
+    /// The program that keeps the pin (like `berth server`, for images a live or
+    /// rollback-able release runs): it is not removed without `force`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// What removing a pin did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unpinned {
+    /// It was removed.
+    Removed,
+    /// There was none.
+    NotPinned,
+    /// It is kept by its owner and was not removed (no `force`).
+    Owned(PinRecord),
 }
 
 /// The content is pinned and was not removed.
@@ -121,11 +136,12 @@ impl Metadata {
 
     /// Pins `digest` so that no deletion, retention rule or garbage collection removes it
     /// (for a manifest: nor anything it references).
-    pub fn pin(&self, digest: &Digest, reason: &str) -> MetadataResult<()> {
+    pub fn pin(&self, digest: &Digest, reason: &str, owner: Option<&str>) -> MetadataResult<()> {
         let txn = self.db.begin_write()?;
         let record = PinRecord {
             reason: reason.to_owned(),
             created: now(),
+            owner: owner.map(str::to_owned),
         };
         txn.open_table(PINS)?
             .insert(digest.to_string().as_str(), encode(&record).as_slice())?;
@@ -133,15 +149,27 @@ impl Metadata {
         Ok(())
     }
 
-    /// Removes a pin; false when there was none.
-    pub fn unpin(&self, digest: &Digest) -> MetadataResult<bool> {
+    /// Removes a pin, unless it has an owner and not `force`.
+    pub fn unpin(&self, digest: &Digest, force: bool) -> MetadataResult<Unpinned> {
         let txn = self.db.begin_write()?;
-        let removed = txn
-            .open_table(PINS)?
-            .remove(digest.to_string().as_str())?
-            .is_some();
+        let key = digest.to_string();
+        let outcome = {
+            let mut table = txn.open_table(PINS)?;
+            let existing = match table.get(key.as_str())? {
+                Some(value) => Some(decode::<PinRecord>(&key, value.value())?),
+                None => None,
+            };
+            match existing {
+                None => Unpinned::NotPinned,
+                Some(record) if record.owner.is_some() && !force => Unpinned::Owned(record),
+                Some(_) => {
+                    table.remove(key.as_str())?;
+                    Unpinned::Removed
+                }
+            }
+        };
         txn.commit()?;
-        Ok(removed)
+        Ok(outcome)
     }
 
     /// Every pin.

@@ -241,6 +241,31 @@ async fn sync_follows_the_window_retries_failures_and_reports_foreign_images_onc
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn a_pin_removed_behind_the_servers_back_comes_back_at_the_next_sync() {
+    let registry = Arc::new(FakeRegistry::default());
+    let pins = RegistryPins::default();
+    assert!(pins.attach(registry.clone(), hosts()));
+    pins.want("shop", BTreeSet::from([image(OURS, "01", 1)]));
+    pins.sync().await;
+    // An administrator forces it out; nothing the app wants changed.
+    registry.pins.lock().unwrap().remove("sha256:01");
+    pins.sync().await;
+    assert_eq!(
+        registry
+            .pins
+            .lock()
+            .unwrap()
+            .get("sha256:01")
+            .map(String::as_str),
+        Some(pin_reason("shop").as_str())
+    );
+    assert_eq!(
+        *registry.calls.lock().unwrap(),
+        ["pin sha256:01", "pin sha256:01"]
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn without_a_registry_every_image_is_reported() {
     let pins = RegistryPins::default();
     pins.want("shop", BTreeSet::from([image(OURS, "01", 1)]));
