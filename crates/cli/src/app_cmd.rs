@@ -45,6 +45,87 @@ pub struct ScaleArgs {
     replicas: u32,
 }
 
+/// `berth app …`
+#[derive(clap::Subcommand)]
+pub enum AppCommand {
+    /// Remove an app: stop its instances (drained first), remove its routes, DNS and catalog
+    /// entries, its image pins, releases and events. Named volumes and secrets stay unless
+    /// asked for.
+    Rm(AppRmArgs),
+}
+
+/// `berth app rm`
+#[derive(Args)]
+pub struct AppRmArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The app.
+    app: String,
+    /// Remove its named volumes too (their data is gone for good).
+    #[arg(long)]
+    volumes: bool,
+    /// Return once the removal is under way instead of waiting until the app is gone.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// Runs `berth app …`.
+pub fn app(command: AppCommand, root: &Path) -> anyhow::Result<ExitCode> {
+    match command {
+        AppCommand::Rm(args) => remove(args, root),
+    }
+}
+
+fn remove(args: AppRmArgs, root: &Path) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.client, root)?;
+    let app = &args.app;
+    let query = if args.volumes { "?volumes=true" } else { "" };
+    client.call(
+        reqwest::Method::DELETE,
+        &format!("/v1/apps/{app}{query}"),
+        None,
+    )?;
+    println!(
+        "removing {app}: its instances stop{}",
+        if args.volumes {
+            "; its named volumes go too"
+        } else {
+            "; its named volumes stay (berth app rm --volumes removes them)"
+        }
+    );
+    if args.no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let started = std::time::Instant::now();
+    let mut shown = None;
+    loop {
+        let apps = client.get("/v1/apps")?;
+        let present = apps
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["app"].as_str() == Some(app.as_str()));
+        if !present {
+            println!("{app} removed in {:.1}s", started.elapsed().as_secs_f64());
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Ok(view) = client.get(&format!("/v1/apps/{app}")) {
+            let left = view["services"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|s| s["instances"].as_array().cloned().unwrap_or_default())
+                .chain(view["orphans"].as_array().cloned().unwrap_or_default())
+                .count();
+            if shown != Some(left) {
+                println!("  {left} instances left");
+                shown = Some(left);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
 /// `berth promote`, `berth pause`, `berth resume`
 #[derive(Args)]
 pub struct PromoteArgs {

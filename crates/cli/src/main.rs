@@ -117,6 +117,9 @@ enum Command {
     Scale(app_cmd::ScaleArgs),
     /// Let a canary deploy paused at a step with pause = "manual" go on.
     Promote(app_cmd::PromoteArgs),
+    /// Manage apps on the server: rm.
+    #[command(subcommand)]
+    App(app_cmd::AppCommand),
     /// Hold an app's deploys under way: they start and stop nothing, and their
     /// healthy_deadline stops, until `berth resume`.
     Pause(app_cmd::PromoteArgs),
@@ -201,6 +204,7 @@ fn main() -> std::process::ExitCode {
         Command::Scale(args) => ok(app_cmd::scale(args, &cli.root)),
         Command::Promote(args) => app_cmd::promote(args, &cli.root),
         Command::Pause(args) => app_cmd::pause(args, &cli.root),
+        Command::App(command) => app_cmd::app(command, &cli.root),
         Command::Resume(args) => app_cmd::resume(args, &cli.root),
         Command::Routes(args) => ok(app_cmd::routes(args, &cli.root)),
         Command::InternalMonitor { dir } => container_cmd::monitor(&dir),

@@ -227,3 +227,77 @@ fn a_deploy_paused_longer_than_its_deadline_goes_on_when_resumed() {
     let view = server.status("hold");
     assert_eq!(view["desired_release"], 2, "it did not roll back: {view:#}");
 }
+
+#[test]
+fn an_app_is_removed_with_its_instances_routes_catalog_and_pins_and_keeps_its_volumes() {
+    let server = BerthServer::start_logging(&berth_binary(), "info");
+    let registry = format!("http://{}", server.registry());
+    push_web(&registry, "gone/web", "v1", "gone v1", 8080);
+    push_web(&registry, "wiped/web", "v1", "wiped v1", 8080);
+    let spec = |app: &str| {
+        format!(
+            r#"app = "{app}"
+
+[services.web]
+image = "{registry}/{app}/web:v1"
+replicas = 2
+ports = {{ http = 8080 }}
+stop_grace = "1s"
+route = {{ host = "{app}.test", port = "http" }}
+volumes = {{ data = {{ path = "/data", shared = true }} }}
+health = {{ http = {{ port = "http", path = "/index.html" }}, interval = "300ms" }}
+deploy = {{ min_healthy_time = "0s" }}
+"#,
+            registry = server.registry()
+        )
+    };
+    for app in ["gone", "wiped"] {
+        deploy_ok(&server, app, &spec(app));
+    }
+    let volume = |app: &str| server.root().join("volumes").join(app).join("data");
+    assert!(volume("gone").is_dir() && volume("wiped").is_dir());
+    let routes = server.ok(&["routes", "--json"]);
+    assert!(routes.contains("web.gone"), "{routes}");
+    let services = |server: &BerthServer| {
+        reqwest::blocking::get(format!("{}/v1/catalog/services", server.catalog_url()))
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    assert!(services(&server).contains("web.gone"));
+
+    let out = server.ok(&["app", "rm", "gone"]);
+    assert!(out.contains("gone removed in"), "{out}");
+    assert!(server.containers("gone").is_empty(), "containers left");
+    let apps = server.ok(&["status"]);
+    assert!(!apps.contains("gone "), "{apps}");
+    assert!(apps.contains("wiped"), "the other app stays: {apps}");
+    let routes = server.ok(&["routes", "--json"]);
+    assert!(
+        !routes.contains("web.gone") && routes.contains("web.wiped"),
+        "{routes}"
+    );
+    assert!(!services(&server).contains("web.gone"));
+    let pins: Value = reqwest::blocking::get(format!("{registry}/admin/pins"))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        !pins.to_string().contains("app gone"),
+        "the registry still pins for it: {pins}"
+    );
+    assert!(volume("gone").is_dir(), "its named volume stays");
+    let events = server.run(&["events", "gone"]);
+    assert!(
+        !text(&events).contains("release_created"),
+        "{}",
+        text(&events)
+    );
+
+    // Deployed again, it starts from release 1; removed with --volumes, its data goes.
+    let out = server.deploy_text("gone-again", &spec("gone"), true);
+    assert!(text(&out).contains("release gone#1"), "{}", text(&out));
+    server.ok(&["app", "rm", "wiped", "--volumes"]);
+    assert!(!volume("wiped").exists(), "its volume was removed");
+    assert!(server.containers("wiped").is_empty());
+}

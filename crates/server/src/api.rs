@@ -63,7 +63,7 @@ impl ApiState {
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/apps", get(list_apps))
-        .route("/v1/apps/{app}", get(app_status))
+        .route("/v1/apps/{app}", get(app_status).delete(ops::remove_app))
         .route("/v1/apps/{app}/deploy", post(deploy))
         .route("/v1/apps/{app}/releases", get(releases))
         .route("/v1/apps/{app}/rollback", post(rollback))
@@ -318,6 +318,7 @@ async fn deploy(
                 .map_err(|e| ServerError::Internal(format!("app state of {app}: {e}")))?,
             None => AppState::default(),
         };
+        refuse_while_removing(&app, &current)?;
         let previous = entry.as_ref().map(|_| current.desired);
         let number = current.latest + 1;
         let mut release = Release {
@@ -484,6 +485,19 @@ async fn write_state(
     }
 }
 
+/// A 409 while `berth app rm` removes `app`: nothing may change it meanwhile.
+pub(crate) fn refuse_while_removing(app: &str, state: &AppState) -> Result<(), ApiError> {
+    match state.removing {
+        Some(_) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{app} is being removed (berth app rm): wait until it is gone, then deploy it anew"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 async fn load_state(
     controller: &Controller,
     app: &str,
@@ -514,6 +528,7 @@ async fn rollback(
     // The controller may record deploy progress between our read and write: retry then.
     for _ in 0..20 {
         let (current, entry) = load_state(&state.controller, &app).await?;
+        refuse_while_removing(&app, &current)?;
         let releases = load_releases(state.controller.store().as_ref(), &app).await?;
         let numbers: Vec<ReleaseId> = releases.keys().copied().collect();
         let to = match request.release {

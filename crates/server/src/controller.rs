@@ -7,6 +7,7 @@
 //! deploy or rollback that raced the pass wins, and the pass plans again); then starts and
 //! stops containers in the background and publishes what it saw for the API.
 
+mod removal;
 #[cfg(test)]
 mod tests;
 
@@ -794,16 +795,21 @@ impl Controller {
             .map_err(|e| ServerError::Internal(format!("app state of {app}: {e}")))?;
         let releases = load_releases(self.store.as_ref(), app).await?;
         let numbers: Vec<ReleaseId> = releases.keys().copied().collect();
+        let specs: BTreeMap<ReleaseId, AppSpec> = releases
+            .iter()
+            .filter_map(|(number, release)| release.app_spec().ok().map(|spec| (*number, spec)))
+            .collect();
+        if state.removing.is_some() {
+            return self
+                .remove_app(app, &state, entry.mod_revision, seen, work, &specs)
+                .await;
+        }
         let Some(release) = releases.get(&state.desired) else {
             return Err(ServerError::Internal(format!(
                 "{app}: desired release {} is missing",
                 state.desired
             )));
         };
-        let specs: BTreeMap<ReleaseId, AppSpec> = releases
-            .iter()
-            .filter_map(|(number, release)| release.app_spec().ok().map(|spec| (*number, spec)))
-            .collect();
         let Some(spec) = specs.get(&state.desired).map(|spec| state.scaled(spec)) else {
             return Err(ServerError::Internal(format!(
                 "{app}: release {} no longer parses",
@@ -1238,10 +1244,22 @@ impl Controller {
         address: Option<std::net::IpAddr>,
         spec: &AppSpec,
     ) {
-        let container = InstanceName::container(app, instance);
-        let grace = InstanceName::parse(&container)
+        let grace = InstanceName::parse(&InstanceName::container(app, instance))
             .and_then(|name| spec.services.get(&name.service).map(|s| s.stop_grace))
             .unwrap_or(Duration::from_secs(10));
+        self.stop_with_grace(app, instance, address, grace);
+    }
+
+    /// Stops `instance` in the background as [`Controller::stop`] does, with `grace`
+    /// between SIGTERM and SIGKILL.
+    fn stop_with_grace(
+        self: Arc<Self>,
+        app: &str,
+        instance: &str,
+        address: Option<std::net::IpAddr>,
+        grace: Duration,
+    ) {
+        let container = InstanceName::container(app, instance);
         self.lock().work.insert(container.clone(), Work::Stopping);
         let app = app.to_owned();
         tokio::spawn(async move {
@@ -1358,6 +1376,12 @@ impl Controller {
             .filter_map(|number| releases.get(number))
             .flat_map(|release| release.images.values().map(|image| image.digest.clone()))
             .collect();
+        self.set_node_pins(app, wanted);
+    }
+
+    /// Makes the node's pins of `app` exactly `wanted` (image digests); a digest leaves the
+    /// node's pins only when no other app still wants it.
+    fn set_node_pins(&self, app: &str, wanted: BTreeSet<String>) {
         let had = self.lock().pinned.get(app).cloned().unwrap_or_default();
         if had == wanted {
             return;
@@ -1368,7 +1392,6 @@ impl Controller {
                 tracing::debug!(app, %digest, error = %e, "pinning");
             }
         }
-        // A digest leaves the node's pins only when no other app still wants it.
         let others: BTreeSet<String> = self
             .lock()
             .pinned

@@ -91,6 +91,8 @@ pub enum EventKind {
     VolumeRemoved,
     /// An image a rollback may need is in a registry berth cannot pin it in.
     ImageNotPinned,
+    /// `berth app rm` is removing the app.
+    AppRemoving,
 }
 
 /// One state change of an app.

@@ -128,6 +128,19 @@ pub struct AppState {
     /// spec says).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub scale: BTreeMap<String, u32>,
+    /// `berth app rm` asked for the app to go: the controller stops its instances and then
+    /// deletes it. Nothing else may change it meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removing: Option<Removal>,
+}
+
+/// An app's removal, as `berth app rm` asked for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removal {
+    /// Remove its named volumes too (kept otherwise).
+    pub volumes: bool,
+    /// When it was asked for (milliseconds since the Unix epoch).
+    pub requested_at: u64,
 }
 
 impl AppState {
@@ -332,6 +345,9 @@ impl AppState {
         if self.failed.contains_key(&number) {
             return ReleaseStatus::Failed;
         }
+        if number == self.desired && self.removing.is_some() {
+            return ReleaseStatus::Removing;
+        }
         if number == self.desired {
             let revisions = releases
                 .get(&number)
@@ -381,6 +397,8 @@ pub enum ReleaseStatus {
     Previous,
     /// Older.
     Superseded,
+    /// Desired, and the app is being removed (`berth app rm`).
+    Removing,
 }
 
 /// [`DeployState`] as stored (times in milliseconds since the Unix epoch).

@@ -68,6 +68,64 @@ pub struct PauseResponse {
     pub services: Vec<String>,
 }
 
+/// `DELETE /v1/apps/{app}?volumes=true`
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveQuery {
+    /// Remove the app's named volumes too (kept otherwise).
+    #[serde(default)]
+    pub volumes: bool,
+}
+
+/// The answer to `DELETE /v1/apps/{app}`: the removal is under way.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RemoveResponse {
+    /// The app.
+    pub app: String,
+    /// Its named volumes go too.
+    pub volumes: bool,
+}
+
+/// Starts removing an app: the controller stops its instances (drained first), removes its
+/// routes, DNS and catalog entries and its pins, then deletes its releases, state and
+/// events (and its named volumes when asked). Its secrets stay.
+pub(super) async fn remove_app(
+    State(state): State<Arc<ApiState>>,
+    AppName(app): AppName,
+    query: Result<axum::extract::Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<(StatusCode, Json<RemoveResponse>), ApiError> {
+    let axum::extract::Query(query) = query
+        .map_err(|e| ApiError::bad_request(format!("the only parameter is volumes=true: {e}")))?;
+    update(&state, &app, |current| {
+        current.removing = Some(crate::releases::Removal {
+            volumes: query.volumes,
+            requested_at: now().as_millis(),
+        });
+        Ok(())
+    })
+    .await?;
+    state.controller.event(Event::new(
+        &app,
+        EventKind::AppRemoving,
+        format!(
+            "removing {app}: its instances stop{}",
+            if query.volumes {
+                "; its named volumes go too"
+            } else {
+                "; its named volumes stay"
+            }
+        ),
+    ));
+    state.controller.wake();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RemoveResponse {
+            app,
+            volumes: query.volumes,
+        }),
+    ))
+}
+
 /// What an operator does to the deploys under way.
 #[derive(Clone, Copy)]
 enum DeployOp {
@@ -122,6 +180,7 @@ async fn update<R>(
     let _turn = state.writes.lock().await;
     for _ in 0..20 {
         let (mut current, entry) = load_state(&state.controller, app).await?;
+        super::refuse_while_removing(app, &current)?;
         let answer = change(&mut current)?;
         match write_state(
             state.controller.store().as_ref(),
