@@ -1,7 +1,7 @@
 //! Commands that talk to a running registry's admin API.
 
 use anyhow::{bail, Context as _};
-use berth_registry::units::human_bytes;
+use berth_units::human_bytes;
 use serde_json::Value;
 
 /// A blocking client of `/admin/`.

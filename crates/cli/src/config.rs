@@ -40,11 +40,11 @@ pub struct NodeSection {
 #[serde(deny_unknown_fields)]
 pub struct ImageCleanup {
     /// E.g. `30d`.
-    pub prune_unused_for: Option<berth_registry::units::HumanDuration>,
+    pub prune_unused_for: Option<berth_units::HumanDuration>,
     /// E.g. `20GiB`.
-    pub prune_high: Option<berth_registry::units::ByteSize>,
+    pub prune_high: Option<berth_units::ByteSize>,
     /// E.g. `15GiB` (the high mark when unset).
-    pub prune_low: Option<berth_registry::units::ByteSize>,
+    pub prune_low: Option<berth_units::ByteSize>,
 }
 
 impl ImageCleanup {

@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use berth_registry::units::{ByteSize, HumanDuration};
 use berth_runtime::container::{ContainerRequest, NetworkMode, RestartPolicy, Status};
 use berth_runtime::logs::{self, LogLimits, LogQuery, LogRecord, Stream};
 use berth_runtime::network::PortMapping;
 use berth_runtime::node::{short, Container, Node, NodeConfig, NodeError};
 use berth_runtime::spec::{Bind, Resources, Tmpfs};
+use berth_units::{ByteSize, HumanDuration};
 use clap::{Args, Subcommand};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -218,7 +218,7 @@ fn parse_tmpfs(spec: &str) -> anyhow::Result<Tmpfs> {
             })?;
             let size: ByteSize = size
                 .parse()
-                .map_err(|e: String| anyhow::anyhow!("tmpfs {spec:?}: {e}"))?;
+                .map_err(|e: berth_units::UnitError| anyhow::anyhow!("tmpfs {spec:?}: {e}"))?;
             (path, Some(size.0))
         }
     };
@@ -577,9 +577,9 @@ pub(crate) fn parse_since(when: &str) -> anyhow::Result<OffsetDateTime> {
     if let Ok(at) = OffsetDateTime::parse(when, &Rfc3339) {
         return Ok(at);
     }
-    let back: HumanDuration = when
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!("{e}; or give a time like 2026-11-29T13:00:00Z"))?;
+    let back: HumanDuration = when.parse().map_err(|e: berth_units::UnitError| {
+        anyhow::anyhow!("{e}; or give a time like 2026-11-29T13:00:00Z")
+    })?;
     Ok(OffsetDateTime::now_utc() - back.0)
 }
 

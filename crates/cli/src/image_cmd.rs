@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use berth_oci::Digest;
-use berth_registry::units::{human_bytes, ByteSize, HumanDuration};
 use berth_runtime::image::{
     default_auth_files, in_use_by_containers, Credentials, Image, ImageStore, LayerOutcome,
     PrunePolicy, PullOptions, PullProgress,
 };
+use berth_units::{human_bytes, ByteSize, HumanDuration};
 use clap::{Args, Subcommand};
 
 use crate::config::ImageCleanup;

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use berth_registry::units::HumanDuration;
 use berth_registry::{RegistryConfig, Server};
+use berth_units::HumanDuration;
 
 use crate::admin_cmd::{self, AdminClient};
 use clap::{Args, Subcommand};

@@ -5,7 +5,6 @@
 
 pub mod plan;
 pub mod spec;
-pub mod units;
 
 pub use plan::{plan, Action, Desired, DesiredService, Instance, InstanceState, Observed};
 pub use spec::{AppSpec, ServiceSpec, SpecError, SpecErrors};

@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::retention::RetentionRule;
 use crate::route::Route;
 use crate::storage::BlobStore;
-use crate::units::human_bytes;
+use berth_units::human_bytes;
 
 pub(crate) use uploads::Uploads;
 

@@ -12,7 +12,7 @@ use globset::{Glob, GlobMatcher};
 
 use crate::api::Limits;
 use crate::retention::{RetentionConfig, RetentionRule};
-use crate::units::{ByteSize, HumanDuration};
+use berth_units::{ByteSize, HumanDuration};
 
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";

@@ -14,7 +14,6 @@ pub mod retention;
 pub mod route;
 pub mod server;
 pub mod storage;
-pub mod units;
 
 pub use config::{RegistryConfig, Settings};
 pub use server::{open_registry, router, ServeError, Server};

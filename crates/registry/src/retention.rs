@@ -8,7 +8,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use crate::metadata::TagInfo;
-use crate::units::HumanDuration;
+use berth_units::HumanDuration;
 
 /// A retention rule as written in the config file (`[[registry.retention]]`).
 #[derive(Debug, Clone, Deserialize)]

@@ -14,7 +14,7 @@ use super::{
     HealthCheck, HealthSpec, ImageRef, Pause, PortRef, Resources, RestartPolicy, Rolling,
     RouteSpec, ServiceSpec, SpecError, Strategy, VolumeSpec,
 };
-use crate::units::{parse_duration, parse_size};
+use berth_units::{parse_duration, parse_size};
 
 type Value<'i> = Spanned<DeValue<'i>>;
 
@@ -548,7 +548,7 @@ impl Reader {
                         "invalid size `{text}` for `{key}` {}: {reason}",
                         tbl.place()
                     ),
-                    "write a whole number with a unit: 64Mi, 256Mi, 1Gi (or 512k, 64m, 1G)",
+                    "write a whole number with a unit: 64Mi, 256MiB, 1Gi (powers of 1024) or 500M, 2GB (powers of 1000)",
                 );
                 None
             }

@@ -124,13 +124,13 @@ const INVALID: &[(&str, &str, &str)] = &[
     ),
     (
         "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nstop_grace = \"20 seconds\"\n",
-        "4:14: invalid duration `20 seconds` for `stop_grace` in services.web: `20` has no unit",
+        "4:14: invalid duration `20 seconds` for `stop_grace` in services.web: `20` has no unit (ms, s, m, h or d)",
         "write a number with a unit: 500ms, 2s, 5m, 1h (or combined, like 1m30s)",
     ),
     (
         "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nresources = { memory = \"1.5G\" }\n",
-        "4:24: invalid size `1.5G` for `memory` in services.web.resources: unknown unit `.5G`",
-        "write a whole number with a unit: 64Mi, 256Mi, 1Gi (or 512k, 64m, 1G)",
+        "4:24: invalid size `1.5G` for `memory` in services.web.resources: unknown unit `.5G`: units are B, kB/MB/GB/TB (powers of 1000) and KiB/MiB/GiB/TiB (powers of 1024), the B optional",
+        "write a whole number with a unit: 64Mi, 256MiB, 1Gi (powers of 1024) or 500M, 2GB (powers of 1000)",
     ),
     (
         "app = \"shop\"\n[services.web]\nimage = \"web:1\"\ndepends_on = { dbb = \"healthy\" }\n[services.db]\nimage = \"pg:16\"\n",
