@@ -7,6 +7,7 @@ mod container_cmd;
 mod discovery_cmd;
 mod image_cmd;
 mod info;
+mod logging;
 mod registry_cmd;
 mod secret_cmd;
 mod server_cmd;
@@ -66,7 +67,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -146,30 +147,13 @@ enum Command {
     },
 }
 
-fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
-    // hickory's server logs every DNS question at INFO; berth's own DNS answers are
-    // visible through `dig` and the catalog, so it speaks only of problems unless asked.
-    let filter = if filter.contains("hickory") {
-        filter.to_owned()
-    } else {
-        format!("{filter},hickory_server=warn")
-    };
-    let filter = filter.as_str();
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .map_err(|e| anyhow::anyhow!("invalid log filter {filter:?}: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_logging(cli.log_format, &cli.log) {
+    let access = match &cli.command {
+        Command::Server(args) => args.access_log(&cli.root),
+        _ => logging::AccessLog::Stderr,
+    };
+    if let Err(e) = logging::init(cli.log_format == LogFormat::Json, &cli.log, access) {
         eprintln!("berth: {e:#}");
         return std::process::ExitCode::from(2);
     }

@@ -63,6 +63,53 @@ pub struct ServerArgs {
     /// the first one is the default; `*.example.test` covers its direct subdomains).
     #[arg(long = "proxy-cert", value_name = "HOSTS=CERT:KEY", value_parser = parse_cert)]
     proxy_cert: Vec<berth_proxy::CertSpec>,
+    /// Where the proxy's access log goes: a file, rotated by size [default:
+    /// <root>/logs/proxy-access.log], `stderr` (with the server's own log) or `off`.
+    #[arg(
+        long = "proxy-access-log",
+        env = "BERTH_PROXY_ACCESS_LOG",
+        value_name = "FILE|stderr|off"
+    )]
+    proxy_access_log: Option<String>,
+    /// The size at which the access log file is rotated.
+    #[arg(
+        long = "proxy-access-log-max-size",
+        env = "BERTH_PROXY_ACCESS_LOG_MAX_SIZE",
+        default_value = "100MiB",
+        value_name = "SIZE"
+    )]
+    proxy_access_log_max_size: berth_units::ByteSize,
+    /// How many access log files are kept, the current one included (at least 1).
+    #[arg(
+        long = "proxy-access-log-max-files",
+        env = "BERTH_PROXY_ACCESS_LOG_MAX_FILES",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(1..=1000)
+    )]
+    proxy_access_log_max_files: u32,
+}
+
+impl ServerArgs {
+    /// Where the proxy's access log goes, as the flags say.
+    pub(crate) fn access_log(&self, root: &Path) -> crate::logging::AccessLog {
+        use crate::logging::AccessLog;
+        let limits = berth_runtime::logs::LogLimits {
+            max_file_bytes: self.proxy_access_log_max_size.0.max(1),
+            max_files: self.proxy_access_log_max_files,
+        };
+        match self.proxy_access_log.as_deref() {
+            Some("stderr") => AccessLog::Stderr,
+            Some("off") => AccessLog::Off,
+            Some(path) => AccessLog::File {
+                path: PathBuf::from(path),
+                limits,
+            },
+            None => AccessLog::File {
+                path: root.join("logs").join("proxy-access.log"),
+                limits,
+            },
+        }
+    }
 }
 
 /// `HOST[,HOST...]=CERT.pem:KEY.pem`

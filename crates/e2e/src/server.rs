@@ -27,6 +27,8 @@ pub struct BerthServer {
     dns_port: u16,
     catalog_port: u16,
     proxy_port: u16,
+    /// More arguments for `berth server`.
+    extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -49,6 +51,15 @@ impl BerthServer {
     /// Starts `binary` as the server, logging with `filter`, with `extra` appended to its
     /// node config file (e.g. a `[registry]` table).
     pub fn start_configured(binary: &Path, filter: &str, extra: &str) -> BerthServer {
+        BerthServer::start_full(binary, filter, extra, &[])
+    }
+
+    /// Starts `binary` as the server with `args` added to `berth server`'s own.
+    pub fn start_args(binary: &Path, filter: &str, args: &[&str]) -> BerthServer {
+        BerthServer::start_full(binary, filter, "", args)
+    }
+
+    fn start_full(binary: &Path, filter: &str, extra: &str, args: &[&str]) -> BerthServer {
         let dir = tempfile::Builder::new()
             .prefix("berth-server.")
             .tempdir()
@@ -71,6 +82,7 @@ impl BerthServer {
             dns_port: free_port(),
             catalog_port: free_port(),
             proxy_port: free_port(),
+            extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
         };
         server.spawn();
@@ -135,6 +147,7 @@ impl BerthServer {
             ])
             .args(["--proxy-listen", &format!("127.0.0.1:{}", self.proxy_port)])
             .arg("--container-dns")
+            .args(&self.extra_args)
             .env("BERTH_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).unwrap())

@@ -301,3 +301,56 @@ deploy = {{ min_healthy_time = "0s" }}
     assert!(!volume("wiped").exists(), "its volume was removed");
     assert!(server.containers("wiped").is_empty());
 }
+
+#[test]
+fn the_proxy_access_log_is_rotated_and_capped() {
+    let server = BerthServer::start_args(
+        &berth_binary(),
+        "info",
+        &[
+            "--proxy-access-log-max-size",
+            "4KiB",
+            "--proxy-access-log-max-files",
+            "2",
+        ],
+    );
+    let client = reqwest::blocking::Client::new();
+    for n in 0..300 {
+        // No route: 404s, each one an access log line.
+        let response = client
+            .get(format!("{}/nothing/{n}", server.proxy_url()))
+            .header("Host", "nowhere.test")
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 404);
+    }
+    let dir = server.root().join("logs");
+    let current = std::fs::read_to_string(dir.join("proxy-access.log")).unwrap();
+    let rotated = std::fs::read_to_string(dir.join("proxy-access.log.1")).unwrap();
+    assert!(
+        !dir.join("proxy-access.log.2").exists(),
+        "more files than kept"
+    );
+    for file in [&current, &rotated] {
+        assert!(
+            file.len() <= 4096,
+            "a file past its size: {} bytes",
+            file.len()
+        );
+        assert!(
+            file.lines()
+                .all(|l| l.contains("berth_proxy::access") && l.contains("status=404")),
+            "{file}"
+        );
+    }
+    let lines = current.lines().count() + rotated.lines().count();
+    assert!(lines > 10, "{lines} lines");
+    assert!(
+        current.contains("/nothing/299"),
+        "the newest request is in the current file"
+    );
+    assert!(
+        !server.log().contains("berth_proxy::access"),
+        "the access log still goes to stderr too"
+    );
+}

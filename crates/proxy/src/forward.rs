@@ -164,16 +164,9 @@ impl Shared {
                 in_flight: None,
             };
             let now = self.upstreams.now_ms();
-            let first = route.pick_group();
-            // The weighted choice first; when all its upstreams were tried, any other group
-            // that still takes new requests.
-            let others = route.groups.iter().filter(|g| route.takes_requests(g));
-            let chosen = first
-                .into_iter()
-                .chain(others)
-                .find_map(|g| g.pick(route.balance, tried, now).map(|u| (g, u)));
-            let Some((group, upstream)) = chosen else {
-                if let Some(g) = first {
+            let Some((group, upstream)) = route.pick(tried, now) else {
+                // Nothing left to try: the answer counts for the group that would have had it.
+                if let Some(g) = route.pick_group() {
                     picked.group = Some((Arc::clone(&g.label), Arc::clone(&g.stats)));
                 }
                 return Some(picked);

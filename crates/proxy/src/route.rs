@@ -258,14 +258,9 @@ impl LiveGroup {
         }
     }
 
-    /// Chooses an upstream by `balance`, skipping those in `tried` and preferring ones not
-    /// marked failed; falls back to a failed one when nothing else is left.
-    pub fn pick(
-        &self,
-        balance: Balance,
-        tried: &[SocketAddr],
-        now_ms: u64,
-    ) -> Option<&Arc<Upstream>> {
+    /// The group's next upstream in turn (round robin), skipping those in `tried` and
+    /// preferring ones not marked failed; a failed one when nothing else is left.
+    pub fn pick(&self, tried: &[SocketAddr], now_ms: u64) -> Option<&Arc<Upstream>> {
         let n = self.upstreams.len();
         if n == 0 {
             return None;
@@ -276,14 +271,9 @@ impl LiveGroup {
                 .map(move |i| &self.upstreams[(start + i) % n])
                 .filter(|u| !tried.contains(&u.addr))
         };
-        let choose = |healthy_only: bool| {
-            let mut pool = candidates().filter(|u| !healthy_only || !u.is_failed(now_ms));
-            match balance {
-                Balance::RoundRobin => pool.next(),
-                Balance::LeastOutstanding => pool.min_by_key(|u| u.in_flight()),
-            }
-        };
-        choose(true).or_else(|| choose(false))
+        candidates()
+            .find(|u| !u.is_failed(now_ms))
+            .or_else(|| candidates().next())
     }
 }
 
@@ -298,8 +288,10 @@ pub struct LiveRoute {
     pub balance: Balance,
     /// Its groups.
     pub groups: Vec<LiveGroup>,
-    /// Chooses a group by weight.
+    /// Chooses a group by weight (round robin).
     picker: WeightedPicker,
+    /// Where the next least-outstanding scan starts, so that equal loads take turns.
+    next: AtomicUsize,
     /// The route's metrics.
     pub stats: Arc<Stats>,
 }
@@ -322,9 +314,69 @@ impl LiveRoute {
             path_prefix,
             balance,
             picker: WeightedPicker::new(&weights),
+            next: AtomicUsize::new(0),
             groups,
             stats,
         }
+    }
+
+    /// The group and upstream the next request goes to, skipping upstreams in `tried` and
+    /// preferring ones not marked failed (a failed one only when nothing else is left).
+    ///
+    /// Least outstanding: every upstream of every group that takes requests competes, and
+    /// the one with the least load wins, its load being its requests in flight per share of
+    /// the route's weight (its group's weight spread over the group's upstreams). Release
+    /// weights hold, while a slow or cold instance, of whatever release, gets fewer requests
+    /// instead of its fixed turn. Round robin: the weighted group choice, then the group's
+    /// next upstream (another group when all of its were tried).
+    pub fn pick(&self, tried: &[SocketAddr], now_ms: u64) -> Option<(&LiveGroup, &Arc<Upstream>)> {
+        match self.balance {
+            Balance::RoundRobin => self
+                .pick_group()
+                .into_iter()
+                .chain(self.groups.iter().filter(|g| self.takes_requests(g)))
+                .find_map(|g| g.pick(tried, now_ms).map(|u| (g, u))),
+            Balance::LeastOutstanding => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                self.least_loaded(start, tried, now_ms, true)
+                    .or_else(|| self.least_loaded(start, tried, now_ms, false))
+            }
+        }
+    }
+
+    fn least_loaded(
+        &self,
+        start: usize,
+        tried: &[SocketAddr],
+        now_ms: u64,
+        healthy_only: bool,
+    ) -> Option<(&LiveGroup, &Arc<Upstream>)> {
+        // (group, upstream, in flight + 1, upstreams in the group, group weight)
+        let mut best: Option<(&LiveGroup, &Arc<Upstream>, u128, u128, u128)> = None;
+        let groups = self.groups.len();
+        for g in 0..groups {
+            let group = &self.groups[(start + g) % groups];
+            if !self.takes_requests(group) {
+                continue;
+            }
+            let n = group.upstreams.len();
+            for u in 0..n {
+                let upstream = &group.upstreams[(start + u) % n];
+                if tried.contains(&upstream.addr) || (healthy_only && upstream.is_failed(now_ms)) {
+                    continue;
+                }
+                let load = upstream.in_flight() as u128 + 1;
+                let (count, weight) = (n as u128, u128::from(group.weight));
+                // load / (weight / count) < best_load / (best_weight / best_count)
+                let better = best.is_none_or(|(_, _, b_load, b_count, b_weight)| {
+                    load * count * b_weight < b_load * b_count * weight
+                });
+                if better {
+                    best = Some((group, upstream, load, count, weight));
+                }
+            }
+        }
+        best.map(|(group, upstream, ..)| (group, upstream))
     }
 
     /// Whether `group` gets new requests at all (weight above 0 and some upstream).

@@ -62,29 +62,14 @@ impl Stream {
 /// pumps of one container.
 #[derive(Clone)]
 pub struct LogWriter {
-    inner: Arc<Mutex<Current>>,
-}
-
-struct Current {
-    dir: PathBuf,
-    limits: LogLimits,
-    file: File,
-    size: u64,
+    inner: Arc<Mutex<RotatingFile>>,
 }
 
 impl LogWriter {
     /// Opens (appending to) the log in `dir`.
     pub fn open(dir: &Path, limits: LogLimits) -> io::Result<LogWriter> {
-        fs::create_dir_all(dir)?;
-        let file = open_append(&dir.join(LOG_FILE))?;
-        let size = file.metadata()?.len();
         Ok(LogWriter {
-            inner: Arc::new(Mutex::new(Current {
-                dir: dir.to_owned(),
-                limits,
-                file,
-                size,
-            })),
+            inner: Arc::new(Mutex::new(RotatingFile::open(dir, LOG_FILE, limits)?)),
         })
     }
 
@@ -100,13 +85,10 @@ impl LogWriter {
         record.extend_from_slice(if partial { b" P " } else { b" F " });
         record.extend_from_slice(text);
         record.push(b'\n');
-        let mut current = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if current.size > 0 && current.size + record.len() as u64 > current.limits.max_file_bytes {
-            current.rotate()?;
-        }
-        current.file.write_all(&record)?;
-        current.size += record.len() as u64;
-        Ok(())
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_record(&record)
     }
 
     /// Copies `reader` into records until end of file: one record per line, long lines split.
@@ -130,27 +112,66 @@ impl LogWriter {
     }
 }
 
-impl Current {
+/// A log file bounded by size: records are appended to `dir/NAME`; one that would take it
+/// past `max_file_bytes` first rotates it to `NAME.1` (the older ones to `NAME.2`, … and the
+/// oldest away), so at most `max_files` files of about `max_file_bytes` each are kept. A
+/// record is never split across files.
+pub struct RotatingFile {
+    dir: PathBuf,
+    name: String,
+    limits: LogLimits,
+    file: File,
+    size: u64,
+}
+
+impl RotatingFile {
+    /// Opens (appending to) `dir/name`, creating `dir` if needed.
+    pub fn open(dir: &Path, name: &str, limits: LogLimits) -> io::Result<RotatingFile> {
+        fs::create_dir_all(dir)?;
+        let file = open_append(&dir.join(name))?;
+        let size = file.metadata()?.len();
+        Ok(RotatingFile {
+            dir: dir.to_owned(),
+            name: name.to_owned(),
+            limits,
+            file,
+            size,
+        })
+    }
+
+    /// Appends one whole record, rotating first when it would not fit.
+    pub fn write_record(&mut self, record: &[u8]) -> io::Result<()> {
+        if self.size > 0 && self.size + record.len() as u64 > self.limits.max_file_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(record)?;
+        self.size += record.len() as u64;
+        Ok(())
+    }
+
+    fn path(&self, n: u32) -> PathBuf {
+        match n {
+            0 => self.dir.join(&self.name),
+            n => self.dir.join(format!("{}.{n}", self.name)),
+        }
+    }
+
     fn rotate(&mut self) -> io::Result<()> {
         let keep = self.limits.max_files.max(1);
-        let path = |n: u32| match n {
-            0 => self.dir.join(LOG_FILE),
-            n => self.dir.join(format!("{LOG_FILE}.{n}")),
-        };
         if keep == 1 {
             self.file.set_len(0)?;
             self.size = 0;
             return Ok(());
         }
-        let _ = fs::remove_file(path(keep - 1));
+        let _ = fs::remove_file(self.path(keep - 1));
         for n in (0..keep - 1).rev() {
-            match fs::rename(path(n), path(n + 1)) {
+            match fs::rename(self.path(n), self.path(n + 1)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
         }
-        self.file = open_append(&path(0))?;
+        self.file = open_append(&self.path(0))?;
         self.size = 0;
         Ok(())
     }

@@ -144,3 +144,117 @@ mod properties {
         }
     }
 }
+
+mod balancing {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::upstream::{InFlight, Registry};
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// A route over groups of `(label, weight, ports)`, least outstanding.
+    fn route_of(registry: &Registry, groups: &[(&str, u32, &[u16])]) -> LiveRoute {
+        let all: Vec<SocketAddr> = groups
+            .iter()
+            .flat_map(|(_, _, ports)| ports.iter().map(|p| addr(*p)))
+            .collect();
+        let resolved = registry.resolve(&all).unwrap();
+        resolved.mark();
+        let live = groups
+            .iter()
+            .map(|(label, weight, ports)| {
+                let upstreams = ports
+                    .iter()
+                    .map(|p| resolved.live[&addr(*p)].clone())
+                    .collect();
+                LiveGroup::new(label, *weight, upstreams, Arc::default())
+            })
+            .collect();
+        LiveRoute::new(
+            "web.shop",
+            "/".into(),
+            Balance::LeastOutstanding,
+            live,
+            Arc::default(),
+        )
+    }
+
+    /// Picks `n` times, each request staying in flight, and counts the picks per port.
+    fn hold(route: &LiveRoute, n: usize, held: &mut Vec<InFlight>) -> BTreeMap<u16, usize> {
+        let mut counts = BTreeMap::new();
+        for _ in 0..n {
+            let (_, upstream) = route.pick(&[], 0).unwrap();
+            *counts.entry(upstream.addr.port()).or_default() += 1;
+            held.push(upstream.begin().unwrap());
+        }
+        counts
+    }
+
+    #[test]
+    fn the_least_loaded_instance_of_any_release_gets_the_request() {
+        let registry = Registry::new(Duration::from_secs(1));
+        // A rolling deploy: three old instances, one new one, every instance weighs 1.
+        let route = route_of(&registry, &[("1", 3, &[1, 2, 3]), ("2", 1, &[4])]);
+        let mut held = Vec::new();
+        // The old instances are busy (5 each); the new one is idle and takes the next 15.
+        for port in [1, 2, 3] {
+            for _ in 0..5 {
+                held.push(registry.get(addr(port)).unwrap().begin().unwrap());
+            }
+        }
+        let first = hold(&route, 5, &mut held);
+        assert_eq!(first, BTreeMap::from([(4, 5)]), "the idle instance first");
+        hold(&route, 10, &mut held);
+        // Then they take turns: every instance's load is within one of the others'.
+        let loads: Vec<usize> = [1, 2, 3, 4]
+            .iter()
+            .map(|p| registry.in_flight(addr(*p)))
+            .collect();
+        assert!(
+            loads.iter().max().unwrap() - loads.iter().min().unwrap() <= 1,
+            "{loads:?}"
+        );
+    }
+
+    #[test]
+    fn release_weights_hold_among_idle_instances() {
+        let registry = Registry::new(Duration::from_secs(1));
+        // A canary weighted 1 in 4 by its group, with one instance against three.
+        let route = route_of(&registry, &[("1", 3, &[1, 2, 3]), ("2", 1, &[4])]);
+        let mut held = Vec::new();
+        let counts = hold(&route, 400, &mut held);
+        assert_eq!(
+            counts.values().copied().collect::<Vec<_>>(),
+            [100, 100, 100, 100]
+        );
+        // A group weighted 3 with one instance takes three times the requests of a group
+        // weighted 1 with one instance.
+        let registry = Registry::new(Duration::from_secs(1));
+        let route = route_of(&registry, &[("1", 3, &[5]), ("2", 1, &[6])]);
+        let mut held = Vec::new();
+        let counts = hold(&route, 400, &mut held);
+        assert_eq!(counts.get(&5), Some(&300), "{counts:?}");
+        assert_eq!(counts.get(&6), Some(&100), "{counts:?}");
+    }
+
+    #[test]
+    fn tried_and_failed_instances_are_skipped_while_others_remain() {
+        let registry = Registry::new(Duration::from_secs(60));
+        let route = route_of(&registry, &[("1", 1, &[1]), ("2", 1, &[2])]);
+        let (_, first) = route.pick(&[addr(1)], 0).unwrap();
+        assert_eq!(first.addr, addr(2));
+        registry.mark_failed(&registry.get(addr(2)).unwrap());
+        let now = registry.now_ms();
+        for _ in 0..4 {
+            assert_eq!(route.pick(&[], now).unwrap().1.addr, addr(1));
+        }
+        // Only failed ones left: one of them rather than none.
+        assert_eq!(route.pick(&[addr(1)], now).unwrap().1.addr, addr(2));
+        assert!(route.pick(&[addr(1), addr(2)], now).is_none());
+    }
+}
