@@ -170,6 +170,10 @@ pub struct DeployArgs {
     /// instances) and store nothing. Images are still resolved to digests.
     #[arg(long)]
     dry_run: bool,
+    /// Follow a blue/green deploy to its very end (until the old set is stopped after
+    /// `keep_old`) instead of returning once traffic switched.
+    #[arg(long, conflicts_with = "no_wait")]
+    wait: bool,
 }
 
 /// `berth status`
@@ -435,11 +439,34 @@ pub fn deploy(args: DeployArgs, root: &Path) -> anyhow::Result<ExitCode> {
     if args.no_wait || args.dry_run {
         return Ok(ExitCode::SUCCESS);
     }
-    follow(&client, &app, release)
+    follow(&client, &app, release, args.wait)
 }
 
-/// Prints instance progress until `release` of `app` is live (success) or failed.
-fn follow(client: &Client, app: &str, release: u64) -> anyhow::Result<ExitCode> {
+/// Whether every service of `view` runs its release and, among them, a blue/green deploy
+/// switched its traffic but still holds its old set (for `keep_old`).
+fn switched(view: &Value) -> bool {
+    let services = view["services"].as_array().cloned().unwrap_or_default();
+    let mut holding = false;
+    for service in &services {
+        let deploy = &service["deploy"];
+        if deploy["to_release"] != service["release"] || deploy["failed"] == true {
+            return false;
+        }
+        if deploy["finished"] == true {
+            continue;
+        }
+        if service["strategy"] == "blue_green" && deploy["step"].as_u64() >= Some(1) {
+            holding = true;
+        } else {
+            return false;
+        }
+    }
+    holding
+}
+
+/// Prints instance progress until `release` of `app` is live (success) or failed, or, unless
+/// `to_the_end`, until a blue/green deploy switched its traffic.
+fn follow(client: &Client, app: &str, release: u64, to_the_end: bool) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut shown: BTreeMap<String, String> = BTreeMap::new();
     loop {
@@ -473,6 +500,13 @@ fn follow(client: &Client, app: &str, release: u64) -> anyhow::Result<ExitCode> 
             .find(|r| r["number"].as_u64() == Some(release));
         let status = ours.and_then(|r| r["status"].as_str()).unwrap_or_default();
         let desired = view["desired_release"].as_u64().unwrap_or_default();
+        if status == "deploying" && desired == release && !to_the_end && switched(&view) {
+            println!(
+                "release {app}#{release} switched in {:.1}s: all traffic on its instances; the old set is kept until keep_old passes, for an instant rollback (berth deploy --wait follows to the end)",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         match status {
             "live" => {
                 println!(
@@ -651,7 +685,7 @@ pub fn rollback(args: RollbackArgs, root: &Path) -> anyhow::Result<ExitCode> {
     if args.no_wait {
         return Ok(ExitCode::SUCCESS);
     }
-    follow(&client, &args.app, to)
+    follow(&client, &args.app, to, false)
 }
 
 /// `#7` for a release number in a JSON answer.

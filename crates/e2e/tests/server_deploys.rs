@@ -354,3 +354,46 @@ fn the_proxy_access_log_is_rotated_and_capped() {
         "the access log still goes to stderr too"
     );
 }
+
+#[test]
+fn a_blue_green_deploy_returns_when_traffic_switched_unless_told_to_wait() {
+    let server = BerthServer::start_logging(&berth_binary(), "info");
+    let registry = format!("http://{}", server.registry());
+    for tag in ["v1", "v2", "v3"] {
+        push_web(&registry, "bg/web", tag, tag, 8080);
+    }
+    let spec = |tag: &str, keep_old: &str| {
+        berth_e2e::server::web_spec(
+            &server,
+            "bg",
+            tag,
+            2,
+            "300ms",
+            &format!("strategy = \"blue_green\"\nkeep_old = \"{keep_old}\""),
+        )
+    };
+    deploy_ok(&server, "v1", &spec("v1", "30s"));
+    let out = deploy_ok(&server, "v2", &spec("v2", "30s"));
+    assert!(out.contains("release bg#2 switched in"), "{out}");
+    // It returned while the old set is still kept.
+    let releases: Vec<u64> = berth_e2e::server::instances_in(&server.status("bg"))
+        .iter()
+        .map(|i| i["release"].as_u64().unwrap())
+        .collect();
+    assert!(
+        releases.contains(&1),
+        "the old set is already gone: {releases:?}"
+    );
+
+    // --wait follows to the end: the old set stopped, the release live.
+    let path = server.dir().join("v3.toml");
+    std::fs::write(&path, spec("v3", "2s")).unwrap();
+    let out = server.ok(&["deploy", "--wait", "-f", path.to_str().unwrap()]);
+    assert!(out.contains("release bg#3 live in"), "{out}");
+    assert!(!out.contains("switched in"), "{out}");
+    let releases: Vec<u64> = berth_e2e::server::instances_in(&server.status("bg"))
+        .iter()
+        .map(|i| i["release"].as_u64().unwrap())
+        .collect();
+    assert!(releases.iter().all(|r| *r == 3), "{releases:?}");
+}

@@ -180,6 +180,8 @@ pub struct ServiceView {
     pub replicas: u32,
     /// The release it should run.
     pub release: ReleaseId,
+    /// How it deploys: `rolling`, `blue_green` or `canary`.
+    pub strategy: &'static str,
     /// The latest deploy of the service.
     pub deploy: Option<crate::releases::DeployRecord>,
     /// What the planner waits for, if anything.
@@ -1467,6 +1469,11 @@ impl Controller {
                 release: releases
                     .get(&state.desired)
                     .map_or(state.desired, |release| release.revision(name)),
+                strategy: match service.deploy.strategy {
+                    berth_core::spec::Strategy::Rolling(_) => "rolling",
+                    berth_core::spec::Strategy::BlueGreen(_) => "blue_green",
+                    berth_core::spec::Strategy::Canary(_) => "canary",
+                },
                 deploy: state.deploys.get(name).cloned(),
                 waiting: waiting.remove(name).unwrap_or_default(),
                 instances: instances
