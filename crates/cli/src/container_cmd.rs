@@ -488,6 +488,9 @@ fn status_text(c: &Container) -> String {
         Status::Running => format!("up {}", since(&c.state.started_at))
             .trim()
             .to_owned(),
+        Status::Paused => format!("paused {}", since(&c.state.paused_at))
+            .trim()
+            .to_owned(),
         Status::Restarting => format!(
             "restarting (exit {}, {} restarts)",
             c.state.exit.map_or(0, |e| e.code),

@@ -99,6 +99,9 @@ pub struct DesiredService {
     pub volumes_exclusive: bool,
     /// Whether an exited instance is replaced.
     pub restart: RestartPolicy,
+    /// How long instances a deploy replaces stay parked (frozen) for an instant rollback;
+    /// zero stops them.
+    pub keep_warm: Duration,
 }
 
 impl DesiredService {
@@ -137,6 +140,7 @@ impl DesiredService {
             depends_on: spec.depends_on.clone(),
             volumes_exclusive: spec.has_exclusive_volume(),
             restart: spec.restart,
+            keep_warm: spec.deploy.keep_warm,
         }
     }
 }
@@ -234,6 +238,14 @@ pub enum InstanceState {
     },
     /// Asked to stop; still holding its resources and volumes.
     Stopping,
+    /// Replaced by a deploy and frozen (the cgroup freezer): it holds its memory but no
+    /// CPU, serves nothing, and does not count against the strategy's limits. A rollback to
+    /// its release thaws it ([`Action::Unpark`]) instead of starting a new instance;
+    /// `keep_warm` after `since` it is stopped.
+    Parked {
+        /// When it was parked.
+        since: Timestamp,
+    },
     /// Its process exited.
     Exited {
         /// The exit code.
@@ -246,12 +258,17 @@ pub enum InstanceState {
 }
 
 impl Instance {
-    /// Not exited or failed: it holds resources and volumes.
+    /// Not exited, failed or parked: it counts against the strategy's limits.
     pub fn is_live(&self) -> bool {
         !matches!(
             self.state,
-            InstanceState::Exited { .. } | InstanceState::Failed
+            InstanceState::Exited { .. } | InstanceState::Failed | InstanceState::Parked { .. }
         )
+    }
+
+    /// Frozen for an instant rollback.
+    pub fn is_parked(&self) -> bool {
+        matches!(self.state, InstanceState::Parked { .. })
     }
 
     /// Running and healthy: it can take traffic.
@@ -395,6 +412,21 @@ pub enum Action {
         /// Why.
         reason: String,
     },
+    /// Freeze a replaced instance for an instant rollback (it leaves traffic first).
+    Park {
+        /// The instance's id.
+        instance: String,
+        /// Why.
+        reason: String,
+    },
+    /// Thaw a parked instance of the release being deployed again (a rollback); it serves
+    /// at once.
+    Unpark {
+        /// The instance's id.
+        instance: String,
+        /// Why.
+        reason: String,
+    },
     /// The deploy completed: set `finished`.
     FinishDeploy {
         /// The service.
@@ -413,6 +445,8 @@ impl Action {
             Action::BeginDeploy { reason, .. }
             | Action::Start { reason, .. }
             | Action::Stop { reason, .. }
+            | Action::Park { reason, .. }
+            | Action::Unpark { reason, .. }
             | Action::AdvanceStep { reason, .. }
             | Action::Wait { reason, .. }
             | Action::MarkDeployFailed { reason, .. }
@@ -429,7 +463,7 @@ impl Action {
 pub fn plan(desired: &Desired, observed: &Observed, now: Timestamp) -> Vec<Action> {
     let mut actions = Vec::new();
     for instance in &observed.instances {
-        if instance.is_live()
+        if (instance.is_live() || instance.is_parked())
             && instance.state != InstanceState::Stopping
             && !desired.services.contains_key(&instance.service)
         {

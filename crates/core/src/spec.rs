@@ -235,6 +235,15 @@ pub struct DeploySpec {
     pub strategy: Strategy,
     /// Error-rate and latency limits the proxy watches after a deploy (kept for the proxy).
     pub auto_rollback: Option<AutoRollback>,
+    /// How long the instances a deploy replaces stay warm (frozen with the cgroup freezer:
+    /// their memory kept, no CPU used), so that a rollback to them is a route switch
+    /// (default 5m; `0s` stops them at once).
+    pub keep_warm: Duration,
+}
+
+impl DeploySpec {
+    /// The default `keep_warm`.
+    pub const DEFAULT_KEEP_WARM: Duration = Duration::from_secs(300);
 }
 
 impl Default for DeploySpec {
@@ -242,6 +251,7 @@ impl Default for DeploySpec {
         DeploySpec {
             strategy: Strategy::Rolling(Rolling::default()),
             auto_rollback: None,
+            keep_warm: DeploySpec::DEFAULT_KEEP_WARM,
         }
     }
 }

@@ -61,6 +61,9 @@ max_surge = 1
 max_unavailable = {MAX_UNAVAILABLE}
 min_healthy_time = "1s"
 healthy_deadline = "6s"
+# This test counts the node's containers: replaced instances stop rather than stay warm
+# (warm rollbacks are server_deploys.rs' own test).
+keep_warm = "0s"
 "#,
             self.registry()
         )

@@ -127,8 +127,12 @@ impl Sampler {
 
 /// A spec of one busybox httpd service `web` serving /index.html on 8080, checked every
 /// 300 ms, with `deploy` as its deploy table and `extra` appended.
+/// These tests count the node's live containers against the strategies' limits: replaced
+/// instances stop rather than stay warm (`keep_warm = "0s"`; warm rollbacks have their own
+/// test in server_deploys.rs).
 fn web_spec(server: &BerthServer, app: &str, tag: &str, replicas: usize, deploy: &str) -> String {
-    berth_e2e::server::web_spec(server, app, tag, replicas, "300ms", deploy)
+    let deploy = format!("{deploy}\nkeep_warm = \"0s\"");
+    berth_e2e::server::web_spec(server, app, tag, replicas, "300ms", &deploy)
 }
 
 fn push(server: &BerthServer, app: &str, tags: &[&str]) {

@@ -23,6 +23,8 @@ pub const RECORD_FILE: &str = "container.json";
 pub const STATE_FILE: &str = "state.json";
 /// Present while a stop was asked for: the monitor does not restart the container.
 pub const STOP_FILE: &str = "stop-requested";
+/// The marker of a paused container (it holds the time it was paused, RFC 3339).
+pub const PAUSED_FILE: &str = "paused";
 
 /// When the monitor restarts a container that exited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -411,6 +413,10 @@ pub enum Status {
     Restarting,
     /// It exited and stays so.
     Exited,
+    /// Its processes are frozen (`berth` paused it with the cgroup freezer): it holds its
+    /// memory and uses no CPU. Never written by the monitor: a container is paused while
+    /// the `paused` marker of its directory exists.
+    Paused,
 }
 
 /// What the monitor keeps current.
@@ -439,6 +445,9 @@ pub struct ContainerState {
     /// Why it could not start or could not be watched.
     #[serde(default)]
     pub error: Option<String>,
+    /// Since when it has been paused, RFC 3339 (from the `paused` marker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_at: Option<String>,
 }
 
 /// Writes `value` as JSON to `path` atomically (temporary file, rename) and durably (fsync

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::container::{
     process_for, read_json, resolve_user, write_json, write_json_private, ContainerRecord,
-    ContainerRequest, ContainerState, NetworkMode, Status, RECORD_FILE, STATE_FILE, STOP_FILE,
+    ContainerRequest, ContainerState, NetworkMode, Status, PAUSED_FILE, RECORD_FILE, STATE_FILE,
+    STOP_FILE,
 };
 use crate::host::RuntimeKind;
 use crate::image::{ImageError, ImageStore};
@@ -109,9 +110,12 @@ impl Container {
         self.dir.join("logs")
     }
 
-    /// Whether its process runs, or will run again.
+    /// Whether its process runs (or is paused), or will run again.
     pub fn is_active(&self) -> bool {
-        matches!(self.state.status, Status::Running | Status::Restarting)
+        matches!(
+            self.state.status,
+            Status::Running | Status::Restarting | Status::Paused
+        )
     }
 }
 
@@ -175,6 +179,12 @@ impl Node {
     fn load(&self, record: ContainerRecord, dir: PathBuf) -> Container {
         let mut state: ContainerState = read_json(&dir.join(STATE_FILE)).unwrap_or_default();
         reconcile(&record, &mut state, &dir);
+        if state.status == Status::Running {
+            if let Ok(since) = fs::read_to_string(dir.join(PAUSED_FILE)) {
+                state.status = Status::Paused;
+                state.paused_at = Some(since.trim().to_owned());
+            }
+        }
         Container { record, state, dir }
     }
 
@@ -530,10 +540,64 @@ impl Node {
             .map_err(io("writing the container record"))
     }
 
-    /// Asks the container to stop (its stop signal, then SIGKILL after `timeout`) and waits
-    /// until it has. The restart policy does not apply to a stop.
-    pub fn stop(&self, name_or_id: &str, timeout: Duration) -> Result<Container, NodeError> {
+    /// Freezes a running container's processes with the cgroup freezer: it keeps its memory,
+    /// its address and its mounts, and uses no CPU, until [`Node::resume`].
+    pub fn pause(&self, name_or_id: &str) -> Result<Container, NodeError> {
         let container = self.get(name_or_id)?;
+        if container.state.status != Status::Running {
+            return Err(NodeError::Invalid(format!(
+                "container {} is not running",
+                container.record.name
+            )));
+        }
+        container
+            .record
+            .runtime
+            .driver()
+            .pause(&container.record.id)?;
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        fs::write(container.dir.join(PAUSED_FILE), now).map_err(io("marking it paused"))?;
+        self.get(&container.record.id)
+    }
+
+    /// Thaws a paused container.
+    pub fn resume(&self, name_or_id: &str) -> Result<Container, NodeError> {
+        let container = self.get(name_or_id)?;
+        if container.state.status != Status::Paused {
+            return Err(NodeError::Invalid(format!(
+                "container {} is not paused",
+                container.record.name
+            )));
+        }
+        self.thaw(&container)?;
+        self.get(&container.record.id)
+    }
+
+    fn thaw(&self, container: &Container) -> Result<(), NodeError> {
+        container
+            .record
+            .runtime
+            .driver()
+            .resume(&container.record.id)?;
+        match fs::remove_file(container.dir.join(PAUSED_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io("removing the paused marker")(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Asks the container to stop (its stop signal, then SIGKILL after `timeout`) and waits
+    /// until it has. The restart policy does not apply to a stop. A paused container is
+    /// thawed first: frozen processes take no signal.
+    pub fn stop(&self, name_or_id: &str, timeout: Duration) -> Result<Container, NodeError> {
+        let mut container = self.get(name_or_id)?;
+        if container.state.status == Status::Paused {
+            self.thaw(&container)?;
+            container = self.get(&container.record.id)?;
+        }
         fs::write(container.dir.join(STOP_FILE), b"").map_err(io("requesting the stop"))?;
         if !container.is_active() {
             return Ok(container);

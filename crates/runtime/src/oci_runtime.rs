@@ -61,6 +61,11 @@ pub trait OciRuntime: Send + Sync {
     ) -> Result<(), DriverError>;
     /// Sends `signal` (a name like `TERM` or a number) to the container's init.
     fn kill(&self, id: &str, signal: &str) -> Result<(), DriverError>;
+    /// Freezes every process of the container (the cgroup freezer): it keeps its memory and
+    /// uses no CPU.
+    fn pause(&self, id: &str) -> Result<(), DriverError>;
+    /// Thaws a paused container.
+    fn resume(&self, id: &str) -> Result<(), DriverError>;
     /// Deletes the container (also when it still runs: `--force`). Deleting an unknown
     /// container is not an error.
     fn delete(&self, id: &str) -> Result<(), DriverError>;
@@ -302,6 +307,24 @@ impl OciRuntime for CliRuntime {
             Ok(())
         } else {
             Err(self.failed("kill", &output))
+        }
+    }
+
+    fn pause(&self, id: &str) -> Result<(), DriverError> {
+        let output = self.output("pause", &[id])?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(self.failed("pause", &output))
+        }
+    }
+
+    fn resume(&self, id: &str) -> Result<(), DriverError> {
+        let output = self.output("resume", &[id])?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(self.failed("resume", &output))
         }
     }
 

@@ -10,6 +10,7 @@
 mod removal;
 #[cfg(test)]
 mod tests;
+mod warm;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -97,6 +98,9 @@ struct Inner {
     watch_until: BTreeMap<(String, String, ReleaseId), Timestamp>,
     /// Recent samples of the proxy's counters, to judge releases over sliding windows.
     windows: crate::traffic::window::Windows,
+    /// Since when parked (frozen) containers were healthy before they were parked, by
+    /// container id: a thawed one is healthy again at once (its checker goes on from there).
+    warm_health: HashMap<String, Timestamp>,
 }
 
 /// Something the controller is doing to a container.
@@ -115,6 +119,8 @@ pub enum Work {
     },
     /// Being stopped and removed.
     Stopping,
+    /// Leaving traffic (drained), then frozen.
+    Parking,
     /// An exited container being removed.
     Removing,
     /// The start failed; kept a while so the planner sees it (and does not retry at once).
@@ -235,6 +241,8 @@ pub struct Seen {
     pub restarts: u32,
     /// Bridge address.
     pub address: Option<String>,
+    /// Since when it has been paused (frozen), if it is.
+    pub paused_at: Option<Timestamp>,
 }
 
 impl Seen {
@@ -255,6 +263,7 @@ impl Seen {
                 .network
                 .as_ref()
                 .map(|attachment| attachment.ip.to_string()),
+            paused_at: parse_time(container.state.paused_at.as_deref()),
         })
     }
 }
@@ -295,7 +304,10 @@ pub fn observe(
         let key = (container.name.service.clone(), container.name.release);
         let verdict = health.get(&container.id).copied();
         let state = match (work, container.status) {
-            (Some(Work::Stopping | Work::Removing), _) => InstanceState::Stopping,
+            (Some(Work::Stopping | Work::Removing | Work::Parking), _) => InstanceState::Stopping,
+            (_, Status::Paused) => InstanceState::Parked {
+                since: container.paused_at.unwrap_or_default(),
+            },
             (_, Status::Running)
                 if checked.contains(&key)
                     && verdict.and_then(|v| v.healthy).is_none()
@@ -512,7 +524,11 @@ fn bookkeeping_events(app: &str, action: &Action, state: &AppState) -> Vec<Event
             });
             std::iter::once(failed).chain(back).collect()
         }
-        Action::Start { .. } | Action::Stop { .. } | Action::Wait { .. } => Vec::new(),
+        Action::Start { .. }
+        | Action::Stop { .. }
+        | Action::Park { .. }
+        | Action::Unpark { .. }
+        | Action::Wait { .. } => Vec::new(),
     }
 }
 
@@ -780,7 +796,9 @@ impl Controller {
     /// Drops the health checkers of containers that are gone.
     fn forget_gone(&self, seen: &[Seen]) {
         let ids: BTreeSet<&str> = seen.iter().map(|s| s.id.as_str()).collect();
-        self.lock().health.retain(|id, _| ids.contains(id.as_str()));
+        let mut inner = self.lock();
+        inner.health.retain(|id, _| ids.contains(id.as_str()));
+        inner.warm_health.retain(|id, _| ids.contains(id.as_str()));
     }
 
     async fn reconcile(
@@ -887,7 +905,9 @@ impl Controller {
         let stopping: BTreeSet<String> = actions
             .iter()
             .filter_map(|action| match action {
-                Action::Stop { instance, .. } => Some(instance.clone()),
+                Action::Stop { instance, .. } | Action::Park { instance, .. } => {
+                    Some(instance.clone())
+                }
                 _ => None,
             })
             .collect();
@@ -952,6 +972,16 @@ impl Controller {
                         .find(|s| s.name.app == app && s.name.instance == instance)
                         .and_then(|s| s.address.as_deref()?.parse().ok());
                     self.clone().stop(app, &instance, address, spec);
+                }
+                Action::Park { instance, reason } => {
+                    let found = seen
+                        .iter()
+                        .find(|s| s.name.app == app && s.name.instance == instance);
+                    let address = found.and_then(|s| s.address.as_deref()?.parse().ok());
+                    self.clone().park(app, &instance, &reason, address, spec);
+                }
+                Action::Unpark { instance, reason } => {
+                    self.unpark(app, &instance, &reason, seen).await;
                 }
                 Action::Wait {
                     service, reason, ..
@@ -1023,15 +1053,20 @@ impl Controller {
                 health.timeout,
                 sender,
             );
-            self.lock().health.insert(
+            let mut inner = self.lock();
+            // A thawed warm instance was healthy when it was frozen: it is again at once,
+            // and its checker goes on from there.
+            let warm = inner.warm_health.remove(&container.id);
+            inner.health.insert(
                 container.id.clone(),
                 HealthEntry {
                     _checker: Some(checker),
-                    healthy: None,
-                    since: None,
+                    healthy: warm.map(|_| true),
+                    since: warm,
                     detail: String::new(),
                 },
             );
+            drop(inner);
             let controller = Arc::downgrade(self);
             let id = container.id.clone();
             let name = container.name.clone();
@@ -1438,6 +1473,7 @@ impl Controller {
                 ),
                 InstanceState::Unknown { .. } => ("running", "unknown"),
                 InstanceState::Stopping => ("stopping", "none"),
+                InstanceState::Parked { .. } => ("parked", "none"),
                 InstanceState::Exited { .. } => ("exited", "none"),
                 InstanceState::Failed => ("failed", "none"),
             };

@@ -83,6 +83,10 @@ pub enum EventKind {
     InstanceStopping,
     /// An instance is stopped and removed.
     InstanceStopped,
+    /// A replaced instance left traffic and was frozen, kept warm for a rollback.
+    InstanceParked,
+    /// A warm instance was thawed: a rollback to its release.
+    InstanceUnparked,
     /// `berth secret set` stored a new version of a secret.
     SecretSet,
     /// `berth secret rm` deleted a secret.

@@ -299,7 +299,11 @@ impl AppState {
                 deploy.finished = true;
                 changed
             }
-            Action::Start { .. } | Action::Stop { .. } | Action::Wait { .. } => false,
+            Action::Start { .. }
+            | Action::Stop { .. }
+            | Action::Park { .. }
+            | Action::Unpark { .. }
+            | Action::Wait { .. } => false,
         }
     }
 

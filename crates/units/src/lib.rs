@@ -31,9 +31,9 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
     let text = text.trim();
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
     if digits == 0 {
-        return Err(UnitError(
-            "expected a whole number of bytes with an optional unit, like 512, 64Mi or 2GB".into(),
-        ));
+        return Err(UnitError(format!(
+            "`{text}` is not a size: write a whole number of bytes with an optional unit, like 512, 64Mi or 2GB"
+        )));
     }
     let (number, unit) = text.split_at(digits);
     let value: u64 = number

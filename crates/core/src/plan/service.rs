@@ -85,6 +85,53 @@ pub(super) fn plan_service(
     let first_deploy = state.from_release.is_none() || live.iter().all(|i| i.release == target);
     let before = actions.len();
 
+    // Warm instances: thawed when their release is wanted again (a rollback: they serve at
+    // once), stopped once their time is up or when they are not of the release this deploy
+    // replaces (one warm release per service at most).
+    let mut unpark_room =
+        replicas.saturating_sub(count(live.iter().filter(|i| i.release == target)));
+    let mut unparked = 0;
+    for instance in instances.iter().filter(|i| i.is_parked()) {
+        let InstanceState::Parked { since } = instance.state else {
+            continue;
+        };
+        if instance.release == target && unpark_room > 0 {
+            unpark_room -= 1;
+            unparked += 1;
+            actions.push(Action::Unpark {
+                instance: instance.id.clone(),
+                reason: format!(
+                    "release {target} is wanted again: {} was kept warm and serves at once",
+                    instance.id
+                ),
+            });
+            continue;
+        }
+        let expired = now.since(since) >= service.keep_warm;
+        let other = instance.release == target || state.from_release != Some(instance.release);
+        let failed = observed
+            .failed
+            .contains(&(name.to_owned(), instance.release));
+        if expired || other || failed {
+            actions.push(Action::Stop {
+                instance: instance.id.clone(),
+                reason: if expired {
+                    format!(
+                        "{} (release {}) was kept warm for {}s",
+                        instance.id,
+                        instance.release,
+                        service.keep_warm.as_secs()
+                    )
+                } else {
+                    format!(
+                        "{} (release {}) is no longer needed warm",
+                        instance.id, instance.release
+                    )
+                },
+            });
+        }
+    }
+
     // Unhealthy instances are replaced, old or new: they serve nothing. Instances of a
     // release that failed go at once, as long as the desired release has an instance that
     // can take their traffic (with none, they serve until replacements are ready, like any
@@ -174,8 +221,8 @@ pub(super) fn plan_service(
     let mut waits: Vec<(Option<Timestamp>, String)> = Vec::new();
     let want = limits
         .start_target
-        .saturating_sub(count(new.iter()) + settled);
-    let room = limits.cap.saturating_sub(total);
+        .saturating_sub(count(new.iter()) + settled + unparked);
+    let room = limits.cap.saturating_sub(total + unparked);
     if let Some(gate) = &limits.gate {
         waits.push(gate.clone());
     } else if want > 0 && room == 0 && service.volumes_exclusive && total > 0 {
@@ -275,6 +322,24 @@ pub(super) fn plan_service(
             break;
         }
         available -= 1;
+        let warm = !service.keep_warm.is_zero()
+            && !service.volumes_exclusive
+            && state.from_release == Some(instance.release)
+            && !observed
+                .failed
+                .contains(&(name.to_owned(), instance.release));
+        if warm {
+            actions.push(Action::Park {
+                instance: instance.id.clone(),
+                reason: format!(
+                    "{} (release {}) is replaced by release {target}; kept warm for {}s for an instant rollback",
+                    instance.id,
+                    instance.release,
+                    service.keep_warm.as_secs()
+                ),
+            });
+            continue;
+        }
         let reason = if service.volumes_exclusive {
             format!("stopping {} before its replacement starts: the volume of `{name}` is exclusive to one instance", instance.id)
         } else {

@@ -30,6 +30,7 @@ fn service(release: ReleaseId, replicas: u32, strategy: DeployStrategy) -> Desir
         depends_on: BTreeMap::new(),
         volumes_exclusive: false,
         restart: RestartPolicy::Always,
+        keep_warm: Duration::ZERO,
     }
 }
 
@@ -146,6 +147,15 @@ impl Sim {
             .keys()
             .map(|name| (name.clone(), self.live(name).len()))
             .collect();
+        // Parked instances held their memory already: one stopped (it thaws, then stops)
+        // does not count against the limits.
+        let parked_before: BTreeSet<String> = self
+            .observed
+            .instances
+            .iter()
+            .filter(|i| i.is_parked())
+            .map(|i| i.id.clone())
+            .collect();
         for action in &actions {
             if let Action::Start { service, .. } = action {
                 check_dependencies(&self.desired, &self.observed, service)?;
@@ -156,7 +166,11 @@ impl Sim {
         }
         for (name, service) in &self.desired.services.clone() {
             // Starting from above the cap (a scale-down), the planner must not add to it.
-            let live = self.live(name).len();
+            let live = self
+                .live(name)
+                .iter()
+                .filter(|i| !parked_before.contains(&i.id))
+                .count();
             let (cap, max_unavailable) = bounds(service);
             if live > live_before[name].max(cap as usize) {
                 return Err(format!(
@@ -206,6 +220,16 @@ impl Sim {
             }),
             Action::Stop { instance, .. } => {
                 self.instance(instance).state = InstanceState::Stopping
+            }
+            Action::Park { instance, .. } => {
+                self.instance(instance).state = InstanceState::Parked { since: now }
+            }
+            Action::Unpark { instance, .. } => {
+                let instance = self.instance(instance);
+                instance.state = InstanceState::Running {
+                    healthy: Some(true),
+                    since: instance.started_at.unwrap_or(now),
+                };
             }
             Action::AdvanceStep { service, step, .. } => {
                 if let Some(state) = self.observed.deploys.get_mut(service) {
@@ -722,10 +746,14 @@ proptest! {
         web_behaviour in behaviour(),
         web_needs in condition(),
         web_restarted in any::<bool>(),
+        web_warm in any::<bool>(),
     ) {
         let mut db = service(2, db_replicas, db_strategy);
         db.volumes_exclusive = db_exclusive;
         let mut web = service(2, web_replicas, web_strategy);
+        if web_warm {
+            web.keep_warm = Duration::from_secs(30);
+        }
         if let Some(condition) = web_needs {
             web.depends_on.insert("db".into(), condition);
         }
@@ -860,4 +888,80 @@ fn a_failed_canary_stops_at_once_and_the_stable_release_fills_up() {
         .iter()
         .all(|i| i.release == 1 && i.is_ready()));
     assert_eq!(sim.live("web").len(), 4);
+}
+
+#[test]
+fn replaced_instances_are_kept_warm_and_a_rollback_thaws_them() {
+    let mut warm = service(2, 3, rolling(1, 0, 0));
+    warm.keep_warm = Duration::from_secs(60);
+    let mut sim = Sim::new(desired(vec![("web", warm)]));
+    sim.running("web", 1, 3);
+    let all = sim.run(100).expect("deploys");
+    let parked = |sim: &Sim| -> Vec<String> {
+        sim.observed
+            .instances
+            .iter()
+            .filter(|i| i.is_parked())
+            .map(|i| i.id.clone())
+            .collect()
+    };
+    assert_eq!(
+        parked(&sim).len(),
+        3,
+        "the old instances are parked, not stopped"
+    );
+    assert!(
+        !all.iter().any(|a| matches!(a, Action::Stop { .. })),
+        "{all:#?}"
+    );
+
+    // A rollback to release 1: the three warm instances thaw, none starts.
+    sim.desired.services.get_mut("web").expect("web").release = 1;
+    let first = sim.tick().expect("invariants");
+    let unparked = first
+        .iter()
+        .filter(|a| matches!(a, Action::Unpark { .. }))
+        .count();
+    assert_eq!(unparked, 3, "{first:#?}");
+    assert_eq!(starts(&first), 0, "{first:#?}");
+    // In the next plan release 2 is replaced at once: the thawed ones count as available.
+    let second = sim.tick().expect("invariants");
+    assert_eq!(
+        second
+            .iter()
+            .filter(|a| matches!(a, Action::Park { .. }))
+            .count(),
+        3,
+        "{second:#?}"
+    );
+    sim.run(100).expect("settles on release 1");
+    assert!(sim.live("web").iter().all(|i| i.release == 1));
+
+    // Warm instances go when their time is up.
+    for _ in 0..61 {
+        sim.tick().expect("invariants");
+    }
+    assert!(parked(&sim).is_empty(), "{:?}", parked(&sim));
+}
+
+#[test]
+fn only_the_release_a_deploy_replaced_stays_warm() {
+    let mut warm = service(2, 2, rolling(1, 0, 0));
+    warm.keep_warm = Duration::from_secs(600);
+    let mut sim = Sim::new(desired(vec![("web", warm)]));
+    sim.running("web", 1, 2);
+    sim.run(100).expect("deploys 2");
+    sim.desired.services.get_mut("web").expect("web").release = 3;
+    sim.run(100).expect("deploys 3");
+    for _ in 0..5 {
+        sim.tick().expect("invariants");
+    }
+    let warm: BTreeSet<ReleaseId> = sim
+        .observed
+        .instances
+        .iter()
+        .filter(|i| i.is_parked())
+        .map(|i| i.release)
+        .collect();
+    assert_eq!(warm, BTreeSet::from([2]));
 }

@@ -136,6 +136,7 @@ const AUTO_ROLLBACK: Schema = &[
 const DEPLOY_COMMON: Schema = &[
     ("strategy", "strategy = \"rolling\""),
     ("auto_rollback", "auto_rollback = { error_rate = 0.02 }"),
+    ("keep_warm", "keep_warm = \"5m\""),
 ];
 const ROLLING: Schema = &[
     ("max_surge", "max_surge = 1"),
@@ -1531,6 +1532,9 @@ fn read_deploy(r: &mut Reader, s: &Tbl<'_, '_>) -> DeploySpec {
     };
     r.unknown_keys_except(&table, &elsewhere);
     let auto_rollback = read_auto_rollback(r, &table);
+    let keep_warm = r
+        .duration(&table, "keep_warm")
+        .unwrap_or(DeploySpec::DEFAULT_KEEP_WARM);
     let strategy = match strategy.as_str() {
         "blue_green" => {
             let defaults = BlueGreen::default();
@@ -1587,6 +1591,7 @@ fn read_deploy(r: &mut Reader, s: &Tbl<'_, '_>) -> DeploySpec {
     DeploySpec {
         strategy,
         auto_rollback,
+        keep_warm,
     }
 }
 

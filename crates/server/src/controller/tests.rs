@@ -13,6 +13,7 @@ fn seen(container: &str, id: &str, status: Status) -> Seen {
         exit_code: (status == Status::Exited).then_some(137),
         restarts: 0,
         address: Some("10.0.0.2".into()),
+        paused_at: (status == Status::Paused).then_some(Timestamp::from_millis(3_000)),
     }
 }
 
@@ -319,5 +320,37 @@ fn instances_running_before_the_controller_started_have_unknown_health_until_che
             healthy: None,
             since
         }
+    );
+}
+
+#[test]
+fn paused_containers_are_parked_and_parking_ones_stopping() {
+    let seen = [
+        seen("shop.web-1-a", "a", Status::Paused),
+        seen("shop.web-1-b", "b", Status::Running),
+    ];
+    let work = HashMap::from([("shop.web-1-b".to_owned(), Work::Parking)]);
+    let observed = observe(
+        "shop",
+        &seen,
+        &work,
+        &HashMap::new(),
+        &BTreeSet::new(),
+        Timestamp::from_millis(0),
+    );
+    assert_eq!(
+        observed[0].state,
+        InstanceState::Parked {
+            since: Timestamp::from_millis(3_000)
+        }
+    );
+    assert!(
+        !observed[0].is_live(),
+        "a parked instance counts against no limit"
+    );
+    assert_eq!(
+        observed[1].state,
+        InstanceState::Stopping,
+        "draining before the freeze"
     );
 }

@@ -51,6 +51,7 @@ fn seen(id: &str, address: &str) -> Seen {
         exit_code: None,
         restarts: 0,
         address: Some(address.to_owned()),
+        paused_at: None,
     }
 }
 
