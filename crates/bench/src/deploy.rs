@@ -19,12 +19,18 @@ pub struct Options {
     #[arg(long, default_value = "target/release/berth")]
     berth_bin: PathBuf,
     /// Instances of the app.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 5)]
     replicas: usize,
     /// Timed rounds (deploy, update, rollback) of each kind, each on a new app; medians and
     /// the slowest (p99 of so few) are printed.
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// The rolling deploy's `max_surge` (instances replaced at a time).
+    #[arg(long, default_value_t = 1)]
+    max_surge: usize,
+    /// The rolling deploy's `min_healthy_time`.
+    #[arg(long, default_value = "1s")]
+    min_healthy_time: String,
 }
 
 /// The `Host` of the bench app's route.
@@ -69,7 +75,7 @@ fn measure(o: &Options) -> anyhow::Result<String> {
             let app = format!("bench{run}{}", if keep_warm { "w" } else { "c" });
             push_web(&registry, &format!("{app}/web"), "v1", "v1", 8080);
             push_web(&registry, &format!("{app}/web"), "v2", "v2", 8080);
-            let round = time_round(&server, &app, o.replicas, keep_warm)?;
+            let round = time_round(&server, &app, o, keep_warm)?;
             eprintln!(
                 "round {} ({}): deploy {:.2} s, update {:.2} s, all requests on v1 {:.3} s, live {:.2} s",
                 run + 1,
@@ -92,8 +98,8 @@ fn measure(o: &Options) -> anyhow::Result<String> {
     let _ = writeln!(
         out,
         "== berth server: {} busybox httpd instances behind the proxy, HTTP health check every \
-         200 ms, rolling with max_surge {}, {} rounds of each kind ==\n",
-        o.replicas, o.replicas, o.runs
+         200 ms, rolling with max_surge {} and min_healthy_time {}, {} rounds of each kind ==\n",
+        o.replicas, o.max_surge, o.min_healthy_time, o.runs
     );
     let _ = writeln!(
         out,
@@ -151,12 +157,14 @@ fn measure(o: &Options) -> anyhow::Result<String> {
     Ok(out)
 }
 
-fn spec(server: &BerthServer, app: &str, tag: &str, replicas: usize, keep_warm: bool) -> String {
+fn spec(server: &BerthServer, app: &str, tag: &str, o: &Options, keep_warm: bool) -> String {
     let deploy = format!(
-        "strategy = \"rolling\"\nmax_surge = {replicas}\nmax_unavailable = 0\nmin_healthy_time = \"0s\"\nkeep_warm = \"{}\"",
+        "strategy = \"rolling\"\nmax_surge = {}\nmax_unavailable = 0\nmin_healthy_time = \"{}\"\nkeep_warm = \"{}\"",
+        o.max_surge,
+        o.min_healthy_time,
         if keep_warm { "5m" } else { "0s" }
     );
-    berth_e2e::server::web_spec(server, app, tag, replicas, "200ms", &deploy).replace(
+    berth_e2e::server::web_spec(server, app, tag, o.replicas, "200ms", &deploy).replace(
         "stop_grace = \"1s\"",
         &format!("stop_grace = \"1s\"\nroute = {{ host = \"{app}.{HOST}\", port = \"http\" }}"),
     )
@@ -191,20 +199,21 @@ fn timed(what: &str, run: impl FnOnce() -> std::process::Output) -> anyhow::Resu
 fn time_round(
     server: &BerthServer,
     app: &str,
-    replicas: usize,
+    o: &Options,
     keep_warm: bool,
 ) -> anyhow::Result<Round> {
+    let replicas = o.replicas;
     let deploy = timed("deploy v1", || {
         server.deploy_text(
             &format!("{app}-v1"),
-            &spec(server, app, "v1", replicas, keep_warm),
+            &spec(server, app, "v1", o, keep_warm),
             true,
         )
     })?;
     let update = timed("deploy v2", || {
         server.deploy_text(
             &format!("{app}-v2"),
-            &spec(server, app, "v2", replicas, keep_warm),
+            &spec(server, app, "v2", o, keep_warm),
             true,
         )
     })?;
