@@ -58,7 +58,7 @@ impl Stats {
 }
 
 /// The counters of one route or group at one moment (they only grow).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StatsSnapshot {
     /// Responses sent (including the proxy's own 502/503).
     pub requests: u64,
@@ -190,12 +190,36 @@ impl MetricsRegistry {
     }
 }
 
+/// A map with tuple keys as a JSON list of `[key, value]` pairs.
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
 /// Every route's and group's counters at one moment.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MetricsSnapshot {
     /// Counters by route name.
     pub routes: BTreeMap<String, StatsSnapshot>,
-    /// Counters by (route name, group label).
+    /// Counters by (route name, group label); as a list of pairs in JSON.
+    #[serde(with = "pairs")]
     pub groups: BTreeMap<(String, String), StatsSnapshot>,
     /// Requests that matched no route (answered 404).
     pub unrouted: u64,

@@ -10,7 +10,8 @@ use crate::metrics::Stats;
 use crate::upstream::Upstream;
 
 /// How a route spreads requests over the upstreams of one group.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Balance {
     /// Each upstream in turn.
     #[default]
@@ -20,7 +21,7 @@ pub enum Balance {
 }
 
 /// A set of upstreams that run one release of a service.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Group {
     /// The release these upstreams run, e.g. `r3`; metrics are kept per label.
     pub label: String,
@@ -32,7 +33,7 @@ pub struct Group {
 }
 
 /// Where requests for one host and path prefix go.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Route {
     /// The route's name in metrics and the access log, e.g. `web.shop`.
     pub name: String,
