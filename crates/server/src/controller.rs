@@ -80,6 +80,9 @@ pub struct Controller {
     /// `berth volume rm` checks and removes one: a volume is never removed under a start.
     volumes: tokio::sync::RwLock<()>,
     registry_pins: RegistryPins,
+    /// Set once the first pass over every app is done: before it, this controller has not
+    /// said what any app's routes are.
+    first_pass: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -556,6 +559,7 @@ impl Controller {
             node_name: node_name(),
             volumes: tokio::sync::RwLock::new(()),
             registry_pins: RegistryPins::default(),
+            first_pass: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -609,6 +613,13 @@ impl Controller {
     /// The apps' secrets.
     pub fn secrets(&self) -> &SecretStore {
         &self.secrets
+    }
+
+    /// Resolves once the first pass over every app is done (each app's routes and catalog
+    /// entries said).
+    pub async fn first_pass_done(&self) {
+        let mut done = self.first_pass.subscribe();
+        let _ = done.wait_for(|done| *done).await;
     }
 
     /// Plans again soon.
@@ -667,6 +678,7 @@ impl Controller {
             if let Err(e) = self.clone().pass().await {
                 tracing::warn!(error = %e, "reconcile pass failed");
             }
+            self.first_pass.send_replace(true);
             tokio::select! {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(TICK) => {}

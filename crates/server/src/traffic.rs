@@ -41,7 +41,7 @@ pub trait Traffic: Send + Sync {
     }
 
     /// The proxy's metrics in Prometheus' text format (`None` without a proxy).
-    fn prometheus(&self) -> Option<String> {
+    async fn prometheus(&self) -> Option<String> {
         None
     }
 }
@@ -363,8 +363,11 @@ fn route_port(route: &RouteSpec, ports: &BTreeMap<String, u16>) -> Option<u16> {
 }
 
 mod proxy;
+mod remote;
 #[cfg(test)]
 mod tests;
 pub mod window;
+
+pub use remote::RemoteTraffic;
 
 pub use proxy::{group_label, proxy_routes, route_name, ProxyTraffic};

@@ -356,6 +356,7 @@ pub(super) async fn metrics(
             .controller()
             .traffic()
             .prometheus()
+            .await
             .unwrap_or_default(),
     )
 }

@@ -68,6 +68,45 @@ pub fn group_label(release: ReleaseId) -> String {
     format!("r{release}")
 }
 
+/// Every route of `routes` with its upstreams and what each release served, from `metrics`.
+pub(super) fn report(
+    routes: &BTreeMap<String, Vec<RouteIntent>>,
+    metrics: &berth_proxy::MetricsSnapshot,
+) -> Vec<RouteReport> {
+    routes
+        .values()
+        .flatten()
+        .map(|intent| {
+            let name = route_name(&intent.app, &intent.service);
+            let groups = intent
+                .groups
+                .iter()
+                .map(|group| {
+                    let stats = metrics
+                        .group(&name, &group_label(group.release))
+                        .map(|s| s.total());
+                    GroupReport {
+                        release: group.release,
+                        weight: group.weight,
+                        upstreams: group.upstreams.clone(),
+                        requests: stats.map_or(0, |s| s.requests),
+                        errors_5xx: stats.map_or(0, |s| s.errors_5xx),
+                        p99_ms: stats
+                            .and_then(|s| s.p99)
+                            .map(|p| u64::try_from(p.as_millis()).unwrap_or(u64::MAX)),
+                    }
+                })
+                .collect();
+            RouteReport {
+                name,
+                host: intent.host.clone(),
+                path: intent.path.clone(),
+                groups,
+            }
+        })
+        .collect()
+}
+
 /// The proxy's routes for every app's intents.
 pub fn proxy_routes(apps: &BTreeMap<String, Vec<RouteIntent>>) -> Vec<Route> {
     apps.values()
@@ -141,44 +180,10 @@ impl Traffic for ProxyTraffic {
     }
 
     fn report(&self) -> Vec<RouteReport> {
-        let metrics = self.proxy.metrics();
-        let state = self.lock();
-        state
-            .routes
-            .values()
-            .flatten()
-            .map(|intent| {
-                let name = route_name(&intent.app, &intent.service);
-                let groups = intent
-                    .groups
-                    .iter()
-                    .map(|group| {
-                        let stats = metrics
-                            .group(&name, &group_label(group.release))
-                            .map(|s| s.total());
-                        GroupReport {
-                            release: group.release,
-                            weight: group.weight,
-                            upstreams: group.upstreams.clone(),
-                            requests: stats.map_or(0, |s| s.requests),
-                            errors_5xx: stats.map_or(0, |s| s.errors_5xx),
-                            p99_ms: stats
-                                .and_then(|s| s.p99)
-                                .map(|p| u64::try_from(p.as_millis()).unwrap_or(u64::MAX)),
-                        }
-                    })
-                    .collect();
-                RouteReport {
-                    name,
-                    host: intent.host.clone(),
-                    path: intent.path.clone(),
-                    groups,
-                }
-            })
-            .collect()
+        report(&self.lock().routes, &self.proxy.metrics())
     }
 
-    fn prometheus(&self) -> Option<String> {
+    async fn prometheus(&self) -> Option<String> {
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register_collector(Box::new(self.proxy.prometheus_collector()));
         let mut text = String::new();
