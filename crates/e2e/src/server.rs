@@ -109,6 +109,15 @@ impl BerthServer {
         format!("127.0.0.1:{}", self.registry_port)
     }
 
+    /// The environment a client outside berth (push.sh, podman, skopeo) needs to push to the
+    /// built-in registry: its credential file, when the server made one.
+    pub fn registry_env(&self) -> Vec<(String, PathBuf)> {
+        vec![(
+            "REGISTRY_AUTH_FILE".to_owned(),
+            self.root().join("registry-auth.json"),
+        )]
+    }
+
     /// Where its DNS server answers (UDP and TCP).
     pub fn dns_addr(&self) -> std::net::SocketAddr {
         ([127, 0, 0, 1], self.dns_port).into()

@@ -67,7 +67,11 @@ impl RemoteTraffic {
     /// (and again whenever the data plane says it has another version: it restarted), and
     /// reads its counters back. Starts once `ready` resolves: the controller's first pass,
     /// before which this server knows no app's routes (a push then would take them away).
-    pub async fn sync(self: Arc<Self>, catalog: Catalog, ready: impl std::future::Future<Output = ()>) {
+    pub async fn sync(
+        self: Arc<Self>,
+        catalog: Catalog,
+        ready: impl std::future::Future<Output = ()>,
+    ) {
         ready.await;
         let mut pushed: Option<(u64, u64)> = None;
         let mut metrics_read = tokio::time::Instant::now();
