@@ -7,7 +7,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use berth_listen::http::ClientAddr;
 use berth_oci::Digest;
 use serde::{Deserialize, Serialize};
 
@@ -52,17 +53,23 @@ impl Registry {
     }
 }
 
-fn require_admin(registry: &Registry, headers: &HeaderMap) -> ApiResult<()> {
-    let principal = registry.auth.authenticate(headers)?;
+async fn require_admin(
+    registry: &Registry,
+    headers: &HeaderMap,
+    client: Option<Extension<ClientAddr>>,
+) -> ApiResult<()> {
+    let client = client.map(|Extension(ClientAddr(addr))| addr.ip());
+    let principal = registry.auth.authenticate(headers, client).await?;
     registry.auth.require_admin(&principal)
 }
 
 async fn gc(
     State(registry): State<Arc<Registry>>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
     Query(request): Query<GcRequest>,
 ) -> ApiResult<Response> {
-    require_admin(&registry, &headers)?;
+    require_admin(&registry, &headers, client).await?;
     match collect(&registry, request).await {
         Ok(report) => Ok(Json(report).into_response()),
         Err(GcError::Busy) => Err(ApiError::new(
@@ -121,8 +128,12 @@ async fn usage_report(registry: &Registry) -> ApiResult<UsageReport> {
     })
 }
 
-async fn usage(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> ApiResult<Response> {
-    require_admin(&registry, &headers)?;
+async fn usage(
+    State(registry): State<Arc<Registry>>,
+    headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
+) -> ApiResult<Response> {
+    require_admin(&registry, &headers, client).await?;
     Ok(Json(usage_report(&registry).await?).into_response())
 }
 
@@ -134,8 +145,12 @@ struct PinEntry {
     record: PinRecord,
 }
 
-async fn pins(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> ApiResult<Response> {
-    require_admin(&registry, &headers)?;
+async fn pins(
+    State(registry): State<Arc<Registry>>,
+    headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
+) -> ApiResult<Response> {
+    require_admin(&registry, &headers, client).await?;
     let pins = registry.pins().await?;
     let list: Vec<PinEntry> = pins
         .into_iter()
@@ -153,10 +168,11 @@ struct PinBody {
 async fn pin(
     State(registry): State<Arc<Registry>>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
     Path(digest): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    require_admin(&registry, &headers)?;
+    require_admin(&registry, &headers, client).await?;
     let digest = parse_digest(&digest)?;
     let reason = if body.is_empty() {
         "pinned through the admin API".to_owned()
@@ -178,9 +194,10 @@ async fn pin(
 async fn unpin(
     State(registry): State<Arc<Registry>>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
     Path(digest): Path<String>,
 ) -> ApiResult<Response> {
-    require_admin(&registry, &headers)?;
+    require_admin(&registry, &headers, client).await?;
     let digest = parse_digest(&digest)?;
     if registry.unpin(&digest).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
