@@ -4,7 +4,8 @@
 //!
 //! bcrypt is slow on purpose, so it is kept away from everything else: a verified password
 //! is remembered for a while (honest clients pay once), checks run on a few blocking
-//! threads ([`verify`]), each client's failures are rate-limited ([`throttle`]), and an
+//! threads with a bounded queue ([`verify`]), each client's failures are rate-limited
+//! ([`throttle`]), and an
 //! unknown user costs a verification against a dummy hash like a known one, so that the
 //! answer's timing does not tell which users exist.
 
@@ -171,7 +172,8 @@ pub enum Principal {
 pub struct AuthStats {
     /// bcrypt verifications run (for known and unknown users alike).
     pub verifications: u64,
-    /// Logins answered 429 because their client failed too often.
+    /// Logins answered 429: their client failed too often, or too many checks were
+    /// waiting for the blocking pool already.
     pub throttled: u64,
 }
 
@@ -347,7 +349,19 @@ impl Authorizer {
                     .unwrap_or(HeaderValue::from_static("60")),
             ));
         }
-        let matches = self.verifier.verify(password, hash.to_owned()).await;
+        let matches = match self.verifier.verify(password, hash.to_owned()).await {
+            Ok(matches) => matches,
+            Err(verify::Busy) => {
+                // Not this client's failure: its token goes back.
+                self.throttle.refund(client, Instant::now());
+                self.throttled.fetch_add(1, Ordering::Relaxed);
+                return Err(ApiError::new(
+                    Code::TooManyRequests,
+                    "too many logins are being checked right now: try again in a second",
+                )
+                .header(header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+        };
         if !(matches && entry.is_some()) {
             tracing::debug!(%client, "failed login");
             return Err(challenge(ApiError::new(
@@ -698,7 +712,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn at_most_the_pool_size_of_checks_run_at_once() {
         let auth = std::sync::Arc::new(authorizer(""));
-        let tasks: Vec<_> = (0..32u8)
+        let tasks: Vec<_> = (0..64u8)
             .map(|i| {
                 let auth = std::sync::Arc::clone(&auth);
                 tokio::spawn(async move {
@@ -707,15 +721,19 @@ mod tests {
                 })
             })
             .collect();
+        let (mut refused, mut busy) = (0, 0);
         for task in tasks {
-            assert_eq!(
-                task.await.expect("join").expect_err("wrong").code,
-                Code::Unauthorized
-            );
+            match task.await.expect("join").expect_err("wrong").code {
+                Code::Unauthorized => refused += 1,
+                Code::TooManyRequests => busy += 1,
+                other => panic!("{other:?}"),
+            }
         }
         let counts = auth.verifier.counts();
-        assert_eq!(counts.runs.load(Ordering::SeqCst), 32);
+        assert_eq!(counts.runs.load(Ordering::SeqCst), refused);
+        assert_eq!(refused + busy, 64);
         assert!(counts.peak.load(Ordering::SeqCst) <= Verifier::default_threads());
+        assert_eq!(auth.stats().throttled, busy);
     }
 
     #[test]
