@@ -330,7 +330,13 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
-        let in_flight = this.in_flight.take();
+        let mut in_flight = this.in_flight.take();
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            // The connection becomes the upgrade's: busy until it closes.
+            if let Some(in_flight) = in_flight.take() {
+                in_flight.hold_until_closed();
+            }
+        }
         Poll::Ready(Ok(response.map(|inner| TrackedBody { inner, in_flight })))
     }
 }

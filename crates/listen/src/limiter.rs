@@ -512,6 +512,7 @@ impl Permit {
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight {
             conn: Arc::clone(conn),
+            until_closed: false,
         }
     }
 
@@ -549,6 +550,17 @@ impl Permit {
 #[derive(Debug)]
 pub struct InFlight {
     conn: Arc<Conn>,
+    /// The connection stays busy until it closes (it was upgraded).
+    until_closed: bool,
+}
+
+impl InFlight {
+    /// Keeps the connection busy until it closes, for a request that took the connection
+    /// over (an HTTP upgrade: a WebSocket): such a connection is never idle, and never
+    /// closed to make room.
+    pub fn hold_until_closed(mut self) {
+        self.until_closed = true;
+    }
 }
 
 impl fmt::Debug for Conn {
@@ -562,6 +574,9 @@ impl fmt::Debug for Conn {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        if self.until_closed {
+            return;
+        }
         // The idle time is written before the count drops, so that whoever sees no request
         // in flight also sees when the last one ended.
         self.conn

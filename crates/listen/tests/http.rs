@@ -418,6 +418,29 @@ async fn an_upgraded_connection_keeps_its_place_and_is_never_idle() {
         .unwrap();
     assert_eq!(&echo, b"ping");
     assert_eq!(server.limiter.stats().open, 1);
+    // With the listener full (the tunnel and a streaming response), a newcomer is refused:
+    // the tunnel, silent for a second, is not taken for an idle keep-alive connection.
+    let mut streaming = connect_from(Ipv4Addr::LOCALHOST, server.addr)
+        .await
+        .unwrap();
+    streaming
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: b\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 16];
+    let _ = streaming.read(&mut first).await.unwrap();
+    let mut newcomer = connect_from(Ipv4Addr::LOCALHOST, server.addr)
+        .await
+        .unwrap();
+    assert!(closed_by_server(&mut newcomer, Duration::from_secs(5)).await);
+    assert_eq!(server.limiter.stats().refused, 1);
+    upgraded.write_all(b"pong").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), upgraded.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo, b"pong");
+    drop(streaming);
     drop(upgraded);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(server.limiter.stats().open, 0);
