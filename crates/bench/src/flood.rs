@@ -307,8 +307,8 @@ impl Samples {
     }
 }
 
-/// Slow clients: `count` opened (64 at a time) and held, then one more every 2 ms until
-/// stopped.
+/// Slow clients: `count` opened (64 at a time; fewer when a whole batch fails to connect:
+/// the server accepts no more) and held, then one more every 2 ms until stopped.
 struct Flood {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<(usize, usize)>,
@@ -335,7 +335,9 @@ impl Flood {
             let mut n = 0;
             while n < count {
                 let batch: Vec<_> = (n..(n + 64).min(count)).map(open).collect();
-                n += batch.len();
+                let batch_len = batch.len();
+                let mut batch_failed = 0;
+                n += batch_len;
                 for result in futures::future::join_all(batch).await {
                     match result {
                         Ok(stream) => {
@@ -344,10 +346,12 @@ impl Flood {
                         }
                         Err(_) => {
                             failed.fetch_add(1, Ordering::Relaxed);
+                            batch_failed += 1;
                         }
                     }
                 }
-                if failed.load(Ordering::Relaxed) > 256 && opened.load(Ordering::Relaxed) == 0 {
+                // A whole batch refused or timed out: the server accepts no more.
+                if batch_failed == batch_len {
                     break;
                 }
             }
