@@ -3,6 +3,7 @@
 
 mod deploy;
 mod dns;
+mod flood;
 mod gc;
 mod proxy;
 mod registry;
@@ -35,6 +36,9 @@ enum Command {
     Deploy(deploy::Options),
     /// berth's DNS server vs dnsmasq answering the same names: questions/s and latency.
     Dns(dns::Options),
+    /// Every listener of berth server flooded with slow clients (and the registry with
+    /// password guesses): a normal client's latency during the flood next to idle.
+    Flood(flood::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,6 +55,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Deploy(options) => deploy::run(options).await,
                 Command::Dns(options) => dns::run(options).await,
                 Command::Proxy(options) => proxy::run(options).await,
+                Command::Flood(options) => flood::run(options).await,
             }
         };
         // On SIGINT or SIGTERM the benchmark's future is dropped, and with it the guards

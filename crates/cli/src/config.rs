@@ -110,3 +110,18 @@ impl ConfigFile {
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
     }
 }
+
+/// Raises the soft open-files limit to the hard one, then lowers the listeners' connection
+/// caps if, together, they would not fit in it (with a warning saying so).
+pub fn fit_connection_limits(listeners: &mut [berth_listen::Budgeted<'_>]) {
+    let open_files = match berth_listen::raise_open_files_limit() {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the open-files limit; connection caps unchanged");
+            return;
+        }
+    };
+    if let Some(warning) = berth_listen::fit_to_open_files(open_files, listeners) {
+        tracing::warn!(open_files, "{warning}");
+    }
+}

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use berth_discovery::dns::{DnsConfig, DnsServer};
+use berth_listen::http::{tower_per_connection, HttpServer};
+use berth_listen::Limiter;
 use berth_server::Controller;
+use tokio_util::sync::CancellationToken;
 
 /// Where each listener goes; `None` (or empty) leaves it off.
 pub struct Listeners {
@@ -25,6 +28,12 @@ pub struct Listeners {
     pub proxy_tls: Vec<SocketAddr>,
     /// The proxy's certificates.
     pub certs: Vec<berth_proxy::CertSpec>,
+    /// DNS over TCP's connection limits (each DNS listener).
+    pub dns_limits: berth_listen::Limits,
+    /// The catalog's connection limits.
+    pub catalog_limits: berth_listen::Limits,
+    /// The proxy's connection limits.
+    pub proxy_limits: berth_listen::Limits,
 }
 
 /// Binds the listeners and runs them in the background. A listener that cannot bind is an
@@ -33,7 +42,10 @@ pub struct Listeners {
 pub async fn start(controller: &Arc<Controller>, listeners: Listeners) -> anyhow::Result<()> {
     let catalog = controller.catalog().clone();
     if let Some(listen) = listeners.dns {
-        let config = DnsConfig::with_host_upstreams(listen).context("configuring DNS")?;
+        let config = DnsConfig {
+            tcp_limits: listeners.dns_limits,
+            ..DnsConfig::with_host_upstreams(listen).context("configuring DNS")?
+        };
         let server = DnsServer::bind(config, catalog.clone())
             .await
             .with_context(|| format!("binding DNS on {listen}"))?;
@@ -47,8 +59,10 @@ pub async fn start(controller: &Arc<Controller>, listeners: Listeners) -> anyhow
             }
         });
         if let Some(gateway) = listeners.container_dns {
-            let config =
-                DnsConfig::with_host_upstreams((gateway, 53).into()).context("configuring DNS")?;
+            let config = DnsConfig {
+                tcp_limits: listeners.dns_limits,
+                ..DnsConfig::with_host_upstreams((gateway, 53).into()).context("configuring DNS")?
+            };
             let catalog = catalog.clone();
             tokio::spawn(async move {
                 loop {
@@ -78,10 +92,17 @@ pub async fn start(controller: &Arc<Controller>, listeners: Listeners) -> anyhow
             listener.local_addr()?
         ))?;
         let router = berth_discovery::consul::router(catalog.clone(), Default::default());
+        let server = HttpServer::new(Limiter::new("catalog", listeners.catalog_limits));
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::error!(error = %e, "catalog listener stopped");
-            }
+            server
+                .serve(
+                    listener,
+                    None,
+                    tower_per_connection(router),
+                    CancellationToken::new(),
+                    Duration::ZERO,
+                )
+                .await;
         });
     }
     if !listeners.proxy.is_empty() || !listeners.proxy_tls.is_empty() {
@@ -92,6 +113,7 @@ pub async fn start(controller: &Arc<Controller>, listeners: Listeners) -> anyhow
             // One event loop per core, each with its own socket and upstream pool, like
             // nginx's workers (see docs/proxy.md and bench/proxy).
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            limits: listeners.proxy_limits,
             ..Default::default()
         })
         .await

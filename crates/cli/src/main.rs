@@ -94,7 +94,7 @@ enum Command {
     Node(container_cmd::NodeCommand),
     /// Run the all-in-one server: the /v1 API, the controller that deploys releases on this
     /// node's containers, and optionally the registry. State in <root>/server.redb.
-    Server(server_cmd::ServerArgs),
+    Server(Box<server_cmd::ServerArgs>),
     /// Deploy an app spec (berth.toml) as a new release and follow it until it is live;
     /// exits non-zero when it fails (it is then rolled back).
     Deploy(server_cmd::DeployArgs),
@@ -177,7 +177,7 @@ fn main() -> std::process::ExitCode {
             app_cmd::logs_command(args, cli.config.as_deref(), &cli.root)
         }
         Command::Node(cmd) => container_cmd::run_command(cmd, cli.config.as_deref(), &cli.root),
-        Command::Server(args) => ok(server_cmd::serve(args, cli.config.as_deref(), &cli.root)),
+        Command::Server(args) => ok(server_cmd::serve(*args, cli.config.as_deref(), &cli.root)),
         Command::Deploy(args) => server_cmd::deploy(args, &cli.root),
         Command::Status(args) => ok(server_cmd::status(args, &cli.root)),
         Command::Releases(args) => ok(server_cmd::releases(args, &cli.root)),

@@ -150,6 +150,40 @@ pub struct ServeArgs {
     /// Let scheduled collections delete manifests untagged for longer than --gc-grace.
     #[arg(long, env = "BERTH_REGISTRY_DELETE_UNTAGGED")]
     delete_untagged: bool,
+
+    /// Open connections at most; when full, the oldest connection that has not sent a
+    /// request makes room [default: 1024, lowered to fit the open-files limit].
+    #[arg(long, env = "BERTH_REGISTRY_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+
+    /// Open connections at most from one client address (IPv6: one /64) [default: 128].
+    #[arg(
+        long,
+        env = "BERTH_REGISTRY_MAX_CONNECTIONS_PER_CLIENT",
+        value_name = "N"
+    )]
+    max_connections_per_client: Option<usize>,
+
+    /// Time a new connection has for its TLS handshake and first request head [default: 10s].
+    #[arg(long, env = "BERTH_REGISTRY_HEADER_TIMEOUT", value_name = "DURATION")]
+    header_timeout: Option<HumanDuration>,
+
+    /// Time a connection with no request in flight stays open [default: 60s].
+    #[arg(long, env = "BERTH_REGISTRY_IDLE_TIMEOUT", value_name = "DURATION")]
+    idle_timeout: Option<HumanDuration>,
+
+    /// Failed logins a client address may make in a row before it is answered 429
+    /// [default: 10].
+    #[arg(long, env = "BERTH_REGISTRY_MAX_FAILED_LOGINS", value_name = "N")]
+    max_failed_logins: Option<u32>,
+
+    /// Time a client's failed-login allowance takes to refill [default: 1m].
+    #[arg(
+        long,
+        env = "BERTH_REGISTRY_FAILED_LOGIN_WINDOW",
+        value_name = "DURATION"
+    )]
+    failed_login_window: Option<HumanDuration>,
 }
 
 impl ServeArgs {
@@ -169,6 +203,12 @@ impl ServeArgs {
             delete_untagged: self.delete_untagged.then_some(true),
             retention: Vec::new(),
             quotas: Vec::new(),
+            max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            max_failed_logins: self.max_failed_logins,
+            failed_login_window: self.failed_login_window,
         }
     }
 }
@@ -199,11 +239,16 @@ pub fn run(cmd: RegistryCommand, config: Option<&Path>) -> anyhow::Result<()> {
 
 fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<()> {
     let file = ConfigFile::load(config)?;
-    let settings = file
+    let mut settings = file
         .registry
         .merged(args.into_config())
         .settings(PathBuf::from(DEFAULT_DATA_DIR))
         .map_err(anyhow::Error::msg)?;
+    crate::config::fit_connection_limits(&mut [berth_listen::Budgeted {
+        name: "registry",
+        limits: &mut settings.connection_limits,
+        descriptors_per_connection: 1,
+    }]);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let server = Server::bind(&settings).await?;

@@ -10,9 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use berth_listen::http::{tower_per_connection, HttpServer};
+use berth_listen::{Budgeted, Limiter, Limits, LimitsConfig};
 use berth_server::{load_or_create_token, ApiState, Controller, TOKEN_FILE};
 use clap::Args;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigFile;
 
@@ -87,9 +90,92 @@ pub struct ServerArgs {
         value_parser = clap::value_parser!(u32).range(1..=1000)
     )]
     proxy_access_log_max_files: u32,
+    /// Connection limits of the /v1 API, any of max_connections, max_connections_per_client,
+    /// header_timeout, idle_timeout, e.g. `max_connections=128,idle_timeout=30s`
+    /// [default: max_connections=256,max_connections_per_client=64,header_timeout=10s,idle_timeout=60s].
+    #[arg(long, env = "BERTH_API_LIMITS", value_name = "LIMITS")]
+    api_limits: Option<LimitsConfig>,
+    /// Connection limits of the proxy (HTTP and HTTPS together), as --api-limits
+    /// [default: max_connections=4096,max_connections_per_client=256,header_timeout=10s,idle_timeout=60s].
+    #[arg(long, env = "BERTH_PROXY_LIMITS", value_name = "LIMITS")]
+    proxy_limits: Option<LimitsConfig>,
+    /// Connection limits of the Consul-compatible catalog, as --api-limits
+    /// [default: max_connections=1024,max_connections_per_client=128,header_timeout=10s,idle_timeout=60s].
+    #[arg(long, env = "BERTH_CATALOG_LIMITS", value_name = "LIMITS")]
+    catalog_limits: Option<LimitsConfig>,
+    /// Connection limits of DNS over TCP (each DNS listener), as --api-limits
+    /// [default: max_connections=256,max_connections_per_client=16,header_timeout=5s,idle_timeout=10s].
+    #[arg(long, env = "BERTH_DNS_LIMITS", value_name = "LIMITS")]
+    dns_limits: Option<LimitsConfig>,
+}
+
+/// Every listener's connection limits, resolved and fitted to the open-files limit.
+struct ConnectionLimits {
+    api: Limits,
+    proxy: Limits,
+    catalog: Limits,
+    dns: Limits,
 }
 
 impl ServerArgs {
+    /// The limits of the listeners this server runs (the registry's are in `registry`),
+    /// lowered together when they would not fit in the open-files limit.
+    fn connection_limits(&self, registry: Option<&mut Limits>) -> anyhow::Result<ConnectionLimits> {
+        let resolve = |config: &Option<LimitsConfig>, defaults: Limits, flag: &str| {
+            config
+                .unwrap_or_default()
+                .apply(defaults)
+                .with_context(|| format!("--{flag}"))
+        };
+        let mut limits = ConnectionLimits {
+            api: resolve(&self.api_limits, Limits::API, "api-limits")?,
+            proxy: resolve(&self.proxy_limits, Limits::PROXY, "proxy-limits")?,
+            catalog: resolve(&self.catalog_limits, Limits::CATALOG, "catalog-limits")?,
+            dns: resolve(&self.dns_limits, Limits::DNS, "dns-limits")?,
+        };
+        let has_proxy = !self.proxy_listen.is_empty() || !self.proxy_tls_listen.is_empty();
+        let dns_listeners = match (self.dns_listen.is_some(), self.container_dns) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => 2,
+        };
+        let mut budget = vec![Budgeted {
+            name: "api",
+            limits: &mut limits.api,
+            descriptors_per_connection: 1,
+        }];
+        if has_proxy {
+            budget.push(Budgeted {
+                name: "proxy",
+                limits: &mut limits.proxy,
+                descriptors_per_connection: 2,
+            });
+        }
+        if self.catalog_listen.is_some() {
+            budget.push(Budgeted {
+                name: "catalog",
+                limits: &mut limits.catalog,
+                descriptors_per_connection: 1,
+            });
+        }
+        if dns_listeners > 0 {
+            budget.push(Budgeted {
+                name: "dns",
+                limits: &mut limits.dns,
+                descriptors_per_connection: dns_listeners,
+            });
+        }
+        if let Some(registry) = registry {
+            budget.push(Budgeted {
+                name: "registry",
+                limits: registry,
+                descriptors_per_connection: 1,
+            });
+        }
+        crate::config::fit_connection_limits(&mut budget);
+        Ok(limits)
+    }
+
     /// Where the proxy's access log goes, as the flags say.
     pub(crate) fn access_log(&self, root: &Path) -> crate::logging::AccessLog {
         use crate::logging::AccessLog;
@@ -243,16 +329,25 @@ pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Re
             berth_agent::secrets::SecretKey::load(&key_file).context("loading the secret key")?;
         tracing::info!(key_id = secret_key.id(), %source, "secret key loaded");
         let controller = Controller::new(Arc::new(store), node, Default::default(), secret_key);
-        if let Some(listen) = args.registry_listen {
-            let settings = file
-                .registry
-                .merged(berth_registry::RegistryConfig {
-                    listen: Some(listen),
-                    data_dir: Some(root.join("registry")),
-                    ..Default::default()
-                })
-                .settings(root.join("registry"))
-                .map_err(anyhow::Error::msg)?;
+        let mut registry_settings = match args.registry_listen {
+            Some(listen) => Some(
+                file.registry
+                    .merged(berth_registry::RegistryConfig {
+                        listen: Some(listen),
+                        data_dir: Some(root.join("registry")),
+                        ..Default::default()
+                    })
+                    .settings(root.join("registry"))
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            None => None,
+        };
+        let limits = args.connection_limits(
+            registry_settings
+                .as_mut()
+                .map(|settings| &mut settings.connection_limits),
+        )?;
+        if let Some(settings) = registry_settings {
             let registry = berth_registry::Server::bind(&settings).await?;
             println!("berth registry listening on {}", registry.url());
             // The images of the releases a rollback may need are pinned in it, in-process.
@@ -277,6 +372,9 @@ pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Re
                 proxy: args.proxy_listen.clone(),
                 proxy_tls: args.proxy_tls_listen.clone(),
                 certs: args.proxy_cert.clone(),
+                dns_limits: limits.dns,
+                catalog_limits: limits.catalog,
+                proxy_limits: limits.proxy,
             },
         )
         .await?;
@@ -295,13 +393,21 @@ pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Re
         out.flush()?;
         drop(out);
         let shutdown = crate::registry_cmd::shutdown_signal()?;
-        axum::serve(
-            listener,
-            berth_server::router(ApiState::new(controller, token)),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving the API")?;
+        let stop = CancellationToken::new();
+        let stopper = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stopper.cancel();
+        });
+        HttpServer::new(Limiter::new("api", limits.api))
+            .serve(
+                listener,
+                None,
+                tower_per_connection(berth_server::router(ApiState::new(controller, token))),
+                stop,
+                Duration::from_secs(10),
+            )
+            .await;
         Ok(())
     })
 }

@@ -17,11 +17,15 @@
 mod answer;
 mod forward;
 mod name;
+mod tcp;
 
 use std::iter;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use berth_listen::{Acceptor, Limiter, Limits};
 
 use hickory_proto::op::{
     Edns, Header, HeaderCounts, LowerQuery, MessageType, Metadata, OpCode, ResponseCode,
@@ -43,12 +47,6 @@ use crate::catalog::Catalog;
 /// Where the host lists its resolvers.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 
-/// How long a TCP client may stay silent before its connection is closed.
-const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Answers queued per TCP connection.
-const TCP_RESPONSE_BUFFER: usize = 32;
-
 /// How many times [`DnsServer::bind`] looks for a port free for both UDP and TCP when asked
 /// for port 0.
 const PORT_ATTEMPTS: usize = 16;
@@ -69,6 +67,9 @@ pub struct DnsConfig {
     /// How long each upstream gets to answer before the next is tried; when none answered,
     /// the client gets SERVFAIL.
     pub upstream_timeout: Duration,
+    /// DNS over TCP's connections: caps, the time a client has to send its first whole
+    /// question, and how long a connection with no question in flight stays open.
+    pub tcp_limits: Limits,
 }
 
 impl DnsConfig {
@@ -84,6 +85,7 @@ impl DnsConfig {
             ttl: 5,
             upstreams: Vec::new(),
             upstream_timeout: Duration::from_secs(2),
+            tcp_limits: Limits::DNS,
         }
     }
 
@@ -199,7 +201,9 @@ fn bind_hint(error: &std::io::Error) -> &'static str {
 
 /// A bound DNS server, ready to [`run`](DnsServer::run).
 pub struct DnsServer {
-    server: Server<Handler>,
+    server: Server<SharedHandler>,
+    tcp: tokio::task::JoinHandle<()>,
+    tcp_limiter: Limiter,
     local_addr: SocketAddr,
 }
 
@@ -251,11 +255,27 @@ impl DnsServer {
             },
             forwarder: Forwarder::new(upstreams, config.upstream_timeout),
         };
-        let mut server = Server::new(handler);
+        let handler = Arc::new(handler);
+        let mut server = Server::new(SharedHandler(Arc::clone(&handler)));
         server.register_socket(udp);
-        server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
+        let tcp_limiter = Limiter::new("dns", config.tcp_limits);
+        let tcp = tokio::spawn(tcp::serve(
+            Acceptor::new(tcp, tcp_limiter.clone()),
+            handler,
+            server.shutdown_token().clone(),
+        ));
         info!(address = %local_addr, zone = %config.zone, "DNS server listening on udp and tcp");
-        Ok(DnsServer { server, local_addr })
+        Ok(DnsServer {
+            server,
+            tcp,
+            tcp_limiter,
+            local_addr,
+        })
+    }
+
+    /// The limiter of TCP connections (caps, timeouts and counters).
+    pub fn tcp_limiter(&self) -> &Limiter {
+        &self.tcp_limiter
     }
 
     /// The address it listens on (UDP and TCP).
@@ -270,10 +290,11 @@ impl DnsServer {
 
     /// Serves until stopped through a [`DnsShutdown`], or until a listener fails.
     pub async fn run(mut self) -> Result<(), DnsError> {
-        self.server
-            .block_until_done()
-            .await
-            .map_err(|error| DnsError::Serve(error.to_string()))
+        let udp = self.server.block_until_done().await;
+        // The UDP listener ended: stopped, or failed. Either way TCP stops with it.
+        self.server.shutdown_token().cancel();
+        let _ = self.tcp.await;
+        udp.map_err(|error| DnsError::Serve(error.to_string()))
     }
 }
 
@@ -322,6 +343,20 @@ async fn bind_sockets(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), Dn
             }
             Err(source) => return Err(bind_error("tcp", address)(source)),
         }
+    }
+}
+
+/// The handler, shared by hickory's UDP listener and berth's TCP loop.
+struct SharedHandler(Arc<Handler>);
+
+#[async_trait::async_trait]
+impl RequestHandler for SharedHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response: R,
+    ) -> ResponseInfo {
+        self.0.handle_request::<R, T>(request, response).await
     }
 }
 

@@ -579,3 +579,108 @@ async fn an_answer_too_long_for_udp_is_truncated_and_complete_over_tcp() {
     assert_eq!(reply.additional.len(), 60);
     berth.stop().await;
 }
+
+/// A question for `name` (type A, class IN) with `id`, as DNS over TCP frames it.
+fn framed_question(id: u16, name: &str) -> Vec<u8> {
+    let mut message = Vec::new();
+    message.extend_from_slice(&id.to_be_bytes());
+    message.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        message.push(u8::try_from(label.len()).unwrap());
+        message.extend_from_slice(label.as_bytes());
+    }
+    message.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let mut framed = u16::try_from(message.len()).unwrap().to_be_bytes().to_vec();
+    framed.extend_from_slice(&message);
+    framed
+}
+
+/// Reads one framed answer: its id, response code and number of answers.
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> (u16, u8, u16) {
+    use tokio::io::AsyncReadExt;
+    let mut length = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut length))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let mut message = vec![0u8; usize::from(u16::from_be_bytes(length))];
+    stream.read_exact(&mut message).await.unwrap();
+    (
+        u16::from_be_bytes([message[0], message[1]]),
+        message[3] & 0x0f,
+        u16::from_be_bytes([message[6], message[7]]),
+    )
+}
+
+/// Whether the server closes `stream` within `limit`.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+async fn tcp_from(source: [u8; 4], address: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((source, 0).into()).unwrap();
+    socket.connect(address).await.unwrap()
+}
+
+/// DNS over TCP on berth's own connection loop: pipelined questions are answered in order,
+/// a malformed one gets FORMERR, a half-sent question is closed after the header timeout
+/// and a silent connection after the idle timeout, and a flood of half-sent questions from
+/// many addresses does not keep `dig +tcp` out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_answers_in_order_and_bounds_slow_and_idle_clients() {
+    use tokio::io::AsyncWriteExt;
+    let catalog = Catalog::new();
+    catalog.register(endpoint("0123456789abcdef", "shop", "web", "10.88.0.2"));
+    let berth = Berth::start(&catalog, |config| {
+        config.tcp_limits = berth_listen::Limits {
+            max_connections: 16,
+            max_connections_per_client: 8,
+            header_timeout: Duration::from_millis(500),
+            idle_timeout: Duration::from_millis(800),
+        };
+    })
+    .await;
+
+    let mut client = tcp_from([127, 0, 0, 1], berth.address).await;
+    let mut both = framed_question(7, "web.shop.berth");
+    both.extend(framed_question(8, "nope.shop.berth"));
+    client.write_all(&both).await.unwrap();
+    assert_eq!(read_answer(&mut client).await, (7, 0, 1));
+    assert_eq!(read_answer(&mut client).await, (8, 3, 0), "NXDOMAIN");
+    // A header asking one question, then a name label too long to exist.
+    let garbage = [
+        0, 14, 0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xff, 0xff,
+    ];
+    client.write_all(&garbage).await.unwrap();
+    assert_eq!(read_answer(&mut client).await, (0x1234, 1, 0), "FORMERR");
+    // Now silent: closed after the idle timeout.
+    assert!(closed_by_server(&mut client, Duration::from_secs(5)).await);
+
+    let mut half = tcp_from([127, 0, 0, 1], berth.address).await;
+    half.write_all(&framed_question(9, "web.shop.berth")[..5])
+        .await
+        .unwrap();
+    assert!(closed_by_server(&mut half, Duration::from_secs(5)).await);
+
+    let mut flood = Vec::new();
+    for i in 0..400u16 {
+        let mut slow = tcp_from([127, 0, 0, 2 + (i % 8) as u8], berth.address).await;
+        let _ = slow.write_all(&[0]).await;
+        flood.push(slow);
+    }
+    let reply = berth.dig("web.shop.berth", "A", &["+tcp"]).await;
+    assert_eq!(reply.status, "NOERROR", "{}", reply.text);
+    assert_eq!(reply.data("A"), vec!["10.88.0.2"]);
+    assert!(closed_by_server(&mut flood[0], Duration::from_secs(5)).await);
+    berth.stop().await;
+}

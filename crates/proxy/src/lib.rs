@@ -21,13 +21,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use berth_listen::http::{Connection, HttpServer};
+use berth_listen::{Limiter, Limits};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 pub use body::ProxyBody;
 pub use metrics::{
@@ -69,6 +69,10 @@ pub struct ProxyConfig {
     /// pool, as nginx's worker processes do; this scales with cores without handing
     /// requests between threads.
     pub workers: usize,
+    /// Client connections: the caps (shared by every listener and worker), the time a new
+    /// connection has for its TLS handshake and first request head, and how long a
+    /// connection with no request in flight stays open (see `berth_listen`).
+    pub limits: Limits,
 }
 
 impl Default for ProxyConfig {
@@ -84,6 +88,7 @@ impl Default for ProxyConfig {
             pool_max_idle_per_upstream: 256,
             shutdown_timeout: Duration::from_secs(30),
             workers: 0,
+            limits: Limits::PROXY,
         }
     }
 }
@@ -111,6 +116,9 @@ pub enum ProxyError {
     /// `serve` was called a second time.
     #[error("the proxy is already serving")]
     AlreadyServing,
+    /// The connection limits are unusable.
+    #[error("proxy connection limits: {0}")]
+    Limits(#[from] berth_listen::LimitsError),
 }
 
 /// A bound listening socket, handed to the runtime that serves it.
@@ -184,6 +192,7 @@ pub struct Proxy {
     /// table that is live.
     updating: Arc<Mutex<()>>,
     shutdown_timeout: Duration,
+    limiter: Limiter,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -202,6 +211,7 @@ impl Proxy {
         if config.http.is_empty() && config.https.is_empty() {
             return Err(ProxyError::NoListener);
         }
+        config.limits.validate()?;
         let acceptor = if config.https.is_empty() {
             None
         } else {
@@ -255,7 +265,13 @@ impl Proxy {
             workers: config.workers,
             updating: Arc::new(Mutex::new(())),
             shutdown_timeout: config.shutdown_timeout,
+            limiter: Limiter::new("proxy", config.limits),
         })
+    }
+
+    /// The limiter of client connections (caps, timeouts and counters).
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
     }
 
     /// The bound plain HTTP addresses, in configuration order.
@@ -388,7 +404,7 @@ impl Proxy {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .ok_or(ProxyError::AlreadyServing)?;
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop = CancellationToken::new();
         let grace = self.shutdown_timeout;
         if self.workers == 0 {
             let worker = Arc::new(Worker {
@@ -396,12 +412,12 @@ impl Proxy {
                 client: self.client.client(),
             });
             let listeners = workers.into_iter().flatten().collect();
-            let run = run_worker(listeners, worker, stop_rx, grace);
-            let stop = async move {
+            let run = run_worker(listeners, worker, self.limiter.clone(), stop.clone(), grace);
+            let stopper = async {
                 shutdown.await;
-                let _ = stop_tx.send(true);
+                stop.cancel();
             };
-            tokio::join!(run, stop);
+            tokio::join!(run, stopper);
             return Ok(());
         }
         let mut done = Vec::new();
@@ -412,7 +428,8 @@ impl Proxy {
                 .map_err(ProxyError::Runtime)?;
             let shared = Arc::clone(&self.shared);
             let settings = self.client;
-            let stop_rx = stop_rx.clone();
+            let limiter = self.limiter.clone();
+            let stop = stop.clone();
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
             std::thread::Builder::new()
                 .name(format!("berth-proxy-{index}"))
@@ -422,7 +439,7 @@ impl Proxy {
                             shared,
                             client: settings.client(),
                         });
-                        run_worker(listeners, worker, stop_rx, grace).await;
+                        run_worker(listeners, worker, limiter, stop, grace).await;
                     });
                     let _ = done_tx.send(());
                 })
@@ -430,7 +447,7 @@ impl Proxy {
             done.push(done_rx);
         }
         shutdown.await;
-        let _ = stop_tx.send(true);
+        stop.cancel();
         for worker in done {
             let _ = worker.await;
         }
@@ -442,18 +459,13 @@ impl Proxy {
 async fn run_worker(
     listeners: Vec<Listener>,
     worker: Arc<Worker>,
-    stop: watch::Receiver<bool>,
+    limiter: Limiter,
+    stop: CancellationToken,
     grace: Duration,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
-    // Every connection task holds a sender; when all are gone, the receiver closes.
-    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
-    let mut accept_tasks = Vec::new();
+    let server = HttpServer::new(limiter);
+    let mut serving = Vec::new();
     for listener in listeners {
-        let tls = listener.tls;
         let socket = match TcpListener::from_std(listener.socket) {
             Ok(socket) => socket,
             Err(error) => {
@@ -461,102 +473,39 @@ async fn run_worker(
                 continue;
             }
         };
-        accept_tasks.push(tokio::spawn(accept_loop(
-            socket,
-            tls,
-            Arc::clone(&worker),
-            Arc::clone(&builder),
-            stop.clone(),
-            open_tx.clone(),
-        )));
-    }
-    drop(open_tx);
-    for task in accept_tasks {
-        let _ = task.await;
-    }
-    if tokio::time::timeout(grace, open_rx.recv()).await.is_err() {
-        tracing::warn!("connections still open after the shutdown timeout");
-    }
-}
-
-async fn accept_loop(
-    socket: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    worker: Arc<Worker>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    mut stop: watch::Receiver<bool>,
-    open: mpsc::Sender<()>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = socket.accept() => accepted,
-            _ = stop.wait_for(|stop| *stop) => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(error) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let server = server.clone();
         let worker = Arc::clone(&worker);
-        let builder = Arc::clone(&builder);
         let stop = stop.clone();
-        let open = open.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            match tls {
-                None => serve_connection(stream, peer, false, worker, &builder, stop).await,
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => {
-                        serve_connection(stream, peer, true, worker, &builder, stop).await;
-                    }
-                    Err(error) => tracing::debug!(%peer, %error, "tls handshake failed"),
-                },
-            }
-            drop(open);
-        });
-    }
-}
-
-async fn serve_connection<S>(
-    stream: S,
-    peer: SocketAddr,
-    https: bool,
-    worker: Arc<Worker>,
-    builder: &auto::Builder<TokioExecutor>,
-    mut stop: watch::Receiver<bool>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service = hyper::service::service_fn(move |request| {
-        let worker = Arc::clone(&worker);
-        async move {
-            let response = worker
-                .shared
-                .handle(&worker.client, request, peer, https)
+        serving.push(tokio::spawn(async move {
+            server
+                .serve(
+                    socket,
+                    listener.tls,
+                    move |connection: Connection| {
+                        let worker = Arc::clone(&worker);
+                        hyper::service::service_fn(move |request| {
+                            let worker = Arc::clone(&worker);
+                            async move {
+                                let response = worker
+                                    .shared
+                                    .handle(
+                                        &worker.client,
+                                        request,
+                                        connection.peer,
+                                        connection.tls,
+                                    )
+                                    .await;
+                                Ok::<_, Infallible>(response)
+                            }
+                        })
+                    },
+                    stop,
+                    grace,
+                )
                 .await;
-            Ok::<_, Infallible>(response)
-        }
-    });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    let stopping = tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(error) = result {
-                tracing::debug!(%peer, %error, "client connection ended with an error");
-            }
-            false
-        }
-        _ = stop.wait_for(|stop| *stop) => true,
-    };
-    if stopping {
-        connection.as_mut().graceful_shutdown();
-        if let Err(error) = connection.await {
-            tracing::debug!(%peer, %error, "client connection ended with an error");
-        }
+        }));
+    }
+    for task in serving {
+        let _ = task.await;
     }
 }

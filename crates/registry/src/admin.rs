@@ -7,7 +7,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use berth_listen::http::ClientAddr;
 use berth_oci::Digest;
 use serde::{Deserialize, Serialize};
 
@@ -54,17 +55,23 @@ impl Registry {
     }
 }
 
-fn require_admin(registry: &Registry, headers: &HeaderMap) -> ApiResult<()> {
-    let principal = registry.auth.authenticate(headers)?;
+async fn require_admin(
+    registry: &Registry,
+    headers: &HeaderMap,
+    client: Option<Extension<ClientAddr>>,
+) -> ApiResult<()> {
+    let client = client.map(|Extension(ClientAddr(addr))| addr.ip());
+    let principal = registry.auth.authenticate(headers, client).await?;
     registry.auth.require_admin(&principal)
 }
 
 async fn gc(
     State(registry): State<Arc<Registry>>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
     Query(request): Query<GcRequest>,
 ) -> ApiResult<Response> {
-    require_admin(&registry, &headers)?;
+    require_admin(&registry, &headers, client).await?;
     match collect(&registry, request).await {
         Ok(report) => Ok(Json(report).into_response()),
         Err(GcError::Busy) => Err(ApiError::new(
@@ -123,8 +130,12 @@ async fn usage_report(registry: &Registry) -> ApiResult<UsageReport> {
     })
 }
 
-async fn usage(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> ApiResult<Response> {
-    require_admin(&registry, &headers)?;
+async fn usage(
+    State(registry): State<Arc<Registry>>,
+    headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
+) -> ApiResult<Response> {
+    require_admin(&registry, &headers, client).await?;
     Ok(Json(usage_report(&registry).await?).into_response())
 }
 
@@ -136,8 +147,12 @@ struct PinEntry {
     record: PinRecord,
 }
 
-async fn pins(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> ApiResult<Response> {
-    require_admin(&registry, &headers)?;
+async fn pins(
+    State(registry): State<Arc<Registry>>,
+    headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
+) -> ApiResult<Response> {
+    require_admin(&registry, &headers, client).await?;
     let pins = registry.pins().await?;
     let list: Vec<PinEntry> = pins
         .into_iter()
@@ -164,10 +179,11 @@ struct UnpinQuery {
 async fn pin(
     State(registry): State<Arc<Registry>>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
     Path(digest): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    require_admin(&registry, &headers)?;
+    require_admin(&registry, &headers, client).await?;
     let digest = parse_digest(&digest)?;
     let body = if body.is_empty() {
         PinBody {
@@ -192,10 +208,11 @@ async fn pin(
 async fn unpin(
     State(registry): State<Arc<Registry>>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
     Path(digest): Path<String>,
     query: Result<Query<UnpinQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    require_admin(&registry, &headers)?;
+    require_admin(&registry, &headers, client).await?;
     let digest = parse_digest(&digest)?;
     let Query(query) = query.map_err(|e| {
         ApiError::new(

@@ -234,7 +234,11 @@ pub async fn dispatch(State(registry): State<Arc<Registry>>, request: Request<Bo
                 .query()
                 .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
                 .unwrap_or_default();
-            match registry.auth.authenticate(&parts.headers) {
+            let client = parts
+                .extensions
+                .get::<berth_listen::http::ClientAddr>()
+                .map(|c| c.0.ip());
+            match registry.auth.authenticate(&parts.headers, client).await {
                 Err(e) => e.into_response(),
                 Ok(principal) => {
                     let call = Call {

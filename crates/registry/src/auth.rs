@@ -1,18 +1,34 @@
 //! Who may do what: a users file with bcrypt-hashed passwords and per-repository pull/push
 //! globs, checked on every request through HTTP Basic authentication (what podman, skopeo and
 //! docker do against a registry that answers `WWW-Authenticate: Basic`).
+//!
+//! bcrypt is slow on purpose, so it is kept away from everything else: a verified password
+//! is remembered for a while (honest clients pay once), checks run on a few blocking
+//! threads with a bounded queue ([`verify`]), each client's failures are rate-limited
+//! ([`throttle`]), and an
+//! unknown user costs a verification against a dummy hash like a known one, so that the
+//! answer's timing does not tell which users exist.
+
+mod throttle;
+mod verify;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap, HeaderValue};
 use base64::Engine as _;
+use berth_listen::ClientKey;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use sha2::Digest as _;
 
+pub use self::throttle::LoginLimits;
+use self::throttle::Throttle;
+use self::verify::Verifier;
 use crate::error::{ApiError, Code};
 
 /// How long a verified password is remembered, so bcrypt runs once per client, not per request.
@@ -151,6 +167,16 @@ pub enum Principal {
     User(String),
 }
 
+/// Counters of the password checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuthStats {
+    /// bcrypt verifications run (for known and unknown users alike).
+    pub verifications: u64,
+    /// Logins answered 429: their client failed too often, or too many checks were
+    /// waiting for the blocking pool already.
+    pub throttled: u64,
+}
+
 /// The registry's access policy.
 pub struct Authorizer {
     anonymous: Grants,
@@ -158,6 +184,12 @@ pub struct Authorizer {
     /// Whether credentials are asked for at all.
     enabled: bool,
     verified: Mutex<HashMap<[u8; 32], Instant>>,
+    /// What an unknown user's password is checked against, with the cost most users'
+    /// hashes have.
+    dummy_hash: String,
+    throttle: Throttle,
+    verifier: Verifier,
+    throttled: std::sync::atomic::AtomicU64,
 }
 
 impl Authorizer {
@@ -168,6 +200,24 @@ impl Authorizer {
             users: HashMap::new(),
             enabled: false,
             verified: Mutex::default(),
+            dummy_hash: String::new(),
+            throttle: Throttle::new(LoginLimits::default()),
+            verifier: Verifier::new(Verifier::default_threads()),
+            throttled: Default::default(),
+        }
+    }
+
+    /// The same policy with `limits` on failed logins.
+    pub fn with_login_limits(mut self, limits: LoginLimits) -> Authorizer {
+        self.throttle = Throttle::new(limits);
+        self
+    }
+
+    /// Counters of the password checks so far.
+    pub fn stats(&self) -> AuthStats {
+        AuthStats {
+            verifications: self.verifier.counts().runs.load(Ordering::SeqCst),
+            throttled: self.throttled.load(Ordering::Relaxed),
         }
     }
 
@@ -213,11 +263,19 @@ impl Authorizer {
                 },
             );
         }
+        let dummy_hash = dummy_hash(&users).map_err(|e| UsersFileError::Invalid {
+            path: shown.clone(),
+            message: format!("cannot make the dummy hash for unknown users: {e}"),
+        })?;
         Ok(Authorizer {
             anonymous: Grants::compile(&anonymous, &shown)?,
             users,
             enabled: true,
             verified: Mutex::default(),
+            dummy_hash,
+            throttle: Throttle::new(LoginLimits::default()),
+            verifier: Verifier::new(Verifier::default_threads()),
+            throttled: Default::default(),
         })
     }
 
@@ -226,8 +284,17 @@ impl Authorizer {
         self.enabled
     }
 
-    /// Identifies the caller from its `Authorization` header.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    /// Identifies the caller from its `Authorization` header; `client` is its address, for
+    /// the rate limit of failed logins (`None`: all such callers share one limit). A
+    /// password verified in the last minutes is accepted without bcrypt; otherwise the
+    /// check runs on the blocking pool, for an unknown user against the dummy hash, after
+    /// taking one of the client's login tokens (429 `TOOMANYREQUESTS` with `Retry-After`
+    /// when it has none left; a success gives it back).
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        client: Option<IpAddr>,
+    ) -> Result<Principal, ApiError> {
         if !self.enabled {
             return Ok(Principal::Anonymous);
         }
@@ -245,37 +312,67 @@ impl Authorizer {
         if user.is_empty() && password.is_empty() {
             return Ok(Principal::Anonymous);
         }
-        let bad = || {
-            challenge(ApiError::new(
-                Code::Unauthorized,
-                "invalid username or password",
-            ))
-        };
-        let entry = self.users.get(&user).ok_or_else(bad)?;
+        let entry = self.users.get(&user);
+        let hash = entry.map_or(self.dummy_hash.as_str(), |u| u.hash.as_str());
         let fingerprint: [u8; 32] = sha2::Sha256::new()
             .chain_update(user.as_bytes())
             .chain_update([0])
             .chain_update(password.as_bytes())
             .chain_update([0])
-            .chain_update(entry.hash.as_bytes())
+            .chain_update(hash.as_bytes())
             .finalize()
             .into();
-        let cached = self
-            .verified
-            .lock()
-            .map(|m| {
-                m.get(&fingerprint)
-                    .is_some_and(|t| t.elapsed() < CREDENTIAL_CACHE_TTL)
-            })
-            .unwrap_or(false);
-        if !cached {
-            if !bcrypt::verify(&password, &entry.hash).unwrap_or(false) {
-                return Err(bad());
+        let cached = entry.is_some()
+            && self
+                .verified
+                .lock()
+                .map(|m| {
+                    m.get(&fingerprint)
+                        .is_some_and(|t| t.elapsed() < CREDENTIAL_CACHE_TTL)
+                })
+                .unwrap_or(false);
+        if cached {
+            return Ok(Principal::User(user));
+        }
+        let client = ClientKey::of(client.unwrap_or(IpAddr::from([0, 0, 0, 0])));
+        if let Err(retry_after) = self.throttle.reserve(client, Instant::now()) {
+            self.throttled.fetch_add(1, Ordering::Relaxed);
+            let seconds = retry_after.as_secs_f64().ceil().max(1.0);
+            tracing::debug!(%client, retry_after = seconds, "login throttled");
+            return Err(ApiError::new(
+                Code::TooManyRequests,
+                format!("too many failed logins from {client}: try again in {seconds:.0} s"),
+            )
+            .header(
+                header::RETRY_AFTER,
+                HeaderValue::from_str(&format!("{seconds:.0}"))
+                    .unwrap_or(HeaderValue::from_static("60")),
+            ));
+        }
+        let matches = match self.verifier.verify(password, hash.to_owned()).await {
+            Ok(matches) => matches,
+            Err(verify::Busy) => {
+                // Not this client's failure: its token goes back.
+                self.throttle.refund(client, Instant::now());
+                self.throttled.fetch_add(1, Ordering::Relaxed);
+                return Err(ApiError::new(
+                    Code::TooManyRequests,
+                    "too many logins are being checked right now: try again in a second",
+                )
+                .header(header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
-            if let Ok(mut map) = self.verified.lock() {
-                map.retain(|_, t| t.elapsed() < CREDENTIAL_CACHE_TTL);
-                map.insert(fingerprint, Instant::now());
-            }
+        };
+        if !(matches && entry.is_some()) {
+            tracing::debug!(%client, "failed login");
+            return Err(challenge(ApiError::new(
+                Code::Unauthorized,
+                "invalid username or password",
+            )));
+        }
+        self.throttle.refund(client, Instant::now());
+        if let Ok(mut map) = self.verified.lock() {
+            map.retain(|_, t| t.elapsed() < CREDENTIAL_CACHE_TTL);
+            map.insert(fingerprint, Instant::now());
         }
         Ok(Principal::User(user))
     }
@@ -370,6 +467,28 @@ pub fn hash_password(password: &str) -> Result<String, bcrypt::BcryptError> {
     bcrypt::hash(password, bcrypt::DEFAULT_COST)
 }
 
+/// The cost of a bcrypt hash (`$2b$12$...`: 12).
+fn bcrypt_cost(hash: &str) -> Option<u32> {
+    hash.split('$').nth(2)?.parse().ok()
+}
+
+/// A hash of a random password with the cost most users' hashes have (bcrypt's default
+/// without users), so that checking an unknown user takes as long as a known one.
+fn dummy_hash(users: &HashMap<String, User>) -> Result<String, bcrypt::BcryptError> {
+    let mut costs: HashMap<u32, usize> = HashMap::new();
+    for user in users.values() {
+        if let Some(cost) = bcrypt_cost(&user.hash) {
+            *costs.entry(cost).or_default() += 1;
+        }
+    }
+    let cost = costs
+        .into_iter()
+        .max_by_key(|(cost, count)| (*count, *cost))
+        .map_or(bcrypt::DEFAULT_COST, |(cost, _)| cost);
+    let password: [u8; 24] = rand::random();
+    bcrypt::hash(hex::encode(password), cost)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,15 +517,23 @@ mod tests {
         Authorizer::from_file(&path, false).expect("load")
     }
 
-    #[test]
-    fn rights_follow_the_file() {
+    const ME: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)));
+
+    #[tokio::test]
+    async fn rights_follow_the_file() {
         let auth = authorizer("");
-        let alice = auth.authenticate(&basic("alice", "s3cret")).expect("login");
+        let alice = auth
+            .authenticate(&basic("alice", "s3cret"), ME)
+            .await
+            .expect("login");
         assert_eq!(alice, Principal::User("alice".into()));
         assert!(auth.allows(&alice, "alice/app", Access::Push));
         assert!(auth.allows(&alice, "bob/app", Access::Pull));
         assert!(!auth.allows(&alice, "bob/app", Access::Push));
-        let anon = auth.authenticate(&HeaderMap::new()).expect("anonymous");
+        let anon = auth
+            .authenticate(&HeaderMap::new(), ME)
+            .await
+            .expect("anonymous");
         assert!(auth.allows(&anon, "public/x", Access::Pull));
         assert!(!auth.allows(&anon, "alice/app", Access::Pull));
         let denied = auth
@@ -423,22 +550,190 @@ mod tests {
             .any(|(n, _)| n == header::WWW_AUTHENTICATE));
     }
 
-    #[test]
-    fn wrong_passwords_and_users_are_refused() {
+    #[tokio::test]
+    async fn wrong_passwords_and_users_are_refused() {
         let auth = authorizer("");
         for (u, p) in [("alice", "nope"), ("mallory", "s3cret"), ("alice", "")] {
-            let err = auth.authenticate(&basic(u, p)).expect_err("refused");
+            let err = auth
+                .authenticate(&basic(u, p), ME)
+                .await
+                .expect_err("refused");
             assert_eq!(err.code, Code::Unauthorized);
+            assert_eq!(err.message, "invalid username or password");
         }
         // Empty credentials are what clients send when they have none: anonymous.
         assert_eq!(
-            auth.authenticate(&basic("", "")).expect("anonymous"),
+            auth.authenticate(&basic("", ""), ME)
+                .await
+                .expect("anonymous"),
             Principal::Anonymous
         );
-        assert!(auth.authenticate(&basic("", "x")).is_err());
+        assert!(auth.authenticate(&basic("", "x"), ME).await.is_err());
         // A cached success does not let another password through.
-        auth.authenticate(&basic("alice", "s3cret")).expect("login");
-        assert!(auth.authenticate(&basic("alice", "s3cret2")).is_err());
+        auth.authenticate(&basic("alice", "s3cret"), ME)
+            .await
+            .expect("login");
+        assert!(auth
+            .authenticate(&basic("alice", "s3cret2"), ME)
+            .await
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn unknown_users_cost_a_bcrypt_verification_like_known_ones() {
+        let auth = authorizer("");
+        assert_eq!(bcrypt_cost(&auth.dummy_hash), Some(4), "the users' cost");
+        let runs = |auth: &Authorizer| auth.stats().verifications;
+        auth.authenticate(&basic("alice", "wrong"), ME)
+            .await
+            .expect_err("wrong password");
+        assert_eq!(runs(&auth), 1);
+        auth.authenticate(&basic("mallory", "wrong"), ME)
+            .await
+            .expect_err("unknown user");
+        assert_eq!(runs(&auth), 2, "an unknown user runs bcrypt too");
+        // An honest client pays bcrypt once; then its credentials are remembered.
+        auth.authenticate(&basic("alice", "s3cret"), ME)
+            .await
+            .expect("login");
+        assert_eq!(runs(&auth), 3);
+        for _ in 0..5 {
+            auth.authenticate(&basic("alice", "s3cret"), ME)
+                .await
+                .expect("cached login");
+        }
+        assert_eq!(runs(&auth), 3);
+    }
+
+    #[test]
+    fn the_dummy_hash_has_the_cost_most_users_have() {
+        let users: HashMap<String, User> = [4, 5, 5]
+            .into_iter()
+            .enumerate()
+            .map(|(i, cost)| {
+                (
+                    format!("u{i}"),
+                    User {
+                        hash: bcrypt::hash("pw", cost).expect("hash"),
+                        grants: Grants::everything(),
+                        admin: false,
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(bcrypt_cost(&dummy_hash(&users).expect("hash")), Some(5));
+        assert_eq!(
+            bcrypt_cost("$2b$12$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ01234"),
+            Some(12)
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_logins_are_throttled_per_client_and_cached_logins_are_not() {
+        let auth = authorizer("").with_login_limits(LoginLimits {
+            max_failures: 3,
+            window: Duration::from_secs(60),
+        });
+        // An honest client logs in first: its credentials are remembered.
+        auth.authenticate(&basic("alice", "s3cret"), ME)
+            .await
+            .expect("login");
+        for _ in 0..3 {
+            let err = auth
+                .authenticate(&basic("alice", "guess"), ME)
+                .await
+                .expect_err("wrong");
+            assert_eq!(err.code, Code::Unauthorized);
+        }
+        let before = auth.stats().verifications;
+        for user in ["alice", "mallory"] {
+            let err = auth
+                .authenticate(&basic(user, "guess"), ME)
+                .await
+                .expect_err("throttled");
+            assert_eq!(err.code, Code::TooManyRequests);
+            let retry = err
+                .headers
+                .iter()
+                .find(|(n, _)| n == header::RETRY_AFTER)
+                .map(|(_, v)| v.to_str().expect("ascii").to_owned())
+                .expect("Retry-After");
+            assert_eq!(retry, "20", "one failure per 20 s refills");
+        }
+        assert_eq!(
+            auth.stats().verifications,
+            before,
+            "a throttled login costs no bcrypt"
+        );
+        assert_eq!(auth.stats().throttled, 2);
+        // The honest client's remembered credentials still work from the same address,
+        // and other addresses are not affected.
+        auth.authenticate(&basic("alice", "s3cret"), ME)
+            .await
+            .expect("cached login");
+        let other = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2)));
+        auth.authenticate(&basic("alice", "guess"), other)
+            .await
+            .expect_err("wrong, not throttled")
+            .code
+            .eq(&Code::Unauthorized)
+            .then_some(())
+            .expect("401");
+    }
+
+    /// On a single-threaded runtime, another task keeps running while a password is being
+    /// checked: bcrypt is not on the async thread. (Were it inline, the check would start
+    /// and finish within one poll, and the observer below would never see it running.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn password_checks_leave_the_async_thread_free() {
+        let hash = bcrypt::hash("s3cret", 10).expect("hash");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("users.toml");
+        std::fs::write(
+            &path,
+            format!("[[users]]\nname = \"alice\"\npassword = \"{hash}\"\n"),
+        )
+        .expect("write");
+        let auth = std::sync::Arc::new(Authorizer::from_file(&path, false).expect("load"));
+        let checking = {
+            let auth = std::sync::Arc::clone(&auth);
+            tokio::spawn(async move { auth.authenticate(&basic("alice", "nope"), ME).await })
+        };
+        let seen_running = tokio::time::timeout(Duration::from_secs(30), async {
+            while auth.verifier.counts().running.load(Ordering::SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(seen_running.is_ok(), "the check never ran beside this task");
+        assert!(checking.await.expect("join").is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn at_most_the_pool_size_of_checks_run_at_once() {
+        let auth = std::sync::Arc::new(authorizer(""));
+        let tasks: Vec<_> = (0..64u8)
+            .map(|i| {
+                let auth = std::sync::Arc::clone(&auth);
+                tokio::spawn(async move {
+                    let client = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 0, i)));
+                    auth.authenticate(&basic("alice", "nope"), client).await
+                })
+            })
+            .collect();
+        let (mut refused, mut busy) = (0, 0);
+        for task in tasks {
+            match task.await.expect("join").expect_err("wrong").code {
+                Code::Unauthorized => refused += 1,
+                Code::TooManyRequests => busy += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        let counts = auth.verifier.counts();
+        assert_eq!(counts.runs.load(Ordering::SeqCst), refused);
+        assert_eq!(refused + busy, 64);
+        assert!(counts.peak.load(Ordering::SeqCst) <= Verifier::default_threads());
+        assert_eq!(auth.stats().throttled, busy);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::Duration;
 use globset::{Glob, GlobMatcher};
 
 use crate::api::Limits;
+use crate::auth::LoginLimits;
 use crate::retention::{RetentionConfig, RetentionRule};
 use berth_units::{ByteSize, HumanDuration};
 
@@ -51,6 +52,19 @@ pub struct RegistryConfig {
     /// Per-repository quotas, first match per repository wins.
     #[serde(default)]
     pub quotas: Vec<QuotaConfig>,
+    /// Open connections at most (default 1024; lowered to fit the open-files limit).
+    pub max_connections: Option<usize>,
+    /// Open connections at most from one client address (default 128).
+    pub max_connections_per_client: Option<usize>,
+    /// How long a new connection may take for its TLS handshake and first request head
+    /// (default 10s).
+    pub header_timeout: Option<HumanDuration>,
+    /// How long a connection with no request in flight stays open (default 60s).
+    pub idle_timeout: Option<HumanDuration>,
+    /// Failed logins a client may make in a row before it is answered 429 (default 10).
+    pub max_failed_logins: Option<u32>,
+    /// How long a client's failed-login allowance takes to refill (default 1m).
+    pub failed_login_window: Option<HumanDuration>,
 }
 
 /// A quota as written in the config file (`[[registry.quotas]]`).
@@ -130,6 +144,14 @@ impl RegistryConfig {
             } else {
                 over.quotas
             },
+            max_connections: over.max_connections.or(self.max_connections),
+            max_connections_per_client: over
+                .max_connections_per_client
+                .or(self.max_connections_per_client),
+            header_timeout: over.header_timeout.or(self.header_timeout),
+            idle_timeout: over.idle_timeout.or(self.idle_timeout),
+            max_failed_logins: over.max_failed_logins.or(self.max_failed_logins),
+            failed_login_window: over.failed_login_window.or(self.failed_login_window),
         }
     }
 
@@ -162,6 +184,28 @@ impl RegistryConfig {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let connection_limits = berth_listen::LimitsConfig {
+            max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
+            header_timeout: self.header_timeout.map(|d| d.0),
+            idle_timeout: self.idle_timeout.map(|d| d.0),
+        }
+        .apply(berth_listen::Limits::REGISTRY)
+        .map_err(|e| format!("registry connection limits: {e}"))?;
+        let login_defaults = LoginLimits::default();
+        let login_limits = LoginLimits {
+            max_failures: self
+                .max_failed_logins
+                .unwrap_or(login_defaults.max_failures),
+            window: self
+                .failed_login_window
+                .map_or(login_defaults.window, |d| d.0),
+        };
+        if login_limits.max_failures == 0 || login_limits.window.is_zero() {
+            return Err(
+                "max_failed_logins and failed_login_window must be above 0 (e.g. 10 per 1m)".into(),
+            );
+        }
         Ok(Settings {
             listen: match self.listen {
                 Some(addr) => addr,
@@ -189,6 +233,8 @@ impl RegistryConfig {
             },
             retention,
             quotas,
+            connection_limits,
+            login_limits,
         })
     }
 }
@@ -223,4 +269,8 @@ pub struct Settings {
     pub retention: Vec<RetentionRule>,
     /// Quotas.
     pub quotas: Vec<Quota>,
+    /// Connections: caps, header and idle timeouts.
+    pub connection_limits: berth_listen::Limits,
+    /// Failed logins per client.
+    pub login_limits: LoginLimits,
 }

@@ -10,8 +10,10 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use axum_server::accept::NoDelayAcceptor;
-use axum_server::tls_rustls::RustlsAcceptor;
+use berth_listen::http::{tower_per_connection, HttpServer};
+use berth_listen::tls::{TlsAcceptor, TlsFilesError};
+use berth_listen::Limiter;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{dispatch, Policy, Registry, Uploads};
 use crate::auth::{Authorizer, UsersFileError};
@@ -42,7 +44,7 @@ pub enum ServeError {
     },
     /// The TLS files are unusable.
     #[error("TLS certificate/key: {0}")]
-    Tls(std::io::Error),
+    Tls(#[from] TlsFilesError),
     /// Serving failed.
     #[error("serving: {0}")]
     Serve(std::io::Error),
@@ -55,7 +57,8 @@ pub fn open_registry(settings: &Settings) -> Result<Arc<Registry>, ServeError> {
     let auth = match &settings.users {
         Some(path) => Authorizer::from_file(path, settings.anonymous_pull)?,
         None => Authorizer::open(),
-    };
+    }
+    .with_login_limits(settings.login_limits);
     Ok(Arc::new(Registry {
         store: Arc::new(store),
         meta,
@@ -109,7 +112,8 @@ pub struct Server {
     listener: std::net::TcpListener,
     addr: SocketAddr,
     registry: Arc<Registry>,
-    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    tls: Option<TlsAcceptor>,
+    limiter: Limiter,
 }
 
 impl Server {
@@ -117,11 +121,7 @@ impl Server {
     pub async fn bind(settings: &Settings) -> Result<Server, ServeError> {
         let registry = open_registry(settings)?;
         let tls = match &settings.tls {
-            Some(files) => Some(
-                axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
-                    .await
-                    .map_err(ServeError::Tls)?,
-            ),
+            Some(files) => Some(berth_listen::tls::acceptor(&files.cert, &files.key)?),
             None => None,
         };
         let bind_err = |source| ServeError::Bind {
@@ -129,13 +129,20 @@ impl Server {
             source,
         };
         let listener = std::net::TcpListener::bind(settings.listen).map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
         Ok(Server {
             listener,
             addr,
             registry,
             tls,
+            limiter: Limiter::new("registry", settings.connection_limits),
         })
+    }
+
+    /// Its connection limiter (caps, timeouts and counters).
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
     }
 
     /// The bound address.
@@ -163,27 +170,24 @@ impl Server {
         if let Some(interval) = self.registry.policy.gc.interval {
             tokio::spawn(crate::gc::schedule(self.registry.clone(), interval));
         }
-        let app = router(self.registry).into_make_service();
-        let handle = axum_server::Handle::new();
-        let stopper = handle.clone();
+        let app = router(self.registry);
+        let stop = CancellationToken::new();
+        let stopper = stop.clone();
         tokio::spawn(async move {
             shutdown.await;
-            stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+            stopper.cancel();
         });
-        // Without TCP_NODELAY a response whose head and body go out in two writes waits for
-        // the client's delayed ACK (~40 ms) on every keep-alive request.
-        let nodelay = NoDelayAcceptor::new();
-        let server = axum_server::from_tcp(self.listener).map_err(ServeError::Serve)?;
-        match self.tls {
-            Some(tls) => {
-                server
-                    .acceptor(RustlsAcceptor::new(tls).acceptor(nodelay))
-                    .handle(handle)
-                    .serve(app)
-                    .await
-            }
-            None => server.acceptor(nodelay).handle(handle).serve(app).await,
-        }
-        .map_err(ServeError::Serve)
+        let listener =
+            tokio::net::TcpListener::from_std(self.listener).map_err(ServeError::Serve)?;
+        HttpServer::new(self.limiter)
+            .serve(
+                listener,
+                self.tls,
+                tower_per_connection(app),
+                stop,
+                Duration::from_secs(10),
+            )
+            .await;
+        Ok(())
     }
 }

@@ -274,3 +274,78 @@ async fn serves_https_from_certificate_files() {
         .unwrap();
     assert_ne!(String::from_utf8_lossy(&out.stdout), "200");
 }
+
+/// A client that keeps guessing passwords is answered 429 TOOMANYREQUESTS with a
+/// Retry-After once it used up its failures; other clients log in as usual, and a client
+/// whose credentials were verified before is not held back by its neighbour's guesses.
+#[tokio::test]
+async fn password_guessing_is_throttled_per_client_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.toml");
+    let alice = bcrypt::hash("alice-pw", 4).unwrap();
+    std::fs::write(
+        &users,
+        format!("[[users]]\nname = \"alice\"\npassword = \"{alice}\"\npull = [\"*\"]\n"),
+    )
+    .unwrap();
+    let reg = TestRegistry::start_with(RegistryConfig {
+        users: Some(users),
+        max_failed_logins: Some(3),
+        failed_login_window: Some("3m".parse().unwrap()),
+        ..Default::default()
+    })
+    .await;
+    let from = |last: u8| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+            .build()
+            .unwrap()
+    };
+    let url = format!("{}/v2/", reg.url);
+    let (guesser, honest) = (from(2), from(3));
+    // The honest client logged in before the guessing started.
+    let r = honest
+        .get(&url)
+        .basic_auth("alice", Some("alice-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for guess in 0..3 {
+        let r = guesser
+            .get(&url)
+            .basic_auth("alice", Some(format!("guess{guess}")))
+            .send()
+            .await
+            .unwrap();
+        expect_error(r, 401, "UNAUTHORIZED").await;
+    }
+    for user in ["alice", "nobody"] {
+        let r = guesser
+            .get(&url)
+            .basic_auth(user, Some("guess"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            header(&r, "retry-after"),
+            "60",
+            "one failure a minute refills"
+        );
+        expect_error(r, 429, "TOOMANYREQUESTS").await;
+    }
+    let r = honest
+        .get(&url)
+        .basic_auth("alice", Some("alice-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = from(4)
+        .get(&url)
+        .basic_auth("alice", Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 401, "UNAUTHORIZED").await;
+}
