@@ -137,6 +137,8 @@ pub struct NewManifest<'a> {
     pub record: ManifestRecord,
     /// Blobs it needs (config, layers).
     pub blobs: &'a [Descriptor],
+    /// Layers clients fetch from their URLs: checked only if the repository holds them.
+    pub external: &'a [Descriptor],
     /// Manifests it needs (index children).
     pub manifests: &'a [Descriptor],
     /// Its descriptor in its subject's referrers list, if it has a subject.
@@ -390,6 +392,22 @@ impl Metadata {
                         declared: blob.size,
                         stored,
                     }));
+                }
+            }
+            for layer in new.external {
+                let digest = layer.digest.to_string();
+                if links.get(key(new.repo, &digest).as_str())?.is_none() {
+                    continue;
+                }
+                if let Some(r) = blobs.get(digest.as_str())? {
+                    let stored = decode::<BlobRecord>(&digest, r.value())?.size;
+                    if stored != layer.size {
+                        return Ok(Err(ManifestRejection::SizeMismatch {
+                            digest: layer.digest.clone(),
+                            declared: layer.size,
+                            stored,
+                        }));
+                    }
                 }
             }
             let mut manifests = txn.open_table(MANIFESTS)?;
