@@ -375,9 +375,13 @@ mod tests {
             layer("application/vnd.oci.image.layer.v1.tar+gzip", 7, urls),
         ]
         .join(",");
-        let m = Manifest::parse(Some(OCI_MANIFEST), with_layers(&layers).as_bytes())
-            .expect("valid");
-        assert_eq!(m.blobs.len(), 7, "every layer is still one of the image's blobs");
+        let m =
+            Manifest::parse(Some(OCI_MANIFEST), with_layers(&layers).as_bytes()).expect("valid");
+        assert_eq!(
+            m.blobs.len(),
+            7,
+            "every layer is still one of the image's blobs"
+        );
         let external: Vec<String> = m.external_layers().map(|d| d.digest.to_string()).collect();
         assert_eq!(external, [digest(2), digest(3), digest(4), digest(5)]);
         let required: Vec<String> = m.required_blobs().map(|d| d.digest.to_string()).collect();
@@ -402,12 +406,18 @@ mod tests {
     #[test]
     fn layer_urls_must_be_fetchable() {
         for (url, reason) in [
-            ("ftp://example.com/x", "it is not an http:// or https:// URL"),
+            (
+                "ftp://example.com/x",
+                "it is not an http:// or https:// URL",
+            ),
             ("/blobs/x", "it is not an http:// or https:// URL"),
             ("https://", "it names no host"),
             ("https:///x", "it names no host"),
             ("https://example.com/x#frag", "it has a fragment"),
-            ("https://example.com/a b", "it contains whitespace or control characters"),
+            (
+                "https://example.com/a b",
+                "it contains whitespace or control characters",
+            ),
         ] {
             let urls = format!(r#","urls":[{}]"#, serde_json::json!(url));
             let body = with_layers(&layer(

@@ -22,7 +22,8 @@ pub const MANIFEST_TYPES: [&str; 4] = [
 ];
 
 /// OCI non-distributable layer, uncompressed.
-pub const OCI_NONDISTRIBUTABLE_LAYER: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar";
+pub const OCI_NONDISTRIBUTABLE_LAYER: &str =
+    "application/vnd.oci.image.layer.nondistributable.v1.tar";
 /// OCI non-distributable layer, gzip-compressed.
 pub const OCI_NONDISTRIBUTABLE_LAYER_GZIP: &str =
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";

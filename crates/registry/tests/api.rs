@@ -967,7 +967,11 @@ async fn manifests_by_a_malformed_reference_are_unknown() {
         .await;
     expect_error(r, 400, "MANIFEST_INVALID").await;
     // The tag still works.
-    let r = reg.req(Method::GET, "/v2/r/manifests/t").send().await.unwrap();
+    let r = reg
+        .req(Method::GET, "/v2/r/manifests/t")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -1014,15 +1018,29 @@ async fn non_distributable_layers_need_not_be_pushed() {
         OCI_MANIFEST,
         &config,
         &[
-            descriptor(OCI_NONDISTRIBUTABLE_LAYER_GZIP, &absent(1), 123_456, &[&url(1)]),
+            descriptor(
+                OCI_NONDISTRIBUTABLE_LAYER_GZIP,
+                &absent(1),
+                123_456,
+                &[&url(1)],
+            ),
             descriptor(OCI_NONDISTRIBUTABLE_LAYER, &absent(2), 12_345, &[&url(2)]),
-            descriptor(OCI_NONDISTRIBUTABLE_LAYER_ZSTD, &absent(3), 1_234, &[&url(3)]),
+            descriptor(
+                OCI_NONDISTRIBUTABLE_LAYER_ZSTD,
+                &absent(3),
+                1_234,
+                &[&url(3)],
+            ),
             ordinary.clone(),
         ],
     );
     let r = reg.put_manifest("r", "nd", OCI_MANIFEST, &manifest).await;
     assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
-    let r = reg.req(Method::GET, "/v2/r/manifests/nd").send().await.unwrap();
+    let r = reg
+        .req(Method::GET, "/v2/r/manifests/nd")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.text().await.unwrap(), manifest);
     // The registry serves only what it holds.
     let r = reg
@@ -1043,7 +1061,9 @@ async fn non_distributable_layers_need_not_be_pushed() {
         ),
         &[descriptor(DOCKER_FOREIGN_LAYER, &absent(4), 99, &[&url(4)])],
     );
-    let r = reg.put_manifest("r", "foreign", DOCKER_MANIFEST, &docker).await;
+    let r = reg
+        .put_manifest("r", "foreign", DOCKER_MANIFEST, &docker)
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
 
     // Every other missing blob is still refused, naming the blob.
@@ -1053,7 +1073,12 @@ async fn non_distributable_layers_need_not_be_pushed() {
             manifest_with(
                 OCI_MANIFEST,
                 &config,
-                &[descriptor(OCI_NONDISTRIBUTABLE_LAYER_GZIP, &absent(5), 9, &[])],
+                &[descriptor(
+                    OCI_NONDISTRIBUTABLE_LAYER_GZIP,
+                    &absent(5),
+                    9,
+                    &[],
+                )],
             ),
             absent(5),
         ),
@@ -1082,8 +1107,18 @@ async fn non_distributable_layers_need_not_be_pushed() {
             "missing config beside external layers",
             manifest_with(
                 OCI_MANIFEST,
-                &descriptor("application/vnd.oci.image.config.v1+json", &absent(8), 9, &[]),
-                &[descriptor(OCI_NONDISTRIBUTABLE_LAYER, &absent(2), 12_345, &[&url(2)])],
+                &descriptor(
+                    "application/vnd.oci.image.config.v1+json",
+                    &absent(8),
+                    9,
+                    &[],
+                ),
+                &[descriptor(
+                    OCI_NONDISTRIBUTABLE_LAYER,
+                    &absent(2),
+                    12_345,
+                    &[&url(2)],
+                )],
             ),
             absent(8),
         ),
@@ -1108,9 +1143,16 @@ async fn non_distributable_layers_need_not_be_pushed() {
     let wrong_size = manifest_with(
         OCI_MANIFEST,
         &config,
-        &[descriptor(OCI_NONDISTRIBUTABLE_LAYER, &held, 99, &[&url(9)])],
+        &[descriptor(
+            OCI_NONDISTRIBUTABLE_LAYER,
+            &held,
+            99,
+            &[&url(9)],
+        )],
     );
-    let r = reg.put_manifest("r", "refused", OCI_MANIFEST, &wrong_size).await;
+    let r = reg
+        .put_manifest("r", "refused", OCI_MANIFEST, &wrong_size)
+        .await;
     let body = expect_error(r, 400, "MANIFEST_INVALID").await;
     assert_eq!(
         body["errors"][0]["message"],
@@ -1127,9 +1169,15 @@ async fn non_distributable_layers_need_not_be_pushed() {
             &["file:///etc/shadow"],
         )],
     );
-    let r = reg.put_manifest("r", "refused", OCI_MANIFEST, &bad_url).await;
+    let r = reg
+        .put_manifest("r", "refused", OCI_MANIFEST, &bad_url)
+        .await;
     expect_error(r, 400, "MANIFEST_INVALID").await;
-    let r = reg.req(Method::GET, "/v2/r/tags/list").send().await.unwrap();
+    let r = reg
+        .req(Method::GET, "/v2/r/tags/list")
+        .send()
+        .await
+        .unwrap();
     let tags: Value = r.json().await.unwrap();
     assert_eq!(
         tags["tags"],

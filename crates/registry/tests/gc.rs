@@ -658,7 +658,10 @@ async fn non_distributable_layers_through_gc_pins_and_referrers() {
         202
     );
     let report = gc(&reg, "").await;
-    assert_eq!(report["blobs"], 2, "b's manifest and the held layer: {report}");
+    assert_eq!(
+        report["blobs"], 2,
+        "b's manifest and the held layer: {report}"
+    );
     assert_eq!(status(&reg, Method::HEAD, &blob(&held)).await, 404);
 
     // A pinned manifest with an absent layer is kept, with everything it has here.

@@ -198,6 +198,31 @@ pub struct ContainerRequest {
     pub secret_files: SecretFiles,
 }
 
+impl ContainerRequest {
+    /// Refuses what no node could run, saying what is allowed: limits a container cannot
+    /// start under, ports published with no network to reach them, a host port published
+    /// twice. Checked before anything is pulled or set up.
+    pub fn check(&self) -> Result<(), String> {
+        self.resources.check().map_err(|e| e.to_string())?;
+        if self.network == NetworkMode::None && !self.ports.is_empty() {
+            let ports: Vec<String> = self.ports.iter().map(ToString::to_string).collect();
+            return Err(format!(
+                "cannot publish {} with network none: such a container has only loopback, so nothing could reach it; use network bridge or publish nothing",
+                ports.join(", ")
+            ));
+        }
+        for (i, port) in self.ports.iter().enumerate() {
+            if let Some(earlier) = self.ports[..i].iter().find(|p| p.clashes_with(port)) {
+                return Err(format!(
+                    "host port {} is published twice ({earlier} and {port}): a host port forwards to one container port",
+                    port.host_side()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Environment entries holding secrets: `Debug` shows only the names.
 #[derive(Clone, Default, PartialEq)]
 pub struct SecretEnv(pub Vec<String>);

@@ -52,6 +52,14 @@ pub enum NodeError {
     /// The container is running and must not be.
     #[error("container {0} is running: stop it first, or force")]
     Running(String),
+    /// Another container publishes the host port.
+    #[error("host port {port} is already published by container {by}: choose another host port, or remove that container")]
+    PortTaken {
+        /// The host side asked for.
+        port: String,
+        /// The container that has it (name and short id).
+        by: String,
+    },
     /// The container could not start.
     #[error("container {name} did not start: {message}")]
     Start {
@@ -250,11 +258,48 @@ impl Node {
         }
     }
 
+    /// Refuses a request that cannot run here, before anything is pulled or set up: limits
+    /// no container can start under, ports with network none, and host ports that another
+    /// container (running or not: its forwarding stays until it is removed) or another
+    /// program on this host already has.
+    pub fn check(&self, request: &ContainerRequest) -> Result<(), NodeError> {
+        request.check().map_err(NodeError::Invalid)?;
+        if request.ports.is_empty() {
+            return Ok(());
+        }
+        for other in self.list()? {
+            if other.record.netns.is_none() {
+                continue;
+            }
+            for theirs in &other.record.request.ports {
+                if let Some(ours) = request.ports.iter().find(|p| p.clashes_with(theirs)) {
+                    return Err(NodeError::PortTaken {
+                        port: ours.host_side(),
+                        by: format!("{} ({})", other.record.name, short(&other.record.id)),
+                    });
+                }
+            }
+        }
+        for port in &request.ports {
+            if port_in_use(port) {
+                return Err(NodeError::Invalid(format!(
+                    "host port {} is in use by another program on this host (`ss -ltnup` shows which): choose another host port",
+                    port.host_side()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn create_with_id(
         &self,
         id: String,
         request: ContainerRequest,
     ) -> Result<Container, NodeError> {
+        let request = ContainerRequest {
+            resources: request.resources.with_defaults(),
+            ..request
+        };
         let image = self
             .images
             .get(&request.image)?
@@ -266,6 +311,8 @@ impl Node {
             &self.config.namespace_helper,
         )?;
         let lock = self.lock_names()?;
+        // Under the lock, so that two creates cannot both take a free port.
+        self.check(&request)?;
         let name = match &request.name {
             Some(name) => {
                 validate_name(name)?;
@@ -676,6 +723,18 @@ impl Node {
         nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| io("locking the containers directory")(e.into()))
     }
+}
+
+/// Whether another program on this host holds `port` (a bind on it fails with "address in
+/// use"). Forwarded ports are DNAT rules, not sockets, so berth's own do not count here.
+fn port_in_use(port: &crate::network::PortMapping) -> bool {
+    let ip = port.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let address = std::net::SocketAddr::new(ip, port.host_port);
+    let bound = match port.protocol {
+        crate::network::Protocol::Tcp => std::net::TcpListener::bind(address).map(drop),
+        crate::network::Protocol::Udp => std::net::UdpSocket::bind(address).map(drop),
+    };
+    bound.is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
 }
 
 /// A spawned monitor waiting for its go.
