@@ -191,9 +191,25 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
+/// Creates `path` empty with mode 0600 if it does not exist (redb initialises an empty file),
+/// and takes group and other access away from one that does.
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    if file.metadata()?.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 impl Metadata {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> MetadataResult<Metadata> {
+        owner_only(path).map_err(|e| MetadataError::Db(redb::Error::Io(e)))?;
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         {

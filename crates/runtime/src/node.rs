@@ -6,12 +6,13 @@ use std::ffi::OsString;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::container::{
-    process_for, read_json, resolve_user, write_json, write_json_private, ContainerRecord,
+    process_for, read_json, resolve_user, write_json, write_json_fast, ContainerRecord,
     ContainerRequest, ContainerState, NetworkMode, Status, RECORD_FILE, STATE_FILE, STOP_FILE,
 };
 use crate::host::RuntimeKind;
@@ -133,6 +134,8 @@ pub struct Node {
 impl Node {
     /// Opens the node's directories.
     pub fn open(config: NodeConfig) -> Result<Node, NodeError> {
+        crate::private_dir(&config.root)
+            .map_err(io(format!("creating {}", config.root.display())))?;
         for dir in ["containers", "netns"] {
             fs::create_dir_all(config.root.join(dir))
                 .map_err(io(format!("creating {}", config.root.join(dir).display())))?;
@@ -458,7 +461,7 @@ impl Node {
             host_nofile_hard: crate::host::nofile_limits().map(|(_, hard)| hard),
         };
         // Owner-only: it is the one file that holds the secret environment.
-        write_json_private(&dir.join("bundle/config.json"), &spec::config_json(&spec))
+        write_json_fast(&dir.join("bundle/config.json"), &spec::config_json(&spec))
             .map_err(io("writing the bundle's config.json"))
     }
 
@@ -481,8 +484,13 @@ impl Node {
             .monitor
             .split_first()
             .ok_or_else(|| NodeError::Invalid("no monitor command configured".into()))?;
-        let monitor_log =
-            fs::File::create(dir.join("monitor.log")).map_err(io("creating the monitor log"))?;
+        let monitor_log = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join("monitor.log"))
+            .map_err(io("creating the monitor log"))?;
         let mut child = Command::new(program)
             .args(args)
             .arg(dir)

@@ -179,7 +179,7 @@ fn private_json_is_owner_only_even_over_a_leftover_temporary_file() {
         fs::Permissions::from_mode(0o644),
     )
     .unwrap();
-    write_json_private(&path, &serde_json::json!({"env": ["TOKEN=x"]})).unwrap();
+    write_json_fast(&path, &serde_json::json!({"env": ["TOKEN=x"]})).unwrap();
     let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
