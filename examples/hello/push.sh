@@ -4,9 +4,21 @@
 # — and pushes it to REGISTRY (host:port, default 127.0.0.1:5000) as hello/web:TAG with
 # the distribution API: the layer and config blobs in single POSTs, then the manifest.
 #   examples/hello/push.sh v1 [REGISTRY]
+# Credentials, for a registry that wants them (berth server's does): BERTH_REGISTRY_CREDS
+# (user:password), or else the entry for REGISTRY in the auth file REGISTRY_AUTH_FILE (the
+# format podman, skopeo and buildah read, as berth server writes it to
+# /var/lib/berth/registry-auth.json).
 set -euo pipefail
 tag=${1:?usage: push.sh TAG [REGISTRY]}
 registry=${2:-127.0.0.1:5000}
+auth=()
+if [ -n "${BERTH_REGISTRY_CREDS:-}" ]; then
+    auth=(--user "$BERTH_REGISTRY_CREDS")
+elif [ -n "${REGISTRY_AUTH_FILE:-}" ] && [ -r "$REGISTRY_AUTH_FILE" ]; then
+    key=$(printf '%s' "$registry" | sed 's/[][\.*^$/]/\\&/g')
+    basic=$(tr -d ' \n' < "$REGISTRY_AUTH_FILE" | sed -n "s/.*\"$key\":{\"auth\":\"\([^\"]*\)\".*/\1/p")
+    if [ -n "$basic" ]; then auth=(-H "Authorization: Basic $basic"); fi
+fi
 here=$(cd "$(dirname "$0")" && pwd)
 [ -f "$here/$tag/index.html" ] || { echo "push.sh: no $here/$tag/index.html" >&2; exit 1; }
 [ -x /bin/busybox ] || { echo "push.sh: /bin/busybox is missing: apt-get install busybox-static" >&2; exit 1; }
@@ -30,7 +42,7 @@ printf '{"architecture":"%s","os":"linux","config":{"Cmd":["httpd","-f","-p","80
 push_blob() { # FILE -> prints its digest
     local digest
     digest=sha256:$(sha256sum < "$1" | cut -d' ' -f1)
-    curl -fsS -o /dev/null -X POST -H 'Content-Type: application/octet-stream' \
+    curl -fsS -o /dev/null "${auth[@]}" -X POST -H 'Content-Type: application/octet-stream' \
         --data-binary "@$1" "http://$registry/v2/hello/web/blobs/uploads/?digest=$digest"
     echo "$digest"
 }
@@ -38,6 +50,6 @@ layer=$(push_blob "$work/layer.tar.gz")
 config=$(push_blob "$work/config.json")
 printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"%s","size":%d}]}' \
     "$config" "$(stat -c %s "$work/config.json")" "$layer" "$(stat -c %s "$work/layer.tar.gz")" > "$work/manifest.json"
-curl -fsS -o /dev/null -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' \
+curl -fsS -o /dev/null "${auth[@]}" -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' \
     --data-binary "@$work/manifest.json" "http://$registry/v2/hello/web/manifests/$tag"
 echo "pushed $registry/hello/web:$tag"

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use berth_server::{load_or_create_token, ApiState, Controller, TOKEN_FILE};
+use berth_server::{load_or_create_token, ApiState, Controller, REGISTRY_AUTH_FILE, TOKEN_FILE};
 use clap::Args;
 use serde_json::{json, Value};
 
@@ -159,7 +159,7 @@ pub struct RollbackArgs {
 /// Runs the server until SIGTERM or SIGINT.
 pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Result<()> {
     let file = ConfigFile::load(config)?;
-    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    berth_runtime::private_dir(root).with_context(|| format!("creating {}", root.display()))?;
     let mut gateway = None;
     let node = Arc::new(crate::container_cmd::open_node_with(
         &file,
@@ -184,19 +184,14 @@ pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Re
         let (secret_key, source) =
             berth_agent::secrets::SecretKey::load(&key_file).context("loading the secret key")?;
         tracing::info!(key_id = secret_key.id(), %source, "secret key loaded");
-        let controller = Controller::new(Arc::new(store), node, Default::default(), secret_key);
+        // Pulls find the built-in registry's admin credential beside the user's own.
+        let pull = berth_runtime::image::PullOptions {
+            auth_files: crate::image_cmd::auth_files(root),
+            ..Default::default()
+        };
+        let controller = Controller::new(Arc::new(store), node, pull, secret_key);
         if let Some(listen) = args.registry_listen {
-            let settings = file
-                .registry
-                .merged(berth_registry::RegistryConfig {
-                    listen: Some(listen),
-                    data_dir: Some(root.join("registry")),
-                    ..Default::default()
-                })
-                .settings(root.join("registry"))
-                .map_err(anyhow::Error::msg)?;
-            let registry = berth_registry::Server::bind(&settings).await?;
-            println!("berth registry listening on {}", registry.url());
+            let registry = serve_registry(&file, root, listen).await?;
             // The images of the releases a rollback may need are pinned in it, in-process.
             controller.registry_pins().attach(
                 Arc::new(berth_server::registry_pins::LocalRegistry(
@@ -246,6 +241,66 @@ pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Re
         .context("serving the API")?;
         Ok(())
     })
+}
+
+/// Binds the built-in registry: data in `<root>/registry`, closed to anonymous clients unless
+/// the config file's `[registry]` says otherwise, with an admin credential made on the first
+/// start and kept in `<root>/registry-auth.json` (mode 0600) for this host's clients.
+async fn serve_registry(
+    file: &ConfigFile,
+    root: &Path,
+    listen: SocketAddr,
+) -> anyhow::Result<berth_registry::Server> {
+    let (admin, created) = berth_server::load_or_create_registry_admin(root)
+        .with_context(|| format!("reading {}", root.join(REGISTRY_AUTH_FILE).display()))?;
+    let hash = berth_registry::auth::hash_random_secret(&admin.password)
+        .context("hashing the registry's admin credential")?;
+    let mut settings = file
+        .registry
+        .clone()
+        .merged(berth_registry::RegistryConfig {
+            listen: Some(listen),
+            data_dir: Some(root.join("registry")),
+            ..Default::default()
+        })
+        .settings(root.join("registry"))
+        .map_err(anyhow::Error::msg)?;
+    settings.admin = Some(berth_registry::BuiltinAdmin {
+        name: admin.username.clone(),
+        hash,
+    });
+    let registry = berth_registry::Server::bind(&settings).await?;
+    // Every name this host's clients may use for the registry, rewritten on each start so
+    // that a new address is covered too.
+    let path = root.join(REGISTRY_AUTH_FILE);
+    let hosts = berth_server::registry_pins::registry_hosts(registry.local_addr());
+    berth_runtime::image::write_auth_file(&path, hosts.iter().map(String::as_str), &admin)
+        .with_context(|| format!("writing {}", path.display()))?;
+    let mut out = std::io::stdout().lock();
+    if created {
+        writeln!(
+            out,
+            "berth registry admin credential created: user {}, password {} (shown once; kept in {}, mode 0600)",
+            admin.username,
+            admin.password,
+            path.display()
+        )?;
+    }
+    writeln!(
+        out,
+        "berth registry listening on {} (anonymous access {}; admin credential in {}: podman, skopeo and buildah take --authfile {}, berth on this host uses it by itself)",
+        registry.url(),
+        match (&settings.users, settings.anonymous_pull) {
+            (Some(_), true) => "read-only, and what the users file's [anonymous] table grants",
+            (Some(_), false) => "what the users file's [anonymous] table grants",
+            (None, true) => "read-only",
+            (None, false) => "off",
+        },
+        path.display(),
+        path.display()
+    )?;
+    out.flush()?;
+    Ok(registry)
 }
 
 /// A blocking client of the /v1 API.

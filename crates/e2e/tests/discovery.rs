@@ -27,7 +27,7 @@ fn spec(server: &BerthServer, app: &str, tag: &str, replicas: usize, deploy: &st
 }
 
 fn push(server: &BerthServer, app: &str, tags: &[&str]) {
-    let registry = format!("http://{}", server.registry());
+    let registry = server.registry_url();
     for tag in tags {
         push_web(&registry, &format!("{app}/web"), tag, tag, 8080);
     }
@@ -292,7 +292,7 @@ fn push_cgi(server: &BerthServer, app: &str, tag: &str, broken: bool) {
         format!("#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n{tag}\\n'\n")
     };
     push_image(
-        &format!("http://{}", server.registry()),
+        &server.registry_url(),
         &format!("{app}/web"),
         tag,
         &[

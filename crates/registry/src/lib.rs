@@ -16,5 +16,5 @@ pub mod server;
 pub mod storage;
 pub mod units;
 
-pub use config::{RegistryConfig, Settings};
+pub use config::{BuiltinAdmin, RegistryConfig, Settings};
 pub use server::{open_registry, router, ServeError, Server};
