@@ -193,12 +193,28 @@ fn help_explains_every_flag() {
 fn an_open_registry_beyond_loopback_needs_allow_anonymous() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["registry", "serve", "--listen", "0.0.0.0:0", "--data-dir"])
         .arg(&data)
         .env("BERTH_LOG", "warn")
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    // A registry that serves instead of refusing would never exit: give it 10 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "it served open on 0.0.0.0: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
