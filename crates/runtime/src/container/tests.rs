@@ -169,19 +169,26 @@ fn secret_env_is_neither_serialized_nor_debug_printed() {
 }
 
 #[test]
-fn private_json_is_owner_only_even_over_a_leftover_temporary_file() {
+fn records_are_owner_only_even_over_a_leftover_temporary_file() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.json");
-    fs::write(path.with_extension("json.tmp"), "old").unwrap();
-    fs::set_permissions(
-        path.with_extension("json.tmp"),
-        fs::Permissions::from_mode(0o644),
-    )
-    .unwrap();
-    write_json_fast(&path, &serde_json::json!({"env": ["TOKEN=x"]})).unwrap();
-    let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
+    type Writer = fn(&std::path::Path, &serde_json::Value) -> io::Result<()>;
+    let writers: [(&str, Writer); 2] = [
+        ("container.json", |p, v| write_json(p, v)),
+        ("config.json", |p, v| write_json_fast(p, v)),
+    ];
+    for (name, write) in writers {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        fs::write(path.with_extension("json.tmp"), "old").unwrap();
+        fs::set_permissions(
+            path.with_extension("json.tmp"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        write(&path, &serde_json::json!({"env": ["TOKEN=x"]})).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name}");
+    }
 }
 
 fn ports(specs: &[&str]) -> Vec<PortMapping> {
