@@ -6,8 +6,14 @@
 #
 # On exit only the server stops. The app's containers keep running (each under its own
 # monitor, as `berth ps` shows), and the state stays under the root (default
-# /var/lib/berth: server.redb, server.token, registry/, images/, containers/): the next
-# run.sh picks them up again. Remove the instances with `berth rm -f $(berth ps -q)`.
+# /var/lib/berth, mode 0700: server.redb, server.token, registry-auth.json, registry/,
+# images/, containers/): the next run.sh picks them up again. Remove the instances with
+# `berth rm -f $(berth ps -q)`.
+#
+# The registry is closed to anonymous clients: on its first start berth server makes an admin
+# credential and keeps it in $BERTH_ROOT/registry-auth.json (mode 0600), which berth on this
+# host reads by itself and podman, skopeo and buildah take with --authfile; run.sh pushes
+# the example with it and prints where it is.
 #
 # Environment: BERTH_ROOT (/var/lib/berth), BERTH_SERVER_LISTEN (127.0.0.1:7480),
 # BERTH_REGISTRY_LISTEN (127.0.0.1:5000), BERTH_DNS_LISTEN (127.0.0.1:8600),
@@ -42,13 +48,14 @@ server=$!
 trap 'kill -TERM "$server" 2>/dev/null; wait "$server"; echo "berth server stopped; the hello instances keep running (berth ps)"' EXIT
 trap 'exit 130' INT TERM
 for _ in $(seq 100); do
-    curl -fsS -o /dev/null "http://$registry/v2/" 2>/dev/null && break
+    curl -fsS -o /dev/null "http://$registry/healthz" 2>/dev/null && break
     kill -0 "$server" 2>/dev/null || { echo "run.sh: berth server exited" >&2; exit 1; }
     sleep 0.1
 done
 
-examples/hello/push.sh v1 "$registry"
-examples/hello/push.sh v2 "$registry"
+credential="$BERTH_ROOT/registry-auth.json"
+REGISTRY_AUTH_FILE="$credential" examples/hello/push.sh v1 "$registry"
+REGISTRY_AUTH_FILE="$credential" examples/hello/push.sh v2 "$registry"
 spec=$(mktemp --suffix=.toml)
 sed "s#127.0.0.1:5000#$registry#" examples/hello/berth.toml > "$spec"
 "$berth" deploy -f "$spec"
@@ -59,6 +66,15 @@ echo "hello is live, through berth's proxy:"
 echo "  curl -H 'Host: hello.localhost' http://$proxy/"
 echo "its instances:"
 "$berth" status hello --json | sed -n 's/.*"address": "\([0-9.]*\)".*/  curl http:\/\/\1:8080\//p'
+cat <<CREDENTIAL
+
+The registry at $registry is closed to anonymous clients. Its admin credential (user admin)
+is in $credential (mode 0600, root only):
+  berth on this host reads it by itself        (berth pull $registry/hello/web:v1, berth registry du --url http://$registry)
+  podman push --authfile $credential --tls-verify=false IMAGE $registry/REPO:TAG
+  skopeo/buildah: --authfile $credential (or export REGISTRY_AUTH_FILE=$credential)
+  anonymous read-only pulls: anonymous_pull = true in the [registry] table of the config file (BERTH_CONFIG)
+CREDENTIAL
 cat <<NEXT
 
 Next, in another shell (as root, with $berth or berth on PATH):

@@ -66,7 +66,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 
 fn measure(o: &Options) -> anyhow::Result<String> {
     let server = BerthServer::start_with(&o.berth_bin);
-    let registry = format!("http://{}", server.registry());
+    let registry = server.registry_url();
     let mut warm = Vec::new();
     let mut cold = Vec::new();
     for run in 0..o.runs {

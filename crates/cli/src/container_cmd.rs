@@ -102,14 +102,15 @@ pub struct RunArgs {
     /// Set an environment variable (repeatable).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
-    /// Memory limit, e.g. 256Mi or 64m: above it the kernel kills the process (OOM).
-    #[arg(long, value_name = "SIZE")]
+    /// Memory limit, at least 6Mi, e.g. 256Mi or 64m: above it the kernel kills the process
+    /// (OOM). Without it the container may use all of the host's memory.
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true, value_parser = parse_memory)]
     memory: Option<ByteSize>,
-    /// CPU limit in CPUs, e.g. 0.5.
-    #[arg(long)]
+    /// CPU limit in CPUs, at least 0.01, e.g. 0.5. Without it the container may use every CPU.
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_cpus)]
     cpus: Option<f64>,
-    /// Most processes and threads at once.
-    #[arg(long, value_name = "N")]
+    /// Most processes and threads at once, from 1 to 4194304 [default: 4096].
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = parse_pids)]
     pids: Option<i64>,
     /// Restart policy: no, on-failure[:MAX] or always (with exponential backoff).
     #[arg(long, default_value = "no", value_name = "POLICY")]
@@ -207,6 +208,50 @@ impl RunArgs {
             secret_files: Default::default(),
         })
     }
+}
+
+/// `--memory`: a size a container can start under.
+fn parse_memory(text: &str) -> Result<ByteSize, String> {
+    let size: ByteSize = text
+        .parse()
+        .map_err(|e: berth_units::UnitError| format!("{e} (a memory limit is at least 6MiB)"))?;
+    Resources {
+        memory: Some(size.0),
+        ..Resources::default()
+    }
+    .check()
+    .map_err(|e| e.to_string())?;
+    Ok(size)
+}
+
+/// `--cpus`: a number of CPUs of at least 0.01.
+fn parse_cpus(text: &str) -> Result<f64, String> {
+    let cpus: f64 = text.parse().map_err(|_| {
+        "not a number: give a number of CPUs of at least 0.01 (1% of one CPU), like 0.5 or 2"
+            .to_owned()
+    })?;
+    Resources {
+        cpus: Some(cpus),
+        ..Resources::default()
+    }
+    .check()
+    .map_err(|e| e.to_string())?;
+    Ok(cpus)
+}
+
+/// `--pids`: a process count from 1 to 4194304.
+fn parse_pids(text: &str) -> Result<i64, String> {
+    let pids: i64 = text.parse().map_err(|_| {
+        "not a whole number: give a count from 1 to 4194304 (without --pids a container gets 4096)"
+            .to_owned()
+    })?;
+    Resources {
+        pids: Some(pids),
+        ..Resources::default()
+    }
+    .check()
+    .map_err(|e| e.to_string())?;
+    Ok(pids)
 }
 
 fn parse_tmpfs(spec: &str) -> anyhow::Result<Tmpfs> {
@@ -346,6 +391,8 @@ pub struct NamesArgs {
 /// `berth run`: create, start, and unless detached show the output and return the exit code.
 fn run(node: &Node, args: RunArgs, cleanup: &ImageCleanup) -> anyhow::Result<ExitCode> {
     let request = args.request()?;
+    // Refused here, before a pull: what no container could run with, and host ports taken.
+    node.check(&request)?;
     if node.images().get(&request.image)?.is_none() {
         crate::image_cmd::pull_for_run(node.images(), node.root(), &request.image, cleanup)?;
     }

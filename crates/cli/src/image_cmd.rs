@@ -94,6 +94,7 @@ pub struct PinArgs {
 }
 
 fn open(root: &Path) -> anyhow::Result<ImageStore> {
+    berth_runtime::private_dir(root).with_context(|| format!("creating {}", root.display()))?;
     let images = root.join("images");
     ImageStore::open(&images)
         .context("opening the image store (choose another node root with --root or BERTH_ROOT)")
@@ -103,6 +104,7 @@ pub fn pull(args: PullArgs, root: &Path, cleanup: &ImageCleanup) -> anyhow::Resu
     let store = open(root)?;
     let image = pull_into(
         &store,
+        root,
         &args.reference,
         args.creds,
         args.insecure,
@@ -143,13 +145,23 @@ pub fn pull_for_run(
         .map(|c| c.parse::<Credentials>())
         .transpose()
         .map_err(|e| anyhow::anyhow!("BERTH_REGISTRY_CREDS: {e}"))?;
-    let image = pull_into(store, reference, credentials, false, false)?;
+    let image = pull_into(store, root, reference, credentials, false, false)?;
     auto_prune(store, root, cleanup, &image.id);
     Ok(image)
 }
 
+/// The auth files a pull on this host consults: the user's own (`$REGISTRY_AUTH_FILE`,
+/// `~/.docker/config.json`), then berth server's admin credential for its registry, which
+/// only root can read.
+pub(crate) fn auth_files(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = default_auth_files();
+    files.push(root.join(berth_server::REGISTRY_AUTH_FILE));
+    files
+}
+
 fn pull_into(
     store: &ImageStore,
+    root: &Path,
     reference: &str,
     credentials: Option<Credentials>,
     insecure: bool,
@@ -163,7 +175,7 @@ fn pull_into(
     };
     let options = PullOptions {
         credentials,
-        auth_files: default_auth_files(),
+        auth_files: auth_files(root),
         insecure,
         progress,
         ..PullOptions::default()

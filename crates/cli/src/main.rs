@@ -159,7 +159,7 @@ fn main() -> std::process::ExitCode {
     }
     let ok = |result: anyhow::Result<()>| result.map(|()| std::process::ExitCode::SUCCESS);
     let result = match cli.command {
-        Command::Registry(cmd) => ok(registry_cmd::run(cmd, cli.config.as_deref())),
+        Command::Registry(cmd) => ok(registry_cmd::run(cmd, cli.config.as_deref(), &cli.root)),
         Command::Info(args) => ok(info::run(args, cli.config.as_deref())),
         Command::Pull(args) => ok(config::ConfigFile::load(cli.config.as_deref())
             .and_then(|file| image_cmd::pull(args, &cli.root, &file.node.images))),

@@ -21,8 +21,9 @@ pub enum RegistryCommand {
     /// Serve the OCI registry (distribution spec v1.1).
     ///
     /// Prints `berth registry listening on URL` once it accepts connections. Without a users
-    /// file everyone may pull and push; with one, clients log in with HTTP Basic credentials
-    /// (`podman login`, `skopeo login`, `docker login`).
+    /// file everyone who can reach it may pull, push and delete: that is allowed on a loopback
+    /// address, and elsewhere only with --allow-anonymous. With one, clients log in with HTTP
+    /// Basic credentials (`podman login`, `skopeo login`, `docker login`).
     Serve(ServeArgs),
     /// Read a password on stdin and print its bcrypt hash for the users file.
     HashPassword,
@@ -87,6 +88,9 @@ pub struct AdminArgs {
     )]
     url: String,
     /// Admin user (with a users file); the password comes from BERTH_REGISTRY_PASSWORD.
+    /// Without one, credentials for the URL's host:port come from the auth files
+    /// (`$REGISTRY_AUTH_FILE`, `~/.docker/config.json`, then berth server's
+    /// `<root>/registry-auth.json`, which root on its host can read).
     #[arg(long, env = "BERTH_REGISTRY_USER")]
     user: Option<String>,
 }
@@ -108,6 +112,11 @@ pub struct ServeArgs {
     /// With a users file: let anonymous clients pull every repository.
     #[arg(long, env = "BERTH_REGISTRY_ANONYMOUS_PULL")]
     anonymous_pull: bool,
+
+    /// Without a users file, serve on an address other than loopback anyway: everyone who
+    /// can reach it may pull, push and delete.
+    #[arg(long, env = "BERTH_REGISTRY_ALLOW_ANONYMOUS")]
+    allow_anonymous: bool,
 
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
     #[arg(
@@ -193,6 +202,7 @@ impl ServeArgs {
             data_dir: self.data_dir,
             users: self.users,
             anonymous_pull: self.anonymous_pull.then_some(true),
+            allow_anonymous: self.allow_anonymous.then_some(true),
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             max_manifest_bytes: self.max_manifest_bytes,
@@ -213,7 +223,7 @@ impl ServeArgs {
     }
 }
 
-pub fn run(cmd: RegistryCommand, config: Option<&Path>) -> anyhow::Result<()> {
+pub fn run(cmd: RegistryCommand, config: Option<&Path>, root: &Path) -> anyhow::Result<()> {
     match cmd {
         RegistryCommand::Serve(args) => serve(args, config),
         RegistryCommand::HashPassword => hash_password(),
@@ -221,19 +231,19 @@ pub fn run(cmd: RegistryCommand, config: Option<&Path>) -> anyhow::Result<()> {
             admin,
             dry_run,
             delete_untagged,
-        } => admin_cmd::gc(&admin.client()?, dry_run, delete_untagged),
-        RegistryCommand::Du { admin } => admin_cmd::du(&admin.client()?),
+        } => admin_cmd::gc(&admin.client(root)?, dry_run, delete_untagged),
+        RegistryCommand::Du { admin } => admin_cmd::du(&admin.client(root)?),
         RegistryCommand::Pin {
             admin,
             digest,
             reason,
-        } => admin_cmd::pin(&admin.client()?, &digest, &reason),
+        } => admin_cmd::pin(&admin.client(root)?, &digest, &reason),
         RegistryCommand::Unpin {
             admin,
             digest,
             force,
-        } => admin_cmd::unpin(&admin.client()?, &digest, force),
-        RegistryCommand::Pins { admin } => admin_cmd::pins(&admin.client()?),
+        } => admin_cmd::unpin(&admin.client(root)?, &digest, force),
+        RegistryCommand::Pins { admin } => admin_cmd::pins(&admin.client(root)?),
     }
 }
 
@@ -255,7 +265,7 @@ fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<()> {
         let shutdown = shutdown_signal()?;
         let url = server.url();
         if settings.users.is_none() && !server.local_addr().ip().is_loopback() {
-            tracing::warn!(%url, "no users file: anyone who can reach this address may push and delete");
+            tracing::warn!(%url, "no users file and --allow-anonymous: anyone who can reach this address may push and delete");
         }
         tracing::info!(%url, data_dir = %settings.data_dir.display(), "registry started");
         let mut out = std::io::stdout().lock();
@@ -302,13 +312,26 @@ fn hash_password() -> anyhow::Result<()> {
 }
 
 impl AdminArgs {
-    fn client(self) -> anyhow::Result<AdminClient> {
-        let password = match &self.user {
-            Some(_) => Some(std::env::var("BERTH_REGISTRY_PASSWORD").map_err(|_| {
-                anyhow::anyhow!("--user needs the password in BERTH_REGISTRY_PASSWORD")
-            })?),
-            None => None,
+    fn client(self, root: &Path) -> anyhow::Result<AdminClient> {
+        let credentials = match self.user {
+            Some(user) => {
+                let password = std::env::var("BERTH_REGISTRY_PASSWORD").map_err(|_| {
+                    anyhow::anyhow!("--user needs the password in BERTH_REGISTRY_PASSWORD")
+                })?;
+                Some((user, password))
+            }
+            None => {
+                let host = self
+                    .url
+                    .split_once("://")
+                    .map_or(self.url.as_str(), |(_, rest)| rest)
+                    .split('/')
+                    .next()
+                    .unwrap_or_default();
+                berth_runtime::image::lookup_credentials(&crate::image_cmd::auth_files(root), host)
+                    .map(|c| (c.username, c.password))
+            }
         };
-        Ok(AdminClient::new(self.url, self.user.zip(password)))
+        Ok(AdminClient::new(self.url, credentials))
     }
 }

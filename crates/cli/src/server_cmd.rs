@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use berth_listen::http::{tower_per_connection, HttpServer};
 use berth_listen::{Budgeted, Limiter, Limits, LimitsConfig};
-use berth_server::{load_or_create_token, ApiState, Controller, TOKEN_FILE};
+use berth_server::{load_or_create_token, ApiState, Controller, REGISTRY_AUTH_FILE, TOKEN_FILE};
 use clap::Args;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -303,7 +303,7 @@ pub struct RollbackArgs {
 /// Runs the server until SIGTERM or SIGINT.
 pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Result<()> {
     let file = ConfigFile::load(config)?;
-    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    berth_runtime::private_dir(root).with_context(|| format!("creating {}", root.display()))?;
     let mut gateway = None;
     let node = Arc::new(crate::container_cmd::open_node_with(
         &file,
@@ -328,18 +328,14 @@ pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Re
         let (secret_key, source) =
             berth_agent::secrets::SecretKey::load(&key_file).context("loading the secret key")?;
         tracing::info!(key_id = secret_key.id(), %source, "secret key loaded");
-        let controller = Controller::new(Arc::new(store), node, Default::default(), secret_key);
+        // Pulls find the built-in registry's admin credential beside the user's own.
+        let pull = berth_runtime::image::PullOptions {
+            auth_files: crate::image_cmd::auth_files(root),
+            ..Default::default()
+        };
+        let controller = Controller::new(Arc::new(store), node, pull, secret_key);
         let mut registry_settings = match args.registry_listen {
-            Some(listen) => Some(
-                file.registry
-                    .merged(berth_registry::RegistryConfig {
-                        listen: Some(listen),
-                        data_dir: Some(root.join("registry")),
-                        ..Default::default()
-                    })
-                    .settings(root.join("registry"))
-                    .map_err(anyhow::Error::msg)?,
-            ),
+            Some(listen) => Some(registry_settings(&file, root, listen)?),
             None => None,
         };
         let limits = args.connection_limits(
@@ -348,8 +344,7 @@ pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Re
                 .map(|settings| &mut settings.connection_limits),
         )?;
         if let Some(settings) = registry_settings {
-            let registry = berth_registry::Server::bind(&settings).await?;
-            println!("berth registry listening on {}", registry.url());
+            let registry = serve_registry(root, settings).await?;
             // The images of the releases a rollback may need are pinned in it, in-process.
             controller.registry_pins().attach(
                 Arc::new(berth_server::registry_pins::LocalRegistry(
@@ -410,6 +405,74 @@ pub fn serve(args: ServerArgs, config: Option<&Path>, root: &Path) -> anyhow::Re
             .await;
         Ok(())
     })
+}
+
+/// Binds the built-in registry: data in `<root>/registry`, closed to anonymous clients unless
+/// the config file's `[registry]` says otherwise, with an admin credential made on the first
+/// start and kept in `<root>/registry-auth.json` (mode 0600) for this host's clients.
+/// The built-in registry's settings: the config file's `[registry]` table, listening on
+/// `listen` with its data under the server's root.
+fn registry_settings(
+    file: &ConfigFile,
+    root: &Path,
+    listen: SocketAddr,
+) -> anyhow::Result<berth_registry::Settings> {
+    file.registry
+        .clone()
+        .merged(berth_registry::RegistryConfig {
+            listen: Some(listen),
+            data_dir: Some(root.join("registry")),
+            ..Default::default()
+        })
+        .settings(root.join("registry"))
+        .map_err(anyhow::Error::msg)
+}
+
+/// Binds the built-in registry with the server's admin credential (made on the first start)
+/// and writes the credential file this host's clients use.
+async fn serve_registry(
+    root: &Path,
+    mut settings: berth_registry::Settings,
+) -> anyhow::Result<berth_registry::Server> {
+    let (admin, created) = berth_server::load_or_create_registry_admin(root)
+        .with_context(|| format!("reading {}", root.join(REGISTRY_AUTH_FILE).display()))?;
+    let hash = berth_registry::auth::hash_random_secret(&admin.password)
+        .context("hashing the registry's admin credential")?;
+    settings.admin = Some(berth_registry::BuiltinAdmin {
+        name: admin.username.clone(),
+        hash,
+    });
+    let registry = berth_registry::Server::bind(&settings).await?;
+    // Every name this host's clients may use for the registry, rewritten on each start so
+    // that a new address is covered too.
+    let path = root.join(REGISTRY_AUTH_FILE);
+    let hosts = berth_server::registry_pins::registry_hosts(registry.local_addr());
+    berth_runtime::image::write_auth_file(&path, hosts.iter().map(String::as_str), &admin)
+        .with_context(|| format!("writing {}", path.display()))?;
+    let mut out = std::io::stdout().lock();
+    if created {
+        writeln!(
+            out,
+            "berth registry admin credential created for user {} (kept in {}, mode 0600)",
+            admin.username,
+            path.display()
+        )?;
+    }
+    writeln!(
+        out,
+        "berth registry listening on {} (anonymous access {}; admin credential in {}: podman, skopeo and buildah take --authfile {}, berth on this host uses it by itself)",
+        registry.url(),
+        match (&settings.users, settings.anonymous_pull) {
+            (Some(_), true) => "read-only, and what the users file's [anonymous] table grants",
+            (Some(_), false) => "what the users file's [anonymous] table grants",
+            (None, true) => "read-only",
+            (None, false) => "off",
+        },
+        path.display(),
+        path.display()
+    )?;
+    out.flush()?;
+    Ok(registry)
 }
 
 /// A blocking client of the /v1 API.

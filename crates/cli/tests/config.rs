@@ -188,3 +188,64 @@ fn help_explains_every_flag() {
         assert!(help.contains(flag), "--help does not mention {flag}");
     }
 }
+
+#[test]
+fn an_open_registry_beyond_loopback_needs_allow_anonymous() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["registry", "serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(&data)
+        .env("BERTH_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A registry that serves instead of refusing would never exit: give it 10 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "it served open on 0.0.0.0: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "berth: refusing to serve a registry without users on 0.0.0.0:0: anyone who can reach it could push and delete. Give a users file (--users FILE; `berth registry hash-password` makes the hashes), listen on a loopback address (--listen 127.0.0.1:5000), or pass --allow-anonymous (allow_anonymous = true in [registry]) to serve it open on purpose\n"
+    );
+    // Told so by flag, environment or config file, it serves open (and says so in its log).
+    let config = dir.path().join("berth.toml");
+    std::fs::write(&config, "[registry]\nallow_anonymous = true\n").unwrap();
+    let data = data.to_str().unwrap();
+    let config = config.to_str().unwrap();
+    for (args, env) in [
+        (vec!["--allow-anonymous"], vec![]),
+        (vec![], vec![("BERTH_REGISTRY_ALLOW_ANONYMOUS", "true")]),
+        (vec!["--config", config], vec![]),
+    ] {
+        let mut all = args.clone();
+        if all.first() == Some(&"--config") {
+            all.extend(["registry", "serve"]);
+        } else {
+            all.splice(0..0, ["registry", "serve"]);
+        }
+        all.extend(["--listen", "0.0.0.0:0", "--data-dir", data]);
+        let (line, child) = first_line(&all, &env);
+        assert!(
+            line.starts_with("berth registry listening on http://0.0.0.0:"),
+            "{args:?} {env:?}: {line}"
+        );
+        let stderr = stop(child);
+        assert!(
+            stderr.contains("anyone who can reach this address may push and delete"),
+            "{stderr}"
+        );
+    }
+}

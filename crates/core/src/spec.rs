@@ -97,16 +97,27 @@ pub struct ImageRef {
     pub digest: Option<Digest>,
 }
 
-/// Resource limits; `None` means no limit.
+/// Resource limits; `None` means no limit, except for `pids` where it means the node's
+/// default (4096, see berth-runtime's `DEFAULT_PIDS`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resources {
-    /// Memory limit in bytes.
+    /// Memory limit in bytes, at least [`MIN_MEMORY`].
     pub memory: Option<u64>,
-    /// CPU limit in cores (0.5 is half a core).
+    /// CPU limit in cores (0.5 is half a core), at least [`MIN_CPUS`].
     pub cpus: Option<f64>,
-    /// Maximum number of processes.
+    /// Maximum number of processes, from [`MIN_PIDS`] to [`MAX_PIDS`].
     pub pids: Option<u32>,
 }
+
+/// The smallest `memory` a service may ask for: a container cannot even start in less. The
+/// node runtime enforces the same bounds (its `Resources::check`).
+pub const MIN_MEMORY: u64 = 6 << 20;
+/// The smallest `cpus`: 1% of a core, the kernel's minimum quota.
+pub const MIN_CPUS: f64 = 0.01;
+/// The smallest `pids`: one process.
+pub const MIN_PIDS: i64 = 1;
+/// The largest `pids`: the largest `pid_max` a 64-bit kernel allows.
+pub const MAX_PIDS: i64 = 4_194_304;
 
 /// A port, by its name in `ports` or by number.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -20,6 +20,14 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// `HOST:PORT` of a registry base URL (`http://[USER:PASSWORD@]HOST:PORT`), as image
+/// references name it.
+pub fn registry_host(base: &str) -> &str {
+    let rest = base.split_once("://").map_or(base, |(_, rest)| rest);
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    host.trim_end_matches('/')
+}
+
 /// A blocking distribution-API client for one registry.
 pub struct Client {
     http: HttpClient,
@@ -28,16 +36,25 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for the registry at `base` (`http://127.0.0.1:PORT`), anonymous.
+    /// A client for the registry at `base` (`http://127.0.0.1:PORT`): anonymous, or with the
+    /// HTTP Basic credentials of `http://USER:PASSWORD@127.0.0.1:PORT`.
     pub fn new(base: &str) -> Client {
         let http = HttpClient::builder()
             .timeout(Duration::from_secs(60))
             .build()
             .expect("building an HTTP client");
+        let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
+        let (credentials, host) = match rest.split_once('@') {
+            Some((userinfo, host)) => {
+                let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                (Some((user.to_owned(), password.to_owned())), host)
+            }
+            None => (None, rest),
+        };
         Client {
             http,
-            base: base.trim_end_matches('/').to_owned(),
-            credentials: None,
+            base: format!("{scheme}://{}", host.trim_end_matches('/')),
+            credentials,
         }
     }
 

@@ -170,7 +170,7 @@ pub fn push_image(
         &manifest,
     );
     assert_eq!(response.status().as_u16(), 201, "pushing the manifest");
-    let host = registry.split("://").nth(1).unwrap_or(registry);
+    let host = crate::api::registry_host(registry);
     BusyboxImage {
         reference: format!("{host}/{repo}:{tag}"),
         digest: sha256_digest(&manifest),

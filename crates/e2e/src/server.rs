@@ -118,6 +118,43 @@ impl BerthServer {
         )]
     }
 
+    /// The admin credential the server made for its registry, from the auth file it keeps
+    /// in its root: (user, password); `None` without that file (a berth older than the
+    /// credential, as a benchmark may run).
+    pub fn registry_admin(&self) -> Option<(String, String)> {
+        use base64::Engine as _;
+        let path = self.root().join("registry-auth.json");
+        let text = fs::read(&path).ok()?;
+        let file: Value = serde_json::from_slice(&text).unwrap();
+        let auth = file["auths"][self.registry()]["auth"]
+            .as_str()
+            .unwrap_or_else(|| {
+                panic!(
+                    "no entry for {} in {}: {file}",
+                    self.registry(),
+                    path.display()
+                )
+            });
+        let pair = String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(auth)
+                .unwrap(),
+        )
+        .unwrap();
+        let (user, password) = pair.split_once(':').unwrap();
+        Some((user.to_owned(), password.to_owned()))
+    }
+
+    /// The built-in registry's base URL with the admin credential in it
+    /// (`http://admin:PASSWORD@127.0.0.1:PORT`), for [`crate::api::Client`] and the push
+    /// helpers.
+    pub fn registry_url(&self) -> String {
+        match self.registry_admin() {
+            Some((user, password)) => format!("http://{user}:{password}@{}", self.registry()),
+            None => format!("http://{}", self.registry()),
+        }
+    }
+
     /// Where its DNS server answers (UDP and TCP).
     pub fn dns_addr(&self) -> std::net::SocketAddr {
         ([127, 0, 0, 1], self.dns_port).into()

@@ -488,6 +488,167 @@ fn a_memory_limit_oom_kills_and_a_pids_limit_stops_forks(runtime: &'static str) 
 }
 
 #[test]
+fn containers_get_a_default_pids_limit_and_the_smallest_limits_still_run_on_runc() {
+    containers_get_a_default_pids_limit_and_the_smallest_limits_still_run("runc");
+}
+
+#[test]
+fn containers_get_a_default_pids_limit_and_the_smallest_limits_still_run_on_crun() {
+    containers_get_a_default_pids_limit_and_the_smallest_limits_still_run("crun");
+}
+
+/// Without `--pids` a container gets 4096 processes (a fork bomb stops there, not at the
+/// host's pid_max); `--pids` overrides it; and the smallest limits `berth run` accepts start
+/// a container, so a refusal up front is the only failure a limit can cause.
+fn containers_get_a_default_pids_limit_and_the_smallest_limits_still_run(runtime: &'static str) {
+    let node = Node::with_runtime(runtime);
+    let pids_max = |id: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/pids/berth/{id}/pids.max"))
+            .or_else(|_| {
+                std::fs::read_to_string(format!("/sys/fs/cgroup/unified/berth/{id}/pids.max"))
+            })
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let id = node.ok(&["run", "-d", &node.image.reference, "sleep", "1000"]);
+    assert_eq!(pids_max(&id), "4096");
+    assert_eq!(
+        node.inspect(&id)["record"]["request"]["resources"]["pids"],
+        4096,
+        "berth inspect shows the limit in force"
+    );
+    let limited = node.ok(&[
+        "run",
+        "-d",
+        "--pids",
+        "64",
+        &node.image.reference,
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(pids_max(&limited), "64");
+    // The default bites: no more than 4096 at once, whatever the container tries.
+    let out = node.output(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("4096"),
+        "the container sees its limit: {out:?}"
+    );
+    node.ok(&["rm", "-f", &id, &limited]);
+    let out = node.output(&[
+        "run",
+        "--rm",
+        "--pids",
+        "1",
+        "--memory",
+        "6Mi",
+        "--cpus",
+        "0.01",
+        &node.image.reference,
+        "echo",
+        "smallest limits",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "smallest limits\n");
+}
+
+#[test]
+fn a_host_port_published_by_another_container_is_refused() {
+    let node = Node::new();
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:80");
+    let first = node.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "first",
+        "-p",
+        &publish,
+        &node.image.reference,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let refusal = |host: &str| {
+        format!(
+            "berth: host port {host}/tcp is already published by container first ({}): choose another host port, or remove that container\n",
+            &first[..12]
+        )
+    };
+    let same_address = format!("127.0.0.1:{port}:81");
+    let every_address = format!("{port}:80");
+    for (publish, host) in [
+        (&same_address, format!("127.0.0.1:{port}")),
+        (&every_address, port.to_string()),
+    ] {
+        let out = node.output(&[
+            "run",
+            "-d",
+            "--name",
+            "second",
+            "-p",
+            publish,
+            &node.image.reference,
+            "sleep",
+            "1000",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), refusal(&host));
+    }
+    assert_eq!(
+        node.ok(&["ps", "-aq"]),
+        first[..12],
+        "the refused runs left no container"
+    );
+    // The first still answers on its port.
+    let mut last = Err(String::new());
+    node.wait_for("the published port", || {
+        last = http_get(&format!("http://127.0.0.1:{port}/"));
+        last.is_ok()
+    });
+    assert_eq!(last.unwrap(), "hello from berth\n");
+    // Another protocol or address is another host port.
+    let udp = node.ok(&[
+        "run",
+        "-d",
+        "-p",
+        &format!("{publish}/udp"),
+        "-p",
+        &format!("127.0.0.2:{port}:80"),
+        &node.image.reference,
+        "sleep",
+        "1000",
+    ]);
+    // Stopped, the first still holds its forwarding; removed, it frees the port.
+    node.ok(&["stop", "-t", "1", "first"]);
+    let out = node.output(&["run", "-d", "-p", &publish, &node.image.reference, "true"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        refusal(&format!("127.0.0.1:{port}"))
+    );
+    node.ok(&["rm", "first"]);
+    let again = node.ok(&[
+        "run",
+        "-d",
+        "-p",
+        &publish,
+        &node.image.reference,
+        "sleep",
+        "1000",
+    ]);
+    node.ok(&["rm", "-f", &again, &udp]);
+}
+
+#[test]
 fn cpu_limit_is_written_to_the_cgroup() {
     let node = Node::new();
     let id = node.ok(&[

@@ -27,7 +27,7 @@ fn spec(server: &BerthServer, app: &str, tag: &str, replicas: usize, deploy: &st
 }
 
 fn push(server: &BerthServer, app: &str, tags: &[&str]) {
-    let registry = format!("http://{}", server.registry());
+    let registry = server.registry_url();
     for tag in tags {
         push_web(&registry, &format!("{app}/web"), tag, tag, 8080);
     }
@@ -308,7 +308,7 @@ fn push_cgi(server: &BerthServer, app: &str, tag: &str, cgi: Cgi) {
     let script =
         format!("#!/bin/sh\n{broken}printf 'Content-Type: text/plain\\r\\n\\r\\n{tag}\\n'\n");
     push_image(
-        &format!("http://{}", server.registry()),
+        &server.registry_url(),
         &format!("{app}/web"),
         tag,
         &[

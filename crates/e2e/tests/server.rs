@@ -114,7 +114,7 @@ fn push_web(registry: &str, tag: &str, content: &str, port: u16) -> String {
 #[test]
 fn deploys_roll_back_heal_and_survive_a_server_restart() {
     let mut server = Server::start();
-    let registry = format!("http://{}", server.registry());
+    let registry = server.registry_url();
     let v1 = push_web(&registry, "v1", "v1", 8080);
     let v2 = push_web(&registry, "v2", "v2", 8080);
     // Listens on the wrong port: its health check never passes.

@@ -80,7 +80,7 @@ fn spec(server: &Server) -> PathBuf {
 fn events_ps_logs_scale_and_promote() {
     let server = Server::start();
     push_busybox_image(
-        &format!("http://{}", server.registry()),
+        &server.registry_url(),
         "shop/ticker",
         "v1",
         &[

@@ -136,7 +136,7 @@ fn web_spec(server: &BerthServer, app: &str, tag: &str, replicas: usize, deploy:
 }
 
 fn push(server: &BerthServer, app: &str, tags: &[&str]) {
-    let registry = format!("http://{}", server.registry());
+    let registry = server.registry_url();
     for tag in tags {
         push_web(&registry, &format!("{app}/web"), tag, tag, 8080);
     }

@@ -67,7 +67,7 @@ fn the_rollback_window_is_pinned_in_the_registry_and_survives_gc() {
         "info,berth_server=debug",
         "[registry]\ngc_grace = \"0s\"\n",
     );
-    let base = format!("http://{}", server.registry());
+    let base = server.registry_url();
     let registry = Client::new(&base);
     let digests: Vec<String> = ["v1", "v2", "v3", "v4"]
         .iter()

@@ -185,7 +185,7 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 #[test]
 fn secrets_reach_the_instance_only_and_volumes_outlive_deploys() {
     let server = Server::start();
-    let registry = format!("http://{}", server.registry());
+    let registry = server.registry_url();
     push_web(&registry, "v1");
     push_web(&registry, "v2");
     let marker = format!("marker-{}", hex::encode(rand_bytes::<12>()));

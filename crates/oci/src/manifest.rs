@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::media_type::{
-    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST,
+    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, EXTERNAL_LAYER_TYPES, MANIFEST_TYPES, OCI_INDEX,
+    OCI_MANIFEST,
 };
 use crate::Digest;
 
@@ -33,6 +34,16 @@ pub enum ManifestError {
     /// `schemaVersion` is not 2.
     #[error("schemaVersion must be 2, found {0}")]
     SchemaVersion(u64),
+    /// A descriptor's `urls` holds something clients cannot fetch.
+    #[error("layer {digest} lists URL {url:?}, which is not usable: {reason} (layer URLs must be absolute http:// or https:// URLs without a fragment)")]
+    LayerUrl {
+        /// The layer.
+        digest: Digest,
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 /// A content descriptor, as listed in manifests and in referrers responses.
@@ -51,6 +62,39 @@ pub struct Descriptor {
     /// Annotations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
+    /// Where else the content may be fetched from (non-distributable and foreign layers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urls: Option<Vec<String>>,
+}
+
+impl Descriptor {
+    /// Whether this layer is one clients fetch from its `urls` rather than from the
+    /// registry: a non-distributable (or Docker foreign) layer that lists where it lives.
+    /// A registry need not hold such a layer; one without `urls` is an ordinary blob.
+    pub fn is_external_layer(&self) -> bool {
+        EXTERNAL_LAYER_TYPES.contains(&self.media_type.as_str())
+            && self.urls.as_ref().is_some_and(|urls| !urls.is_empty())
+    }
+}
+
+/// Why `url` cannot be a layer URL, if it cannot.
+fn url_problem(url: &str) -> Option<&'static str> {
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return Some("it is not an http:// or https:// URL");
+    };
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("it contains whitespace or control characters");
+    }
+    if url.contains('#') {
+        return Some("it has a fragment");
+    }
+    if rest.split(['/', '?']).next().is_none_or(str::is_empty) {
+        return Some("it names no host");
+    }
+    None
 }
 
 /// Whether a manifest describes one image (or artifact) or a list of manifests.
@@ -69,7 +113,8 @@ pub struct Manifest {
     pub media_type: String,
     /// Image or index.
     pub kind: ManifestKind,
-    /// Blobs that must exist in the repository: the config and layers of an image manifest.
+    /// The blobs an image manifest is made of: its config, then its layers (external ones
+    /// included, see [`Manifest::external_layers`]).
     pub blobs: Vec<Descriptor>,
     /// Manifests that must exist in the repository: the children of an index.
     pub manifests: Vec<Descriptor>,
@@ -150,6 +195,17 @@ impl Manifest {
                 (Vec::new(), index.manifests, wire.artifact_type.clone())
             }
         };
+        for blob in &blobs {
+            for url in blob.urls.iter().flatten() {
+                if let Some(reason) = url_problem(url) {
+                    return Err(ManifestError::LayerUrl {
+                        digest: blob.digest.clone(),
+                        url: url.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
         Ok(Manifest {
             media_type,
             kind,
@@ -159,6 +215,38 @@ impl Manifest {
             artifact_type,
             annotations: wire.annotations,
         })
+    }
+}
+
+impl Manifest {
+    /// The layers of an image manifest (none for an index).
+    pub fn layers(&self) -> &[Descriptor] {
+        match self.kind {
+            ManifestKind::Image => self.blobs.get(1..).unwrap_or_default(),
+            ManifestKind::Index => &[],
+        }
+    }
+
+    /// Blobs the registry must hold for the manifest to be stored: the config and every
+    /// layer but the external ones.
+    pub fn required_blobs(&self) -> impl Iterator<Item = &Descriptor> {
+        let config = match self.kind {
+            ManifestKind::Image => self.blobs.first(),
+            ManifestKind::Index => None,
+        };
+        config.into_iter().chain(
+            self.layers()
+                .iter()
+                .filter(|layer| !layer.is_external_layer()),
+        )
+    }
+
+    /// Layers clients fetch from their `urls` (non-distributable and foreign layers): a
+    /// registry need not hold them, and checks them only when it does.
+    pub fn external_layers(&self) -> impl Iterator<Item = &Descriptor> {
+        self.layers()
+            .iter()
+            .filter(|layer| layer.is_external_layer())
     }
 }
 
@@ -253,6 +341,97 @@ mod tests {
             assert!(
                 Manifest::parse(ct, body.as_bytes()).is_err(),
                 "accepted {body}"
+            );
+        }
+    }
+
+    fn with_layers(layers: &str) -> String {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}",
+               "config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":2}},
+               "layers":[{layers}]}}"#,
+            digest(1)
+        )
+    }
+
+    fn layer(media_type: &str, n: u8, urls: &str) -> String {
+        format!(
+            r#"{{"mediaType":"{media_type}","digest":"{}","size":9{urls}}}"#,
+            digest(n)
+        )
+    }
+
+    #[test]
+    fn external_layers_are_the_non_distributable_ones_with_urls() {
+        let urls = r#","urls":["https://store.example.com/blobs/x"]"#;
+        let layers = [
+            layer(crate::media_type::OCI_NONDISTRIBUTABLE_LAYER_GZIP, 2, urls),
+            layer(crate::media_type::OCI_NONDISTRIBUTABLE_LAYER, 3, urls),
+            layer(crate::media_type::OCI_NONDISTRIBUTABLE_LAYER_ZSTD, 4, urls),
+            layer(crate::media_type::DOCKER_FOREIGN_LAYER, 5, urls),
+            // Without `urls` a non-distributable layer can only come from the registry.
+            layer(crate::media_type::OCI_NONDISTRIBUTABLE_LAYER_GZIP, 6, ""),
+            // `urls` on an ordinary layer do not make it optional.
+            layer("application/vnd.oci.image.layer.v1.tar+gzip", 7, urls),
+        ]
+        .join(",");
+        let m =
+            Manifest::parse(Some(OCI_MANIFEST), with_layers(&layers).as_bytes()).expect("valid");
+        assert_eq!(
+            m.blobs.len(),
+            7,
+            "every layer is still one of the image's blobs"
+        );
+        let external: Vec<String> = m.external_layers().map(|d| d.digest.to_string()).collect();
+        assert_eq!(external, [digest(2), digest(3), digest(4), digest(5)]);
+        let required: Vec<String> = m.required_blobs().map(|d| d.digest.to_string()).collect();
+        assert_eq!(required, [digest(1), digest(6), digest(7)]);
+    }
+
+    #[test]
+    fn a_config_is_never_external() {
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{},"layers":[]}}"#,
+            layer(
+                crate::media_type::OCI_NONDISTRIBUTABLE_LAYER,
+                1,
+                r#","urls":["https://example.com/c"]"#
+            )
+        );
+        let m = Manifest::parse(Some(OCI_MANIFEST), body.as_bytes()).expect("valid");
+        assert_eq!(m.required_blobs().count(), 1);
+        assert_eq!(m.external_layers().count(), 0);
+    }
+
+    #[test]
+    fn layer_urls_must_be_fetchable() {
+        for (url, reason) in [
+            (
+                "ftp://example.com/x",
+                "it is not an http:// or https:// URL",
+            ),
+            ("/blobs/x", "it is not an http:// or https:// URL"),
+            ("https://", "it names no host"),
+            ("https:///x", "it names no host"),
+            ("https://example.com/x#frag", "it has a fragment"),
+            (
+                "https://example.com/a b",
+                "it contains whitespace or control characters",
+            ),
+        ] {
+            let urls = format!(r#","urls":[{}]"#, serde_json::json!(url));
+            let body = with_layers(&layer(
+                crate::media_type::OCI_NONDISTRIBUTABLE_LAYER_GZIP,
+                2,
+                &urls,
+            ));
+            let err = Manifest::parse(Some(OCI_MANIFEST), body.as_bytes()).expect_err(url);
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "layer {} lists URL {url:?}, which is not usable: {reason} (layer URLs must be absolute http:// or https:// URLs without a fragment)",
+                    digest(2)
+                )
             );
         }
     }

@@ -20,3 +20,24 @@ pub const MANIFEST_TYPES: [&str; 4] = [
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
 ];
+
+/// OCI non-distributable layer, uncompressed.
+pub const OCI_NONDISTRIBUTABLE_LAYER: &str =
+    "application/vnd.oci.image.layer.nondistributable.v1.tar";
+/// OCI non-distributable layer, gzip-compressed.
+pub const OCI_NONDISTRIBUTABLE_LAYER_GZIP: &str =
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+/// OCI non-distributable layer, zstd-compressed.
+pub const OCI_NONDISTRIBUTABLE_LAYER_ZSTD: &str =
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd";
+/// Docker foreign layer (schema 2).
+pub const DOCKER_FOREIGN_LAYER: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+
+/// Layers that clients fetch from the `urls` of their descriptor rather than from the
+/// registry: a registry need not hold them.
+pub const EXTERNAL_LAYER_TYPES: [&str; 4] = [
+    OCI_NONDISTRIBUTABLE_LAYER,
+    OCI_NONDISTRIBUTABLE_LAYER_GZIP,
+    OCI_NONDISTRIBUTABLE_LAYER_ZSTD,
+    DOCKER_FOREIGN_LAYER,
+];

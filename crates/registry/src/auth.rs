@@ -221,6 +221,57 @@ impl Authorizer {
         }
     }
 
+    /// Users only (none yet: see [`Authorizer::add_admin`]); `anonymous_pull` lets anonymous
+    /// clients pull every repository, and nothing else.
+    pub fn closed(anonymous_pull: bool) -> Authorizer {
+        let pull = if anonymous_pull {
+            vec!["*".to_owned()]
+        } else {
+            Vec::new()
+        };
+        Authorizer {
+            anonymous: Grants::compile(
+                &Rights {
+                    pull,
+                    push: Vec::new(),
+                },
+                "built-in rights",
+            )
+            .unwrap_or_else(|_| unreachable!("constant globs")),
+            users: HashMap::new(),
+            enabled: true,
+            verified: Mutex::default(),
+            // No user to time yet; [`Authorizer::add_admin`] makes the real one.
+            dummy_hash: String::new(),
+            throttle: Throttle::new(LoginLimits::default()),
+            verifier: Verifier::new(Verifier::default_threads()),
+            throttled: Default::default(),
+        }
+    }
+
+    /// Adds a user that may pull, push and delete everywhere and use the admin API, with the
+    /// bcrypt `hash` of its password; refused when a user of that name exists already.
+    pub fn add_admin(&mut self, name: &str, hash: String) -> Result<(), String> {
+        if self.users.contains_key(name) {
+            return Err(format!(
+                "the users file defines a user {name:?}, the name of berth server's own admin credential: rename that user"
+            ));
+        }
+        self.users.insert(
+            name.to_owned(),
+            User {
+                hash,
+                grants: Grants::everything(),
+                admin: true,
+            },
+        );
+        // An unknown user's check now costs what most users' checks cost, the admin included.
+        self.dummy_hash = dummy_hash(&self.users)
+            .map_err(|e| format!("cannot make the dummy hash for unknown users: {e}"))?;
+        self.enabled = true;
+        Ok(())
+    }
+
     /// Loads a users file; `anonymous_pull` additionally lets anonymous clients pull anything.
     pub fn from_file(path: &Path, anonymous_pull: bool) -> Result<Authorizer, UsersFileError> {
         let shown = path.display().to_string();
@@ -487,6 +538,13 @@ fn dummy_hash(users: &HashMap<String, User>) -> Result<String, bcrypt::BcryptErr
         .map_or(bcrypt::DEFAULT_COST, |(cost, _)| cost);
     let password: [u8; 24] = rand::random();
     bcrypt::hash(hex::encode(password), cost)
+}
+
+/// A bcrypt hash of a machine-made secret of at least 128 random bits (berth server's own
+/// admin credential), at bcrypt's lowest cost: a slow hash only protects passwords that can be
+/// guessed, and this one cannot be, so its checks need not cost 250 ms each.
+pub fn hash_random_secret(secret: &str) -> Result<String, bcrypt::BcryptError> {
+    bcrypt::hash(secret, 4)
 }
 
 #[cfg(test)]

@@ -30,6 +30,9 @@ pub struct RegistryConfig {
     pub users: Option<PathBuf>,
     /// Let anonymous clients pull every repository.
     pub anonymous_pull: Option<bool>,
+    /// Serve without users on an address other than loopback, open to everyone who can
+    /// reach it (refused otherwise).
+    pub allow_anonymous: Option<bool>,
     /// TLS certificate chain (PEM).
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
@@ -126,6 +129,7 @@ impl RegistryConfig {
             data_dir: over.data_dir.or(self.data_dir),
             users: over.users.or(self.users),
             anonymous_pull: over.anonymous_pull.or(self.anonymous_pull),
+            allow_anonymous: over.allow_anonymous.or(self.allow_anonymous),
             tls_cert: over.tls_cert.or(self.tls_cert),
             tls_key: over.tls_key.or(self.tls_key),
             max_manifest_bytes: over.max_manifest_bytes.or(self.max_manifest_bytes),
@@ -216,6 +220,8 @@ impl RegistryConfig {
             data_dir: self.data_dir.unwrap_or(default_data_dir),
             users: self.users,
             anonymous_pull: self.anonymous_pull.unwrap_or(false),
+            allow_anonymous: self.allow_anonymous.unwrap_or(false),
+            admin: None,
             tls,
             limits: Limits {
                 max_manifest_bytes: self
@@ -239,6 +245,23 @@ impl RegistryConfig {
     }
 }
 
+/// An admin user that is not in a users file: its name and bcrypt hash.
+#[derive(Clone)]
+pub struct BuiltinAdmin {
+    /// The user name.
+    pub name: String,
+    /// The bcrypt hash of its password.
+    pub hash: String,
+}
+
+impl std::fmt::Debug for BuiltinAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuiltinAdmin")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Certificate and key files.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -259,6 +282,11 @@ pub struct Settings {
     pub users: Option<PathBuf>,
     /// Anonymous pull of everything.
     pub anonymous_pull: bool,
+    /// Serve open (no users) on a non-loopback address.
+    pub allow_anonymous: bool,
+    /// An admin user the serving process adds itself (`berth server`'s own credential), on
+    /// top of the users file if there is one.
+    pub admin: Option<BuiltinAdmin>,
     /// TLS, if enabled.
     pub tls: Option<TlsFiles>,
     /// Request limits.

@@ -15,5 +15,5 @@ pub mod route;
 pub mod server;
 pub mod storage;
 
-pub use config::{RegistryConfig, Settings};
+pub use config::{BuiltinAdmin, RegistryConfig, Settings};
 pub use server::{open_registry, router, ServeError, Server};

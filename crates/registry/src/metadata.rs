@@ -137,6 +137,8 @@ pub struct NewManifest<'a> {
     pub record: ManifestRecord,
     /// Blobs it needs (config, layers).
     pub blobs: &'a [Descriptor],
+    /// Layers clients fetch from their URLs: checked only if the repository holds them.
+    pub external: &'a [Descriptor],
     /// Manifests it needs (index children).
     pub manifests: &'a [Descriptor],
     /// Its descriptor in its subject's referrers list, if it has a subject.
@@ -189,9 +191,25 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
+/// Creates `path` empty with mode 0600 if it does not exist (redb initialises an empty file),
+/// and takes group and other access away from one that does.
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    if file.metadata()?.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 impl Metadata {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> MetadataResult<Metadata> {
+        owner_only(path).map_err(|e| MetadataError::Db(redb::Error::Io(e)))?;
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         {
@@ -390,6 +408,22 @@ impl Metadata {
                         declared: blob.size,
                         stored,
                     }));
+                }
+            }
+            for layer in new.external {
+                let digest = layer.digest.to_string();
+                if links.get(key(new.repo, &digest).as_str())?.is_none() {
+                    continue;
+                }
+                if let Some(r) = blobs.get(digest.as_str())? {
+                    let stored = decode::<BlobRecord>(&digest, r.value())?.size;
+                    if stored != layer.size {
+                        return Ok(Err(ManifestRejection::SizeMismatch {
+                            digest: layer.digest.clone(),
+                            declared: layer.size,
+                            stored,
+                        }));
+                    }
                 }
             }
             let mut manifests = txn.open_table(MANIFESTS)?;

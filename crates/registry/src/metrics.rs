@@ -28,6 +28,8 @@ fn latency_histogram() -> Histogram {
 /// The registry's metrics.
 pub struct Metrics {
     registry: PromRegistry,
+    /// Per-repository metrics: they name repositories, so only admins see them.
+    repositories: PromRegistry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     received: Counter,
@@ -48,6 +50,7 @@ struct RepoLabels {
 impl Default for Metrics {
     fn default() -> Metrics {
         let mut registry = PromRegistry::with_prefix("berth_registry");
+        let mut repositories = PromRegistry::with_prefix("berth_registry");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram,
@@ -75,12 +78,12 @@ impl Default for Metrics {
             "Duration of the last garbage collection",
             gc_seconds.clone(),
         );
-        registry.register(
+        repositories.register(
             "repository_bytes",
             "Bytes held per repository (blobs and manifests)",
             repo_bytes.clone(),
         );
-        registry.register(
+        repositories.register(
             "repository_quota_bytes",
             "Quota per repository, where one applies",
             repo_quota.clone(),
@@ -108,6 +111,7 @@ impl Default for Metrics {
         );
         Metrics {
             registry,
+            repositories,
             requests,
             latency,
             received,
@@ -181,12 +185,23 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with the current number of open uploads.
-    pub fn render(&self, uploads_in_progress: usize) -> String {
+    /// The text exposition, with the current number of open uploads; the per-repository
+    /// metrics (names and sizes) only `with_repositories`.
+    pub fn render(&self, uploads_in_progress: usize, with_repositories: bool) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         self.uploads
             .set(i64::try_from(uploads_in_progress).unwrap_or(i64::MAX));
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        let encoded = encode_registry(&mut out, &self.registry)
+            .and_then(|()| {
+                if with_repositories {
+                    encode_registry(&mut out, &self.repositories)
+                } else {
+                    Ok(())
+                }
+            })
+            .and_then(|()| encode_eof(&mut out));
+        if encoded.is_err() {
             out.clear();
         }
         out

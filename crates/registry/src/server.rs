@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use berth_listen::http::{tower_per_connection, HttpServer};
+use berth_listen::http::{tower_per_connection, ClientAddr, HttpServer};
 use berth_listen::tls::{TlsAcceptor, TlsFilesError};
 use berth_listen::Limiter;
 use tokio_util::sync::CancellationToken;
@@ -48,17 +48,38 @@ pub enum ServeError {
     /// Serving failed.
     #[error("serving: {0}")]
     Serve(std::io::Error),
+    /// No users, and an address others can reach.
+    #[error("refusing to serve a registry without users on {0}: anyone who can reach it could push and delete. Give a users file (--users FILE; `berth registry hash-password` makes the hashes), listen on a loopback address (--listen 127.0.0.1:5000), or pass --allow-anonymous (allow_anonymous = true in [registry]) to serve it open on purpose")]
+    Open(SocketAddr),
+    /// `allow_anonymous` with users, where it would do nothing.
+    #[error("allow_anonymous opens a registry without users to everyone, but this one has users (a users file, or berth server's own admin): give anonymous clients rights in the users file's [anonymous] table, or set anonymous_pull = true, instead")]
+    AnonymousWithUsers,
+    /// The built-in admin cannot be added.
+    #[error("{0}")]
+    Admin(String),
 }
 
 /// Opens the registry's storage and policy.
 pub fn open_registry(settings: &Settings) -> Result<Arc<Registry>, ServeError> {
     let store = FsBlobStore::open(&settings.data_dir)?;
     let meta = Metadata::open(&settings.data_dir.join("metadata.redb"))?;
-    let auth = match &settings.users {
+    let has_users = settings.users.is_some() || settings.admin.is_some();
+    if settings.allow_anonymous && has_users {
+        return Err(ServeError::AnonymousWithUsers);
+    }
+    if !has_users && !settings.allow_anonymous && !settings.listen.ip().is_loopback() {
+        return Err(ServeError::Open(settings.listen));
+    }
+    let mut auth = match &settings.users {
         Some(path) => Authorizer::from_file(path, settings.anonymous_pull)?,
+        None if settings.admin.is_some() => Authorizer::closed(settings.anonymous_pull),
         None => Authorizer::open(),
     }
     .with_login_limits(settings.login_limits);
+    if let Some(admin) = &settings.admin {
+        auth.add_admin(&admin.name, admin.hash.clone())
+            .map_err(ServeError::Admin)?;
+    }
     Ok(Arc::new(Registry {
         store: Arc::new(store),
         meta,
@@ -87,7 +108,21 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .with_state(registry)
 }
 
-async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
+/// `/metrics`: request and GC figures for every caller; repository names and sizes only for
+/// admins (and for everyone on a registry without users, whose catalog is open anyway).
+async fn metrics(
+    State(registry): State<Arc<Registry>>,
+    headers: HeaderMap,
+    client: Option<axum::Extension<ClientAddr>>,
+) -> Response {
+    let client = client.map(|axum::Extension(ClientAddr(addr))| addr.ip());
+    let with_repositories = match registry.auth.authenticate(&headers, client).await {
+        Ok(principal) => registry.auth.require_admin(&principal).is_ok(),
+        Err(e) => return e.into_response(),
+    };
+    if !with_repositories {
+        return metrics_response(registry.metrics.render(registry.uploads.len(), false));
+    }
     match crate::admin::repository_usage(&registry).await {
         Ok(repositories) => {
             let usage: Vec<_> = repositories
@@ -98,13 +133,18 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
         }
         Err(e) => tracing::warn!(error = e.message, "usage metrics unavailable"),
     }
+    metrics_response(registry.metrics.render(registry.uploads.len(), true))
+}
+
+fn metrics_response(text: String) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        registry.metrics.render(registry.uploads.len()),
+        text,
     )
+        .into_response()
 }
 
 /// A registry bound to its address, ready to serve.

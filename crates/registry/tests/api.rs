@@ -312,12 +312,21 @@ async fn bad_and_mismatched_digests() {
             .unwrap();
         expect_error(r, 400, "DIGEST_INVALID").await;
     }
+    // A manifest by a malformed digest names nothing: MANIFEST_UNKNOWN, the message says why.
+    reg.push_blob("r", b"makes the repository exist").await;
     let r = reg
         .req(Method::GET, "/v2/r/manifests/sha256:nothex")
         .send()
         .await
         .unwrap();
-    expect_error(r, 400, "DIGEST_INVALID").await;
+    let body = expect_error(r, 404, "MANIFEST_UNKNOWN").await;
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sha256 needs 64 lowercase hex characters"),
+        "{body}"
+    );
     // PUT without a digest.
     let r = reg
         .req(Method::POST, "/v2/r/blobs/uploads/")
@@ -913,5 +922,266 @@ async fn metrics_count_requests() {
     assert!(
         text.contains("berth_registry_request_duration_seconds_bucket"),
         "{text}"
+    );
+}
+
+#[tokio::test]
+async fn manifests_by_a_malformed_reference_are_unknown() {
+    let reg = TestRegistry::start().await;
+    reg.push_image("r", "t", b"layer").await;
+    let long = "a".repeat(129);
+    let short_digest = format!("sha256:{}", "a".repeat(63));
+    for reference in [
+        ".INVALID_MANIFEST_NAME",
+        "-dash",
+        long.as_str(),
+        "sha256:zz",
+        short_digest.as_str(),
+        "md5:0123",
+    ] {
+        let path = format!("/v2/r/manifests/{reference}");
+        let r = reg.req(Method::GET, &path).send().await.unwrap();
+        let body = expect_error(r, 404, "MANIFEST_UNKNOWN").await;
+        let message = body["errors"][0]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!(
+                "manifest {reference:?} is not in r: it is neither a tag nor a digest ("
+            )),
+            "{message}"
+        );
+        let r = reg.req(Method::HEAD, &path).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "HEAD {reference}");
+        let r = reg.req(Method::DELETE, &path).send().await.unwrap();
+        expect_error(r, 404, "MANIFEST_UNKNOWN").await;
+    }
+    // In a repository that does not exist, the repository is what is unknown.
+    let r = reg
+        .req(Method::GET, "/v2/nothing/manifests/.INVALID_MANIFEST_NAME")
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 404, "NAME_UNKNOWN").await;
+    // Pushing by such a reference stays a client error, as in distribution's API description.
+    let r = reg
+        .put_manifest("r", ".INVALID_MANIFEST_NAME", OCI_MANIFEST, "{}")
+        .await;
+    expect_error(r, 400, "MANIFEST_INVALID").await;
+    // The tag still works.
+    let r = reg
+        .req(Method::GET, "/v2/r/manifests/t")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// An image manifest with `config` and `layers` (JSON descriptors).
+fn manifest_with(media_type: &str, config: &str, layers: &[String]) -> String {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{media_type}","config":{config},"layers":[{}]}}"#,
+        layers.join(",")
+    )
+}
+
+fn descriptor(media_type: &str, digest: &Digest, size: usize, urls: &[&str]) -> String {
+    let urls = if urls.is_empty() {
+        String::new()
+    } else {
+        format!(",\"urls\":{}", serde_json::json!(urls))
+    };
+    format!(r#"{{"mediaType":"{media_type}","digest":"{digest}","size":{size}{urls}}}"#)
+}
+
+#[tokio::test]
+async fn non_distributable_layers_need_not_be_pushed() {
+    use berth_oci::media_type::{
+        DOCKER_FOREIGN_LAYER, OCI_NONDISTRIBUTABLE_LAYER, OCI_NONDISTRIBUTABLE_LAYER_GZIP,
+        OCI_NONDISTRIBUTABLE_LAYER_ZSTD,
+    };
+    const LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    let reg = TestRegistry::start().await;
+    let config_bytes = br#"{"architecture":"amd64","os":"linux"}"#;
+    let config_digest = reg.push_blob("r", config_bytes).await;
+    let config = descriptor(
+        "application/vnd.oci.image.config.v1+json",
+        &config_digest,
+        config_bytes.len(),
+        &[],
+    );
+    let pushed = reg.push_blob("r", b"an ordinary layer").await;
+    let ordinary = descriptor(LAYER, &pushed, 17, &[]);
+    let absent = |n: u8| Digest::sha256(&[n; 8]);
+    let url = |n: u8| format!("https://store.example.com/blobs/sha256/{}", absent(n).hex());
+
+    // Every non-distributable type with URLs, never pushed, beside an ordinary layer.
+    let manifest = manifest_with(
+        OCI_MANIFEST,
+        &config,
+        &[
+            descriptor(
+                OCI_NONDISTRIBUTABLE_LAYER_GZIP,
+                &absent(1),
+                123_456,
+                &[&url(1)],
+            ),
+            descriptor(OCI_NONDISTRIBUTABLE_LAYER, &absent(2), 12_345, &[&url(2)]),
+            descriptor(
+                OCI_NONDISTRIBUTABLE_LAYER_ZSTD,
+                &absent(3),
+                1_234,
+                &[&url(3)],
+            ),
+            ordinary.clone(),
+        ],
+    );
+    let r = reg.put_manifest("r", "nd", OCI_MANIFEST, &manifest).await;
+    assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+    let r = reg
+        .req(Method::GET, "/v2/r/manifests/nd")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), manifest);
+    // The registry serves only what it holds.
+    let r = reg
+        .req(Method::HEAD, &format!("/v2/r/blobs/{}", absent(1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // A Docker schema 2 manifest with a foreign layer.
+    let docker = manifest_with(
+        DOCKER_MANIFEST,
+        &descriptor(
+            "application/vnd.docker.container.image.v1+json",
+            &config_digest,
+            config_bytes.len(),
+            &[],
+        ),
+        &[descriptor(DOCKER_FOREIGN_LAYER, &absent(4), 99, &[&url(4)])],
+    );
+    let r = reg
+        .put_manifest("r", "foreign", DOCKER_MANIFEST, &docker)
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+
+    // Every other missing blob is still refused, naming the blob.
+    let refused = [
+        (
+            "non-distributable without urls",
+            manifest_with(
+                OCI_MANIFEST,
+                &config,
+                &[descriptor(
+                    OCI_NONDISTRIBUTABLE_LAYER_GZIP,
+                    &absent(5),
+                    9,
+                    &[],
+                )],
+            ),
+            absent(5),
+        ),
+        (
+            "ordinary layer with urls",
+            manifest_with(
+                OCI_MANIFEST,
+                &config,
+                &[descriptor(LAYER, &absent(6), 9, &[&url(6)])],
+            ),
+            absent(6),
+        ),
+        (
+            "foreign layer without urls",
+            manifest_with(
+                DOCKER_MANIFEST,
+                &config.replace(
+                    "application/vnd.oci.image.config.v1+json",
+                    "application/vnd.docker.container.image.v1+json",
+                ),
+                &[descriptor(DOCKER_FOREIGN_LAYER, &absent(7), 9, &[])],
+            ),
+            absent(7),
+        ),
+        (
+            "missing config beside external layers",
+            manifest_with(
+                OCI_MANIFEST,
+                &descriptor(
+                    "application/vnd.oci.image.config.v1+json",
+                    &absent(8),
+                    9,
+                    &[],
+                ),
+                &[descriptor(
+                    OCI_NONDISTRIBUTABLE_LAYER,
+                    &absent(2),
+                    12_345,
+                    &[&url(2)],
+                )],
+            ),
+            absent(8),
+        ),
+    ];
+    for (what, body, missing) in refused {
+        let media_type = if body.contains(DOCKER_MANIFEST) {
+            DOCKER_MANIFEST
+        } else {
+            OCI_MANIFEST
+        };
+        let r = reg.put_manifest("r", "refused", media_type, &body).await;
+        let body = expect_error(r, 400, "MANIFEST_BLOB_UNKNOWN").await;
+        assert_eq!(
+            body["errors"][0]["detail"]["digest"],
+            missing.to_string(),
+            "{what}"
+        );
+    }
+
+    // A non-distributable layer that was pushed anyway is checked like any blob.
+    let held = reg.push_blob("r", b"pushed anyway").await;
+    let wrong_size = manifest_with(
+        OCI_MANIFEST,
+        &config,
+        &[descriptor(
+            OCI_NONDISTRIBUTABLE_LAYER,
+            &held,
+            99,
+            &[&url(9)],
+        )],
+    );
+    let r = reg
+        .put_manifest("r", "refused", OCI_MANIFEST, &wrong_size)
+        .await;
+    let body = expect_error(r, 400, "MANIFEST_INVALID").await;
+    assert_eq!(
+        body["errors"][0]["message"],
+        format!("manifest says blob {held} has 99 bytes, but it has 13")
+    );
+    // And URLs must be ones a client can fetch.
+    let bad_url = manifest_with(
+        OCI_MANIFEST,
+        &config,
+        &[descriptor(
+            OCI_NONDISTRIBUTABLE_LAYER,
+            &absent(2),
+            12_345,
+            &["file:///etc/shadow"],
+        )],
+    );
+    let r = reg
+        .put_manifest("r", "refused", OCI_MANIFEST, &bad_url)
+        .await;
+    expect_error(r, 400, "MANIFEST_INVALID").await;
+    let r = reg
+        .req(Method::GET, "/v2/r/tags/list")
+        .send()
+        .await
+        .unwrap();
+    let tags: Value = r.json().await.unwrap();
+    assert_eq!(
+        tags["tags"],
+        serde_json::json!(["foreign", "nd"]),
+        "nothing refused was tagged"
     );
 }

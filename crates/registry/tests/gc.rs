@@ -622,3 +622,115 @@ keep_within = "2s"
         "not pushed or pulled within 2s"
     );
 }
+
+#[tokio::test]
+async fn non_distributable_layers_through_gc_pins_and_referrers() {
+    use berth_oci::media_type::OCI_NONDISTRIBUTABLE_LAYER_GZIP;
+    let reg = TestRegistry::start_with(config("gc_grace = \"0s\"")).await;
+    let repo = "nd/app";
+    let config_bytes = br#"{"architecture":"amd64","os":"linux"}"#;
+    let config_digest = reg.push_blob(repo, config_bytes).await;
+    let layer = reg.push_blob(repo, b"ordinary layer").await;
+    // One external layer was never pushed; a copy of the other one was pushed anyway.
+    let absent = Digest::sha256(b"lives on store.example.com");
+    let held_bytes = b"pushed here anyway";
+    let held = reg.push_blob(repo, held_bytes).await;
+    let manifest = |external: &Digest, size: usize| {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"{OCI_NONDISTRIBUTABLE_LAYER_GZIP}","digest":"{external}","size":{size},"urls":["https://store.example.com/{}"]}},{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":14}}]}}"#,
+            config_bytes.len(),
+            external.hex()
+        )
+    };
+    let a_body = manifest(&absent, 4096);
+    let b_body = manifest(&held, held_bytes.len());
+    for (tag, body) in [("a", &a_body), ("b", &b_body)] {
+        let r = reg.put_manifest(repo, tag, OCI_MANIFEST, body).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+    }
+    let (a, b) = (
+        Digest::sha256(a_body.as_bytes()),
+        Digest::sha256(b_body.as_bytes()),
+    );
+    let sig_config = reg.push_blob(repo, b"{}").await;
+    let sig = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","artifactType":"application/x.sig","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{sig_config}","size":2}},"layers":[],"subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{a}","size":{}}}}}"#,
+        a_body.len()
+    );
+    let sig_digest = Digest::sha256(sig.as_bytes());
+    let r = reg
+        .put_manifest(repo, &sig_digest.to_string(), OCI_MANIFEST, &sig)
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let referrers: Value = reg.json(&format!("/v2/{repo}/referrers/{a}")).await;
+    assert_eq!(referrers["manifests"][0]["digest"], sig_digest.to_string());
+
+    // Nothing referenced goes, and the absent layer is neither counted nor looked for.
+    let dry = gc(&reg, "dry_run=true").await;
+    assert_eq!(dry["blobs"], 0, "{dry}");
+    assert_eq!(dry["orphan_files"], 0, "{dry}");
+    let report = gc(&reg, "").await;
+    assert_eq!(report["blobs"], 0, "{report}");
+    let blob = |d: &Digest| format!("/v2/{repo}/blobs/{d}");
+    assert_eq!(status(&reg, Method::GET, &blob(&held)).await, 200);
+    let usage: Value = reg.json("/admin/usage").await;
+    let stored = usage["repositories"][0]["bytes"].as_u64().unwrap();
+    assert!(
+        stored < 4096,
+        "the absent layer's declared size is not counted as stored: {usage}"
+    );
+
+    // The copy pushed anyway goes with the last manifest that references it.
+    assert_eq!(
+        status(&reg, Method::DELETE, &format!("/v2/{repo}/manifests/{b}")).await,
+        202
+    );
+    let report = gc(&reg, "").await;
+    assert_eq!(
+        report["blobs"], 2,
+        "b's manifest and the held layer: {report}"
+    );
+    assert_eq!(status(&reg, Method::HEAD, &blob(&held)).await, 404);
+
+    // A pinned manifest with an absent layer is kept, with everything it has here.
+    let r = reg
+        .req(Method::PUT, &format!("/admin/pins/{a}"))
+        .body(r#"{"reason":"release nd#1"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = reg
+        .req(Method::DELETE, &format!("/v2/{repo}/manifests/{a}"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 403, "DENIED").await;
+    assert_eq!(gc(&reg, "delete_untagged=true").await["blobs"], 0);
+    assert_eq!(status(&reg, Method::GET, &blob(&layer)).await, 200);
+    assert_eq!(
+        status(&reg, Method::GET, &format!("/v2/{repo}/manifests/a")).await,
+        200
+    );
+
+    // Unpinned and deleted: its manifest, config and layer and the referrer all go.
+    assert_eq!(
+        status(&reg, Method::DELETE, &format!("/admin/pins/{a}")).await,
+        204
+    );
+    assert_eq!(
+        status(&reg, Method::DELETE, &format!("/v2/{repo}/manifests/{a}")).await,
+        202
+    );
+    let report = gc(&reg, "delete_untagged=true").await;
+    assert_eq!(
+        report["untagged_manifests"][0]["digest"],
+        sig_digest.to_string(),
+        "{report}"
+    );
+    assert_eq!(
+        report["blobs"], 5,
+        "a, its config and layer, the referrer and its config: {report}"
+    );
+    assert_eq!(gc(&reg, "delete_untagged=true").await["blobs"], 0);
+}

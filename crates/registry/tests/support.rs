@@ -25,13 +25,23 @@ impl TestRegistry {
     }
 
     pub async fn start_with(config: RegistryConfig) -> TestRegistry {
+        Self::start_adjusted(config, |_| {}).await
+    }
+
+    /// Like `start_with`, with `adjust` applied to the resolved settings (for what only the
+    /// serving process sets, like a built-in admin).
+    pub async fn start_adjusted(
+        config: RegistryConfig,
+        adjust: impl FnOnce(&mut berth_registry::Settings),
+    ) -> TestRegistry {
         let dir = tempfile::tempdir().unwrap();
         let config = RegistryConfig {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             ..RegistryConfig::default()
         }
         .merged(config);
-        let settings = config.settings(dir.path().join("data")).unwrap();
+        let mut settings = config.settings(dir.path().join("data")).unwrap();
+        adjust(&mut settings);
         let server = Server::bind(&settings).await.unwrap();
         let addr = server.local_addr();
         let url = server.url();

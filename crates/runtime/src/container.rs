@@ -200,6 +200,31 @@ pub struct ContainerRequest {
     pub secret_files: SecretFiles,
 }
 
+impl ContainerRequest {
+    /// Refuses what no node could run, saying what is allowed: limits a container cannot
+    /// start under, ports published with no network to reach them, a host port published
+    /// twice. Checked before anything is pulled or set up.
+    pub fn check(&self) -> Result<(), String> {
+        self.resources.check().map_err(|e| e.to_string())?;
+        if self.network == NetworkMode::None && !self.ports.is_empty() {
+            let ports: Vec<String> = self.ports.iter().map(ToString::to_string).collect();
+            return Err(format!(
+                "cannot publish {} with network none: such a container has only loopback, so nothing could reach it; use network bridge or publish nothing",
+                ports.join(", ")
+            ));
+        }
+        for (i, port) in self.ports.iter().enumerate() {
+            if let Some(earlier) = self.ports[..i].iter().find(|p| p.clashes_with(port)) {
+                return Err(format!(
+                    "host port {} is published twice ({earlier} and {port}): a host port forwards to one container port",
+                    port.host_side()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Environment entries holding secrets: `Debug` shows only the names.
 #[derive(Clone, Default, PartialEq)]
 pub struct SecretEnv(pub Vec<String>);
@@ -452,45 +477,34 @@ pub struct ContainerState {
 
 /// Writes `value` as JSON to `path` atomically (temporary file, rename) and durably (fsync
 /// before the rename): for what must survive a power loss, like a container's record, which
-/// says what to clean up.
+/// says what to clean up. Like every state file of the node, it is readable by root only
+/// (mode 0600 from its creation).
 pub fn write_json(path: &Path, value: &impl Serialize) -> io::Result<()> {
-    write_json_with(path, value, true, None)
+    write_json_with(path, value, true)
 }
 
 /// Like [`write_json`], atomic but without the fsync: for files rewritten often or rebuilt
-/// from the record (`state.json`, the bundle's `config.json`). A process crash cannot tear
-/// them; a power loss can only take back the latest version.
+/// from the record (`state.json`, the bundle's `config.json`, which holds the container's
+/// secret environment). A process crash cannot tear them; a power loss can only take back the
+/// latest version.
 pub fn write_json_fast(path: &Path, value: &impl Serialize) -> io::Result<()> {
-    write_json_with(path, value, false, None)
+    write_json_with(path, value, false)
 }
 
-/// Like [`write_json_fast`], but readable by the owner only (mode 0600 from its creation):
-/// for the bundle's `config.json`, which holds the container's secret environment.
-pub fn write_json_private(path: &Path, value: &impl Serialize) -> io::Result<()> {
-    write_json_with(path, value, false, Some(0o600))
-}
-
-fn write_json_with(
-    path: &Path,
-    value: &impl Serialize,
-    durable: bool,
-    private: Option<u32>,
-) -> io::Result<()> {
+fn write_json_with(path: &Path, value: &impl Serialize, durable: bool) -> io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let tmp = path.with_extension("json.tmp");
     let data = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     {
         use std::io::Write;
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        if let Some(mode) = private {
-            options.mode(mode);
-        }
-        let mut file = options.open(&tmp)?;
-        if let Some(mode) = private {
-            // A temporary file left behind keeps its old mode when opened again.
-            file.set_permissions(fs::Permissions::from_mode(mode))?;
-        }
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        // A temporary file left behind keeps its old mode when opened again.
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
         file.write_all(&data)?;
         if durable {
             file.sync_all()?;

@@ -35,7 +35,10 @@ use berth_oci::Digest;
 use serde::{Deserialize, Serialize};
 
 pub use config::{ConfigError, ImageConfig};
-pub use credentials::{default_auth_files, Credentials};
+pub use credentials::{
+    default_auth_files, lookup as lookup_credentials, read_auth_file_user, write_auth_file,
+    Credentials,
+};
 pub use prune::{select_for_prune, PrunePolicy};
 pub use reference::{Reference, ReferenceError};
 pub use store::{in_use_by_containers, ImageStore, PruneReport, RemoveReport};

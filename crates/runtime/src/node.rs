@@ -6,12 +6,13 @@ use std::ffi::OsString;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::container::{
-    process_for, read_json, resolve_user, write_json, write_json_private, ContainerRecord,
+    process_for, read_json, resolve_user, write_json, write_json_fast, ContainerRecord,
     ContainerRequest, ContainerState, NetworkMode, Status, PAUSED_FILE, RECORD_FILE, STATE_FILE,
     STOP_FILE,
 };
@@ -53,6 +54,14 @@ pub enum NodeError {
     /// The container is running and must not be.
     #[error("container {0} is running: stop it first, or force")]
     Running(String),
+    /// Another container publishes the host port.
+    #[error("host port {port} is already published by container {by}: choose another host port, or remove that container")]
+    PortTaken {
+        /// The host side asked for.
+        port: String,
+        /// The container that has it (name and short id).
+        by: String,
+    },
     /// The container could not start.
     #[error("container {name} did not start: {message}")]
     Start {
@@ -129,6 +138,8 @@ pub struct Node {
 impl Node {
     /// Opens the node's directories.
     pub fn open(config: NodeConfig) -> Result<Node, NodeError> {
+        crate::private_dir(&config.root)
+            .map_err(io(format!("creating {}", config.root.display())))?;
         for dir in ["containers", "netns"] {
             fs::create_dir_all(config.root.join(dir))
                 .map_err(io(format!("creating {}", config.root.join(dir).display())))?;
@@ -260,11 +271,48 @@ impl Node {
         }
     }
 
+    /// Refuses a request that cannot run here, before anything is pulled or set up: limits
+    /// no container can start under, ports with network none, and host ports that another
+    /// container (running or not: its forwarding stays until it is removed) or another
+    /// program on this host already has.
+    pub fn check(&self, request: &ContainerRequest) -> Result<(), NodeError> {
+        request.check().map_err(NodeError::Invalid)?;
+        if request.ports.is_empty() {
+            return Ok(());
+        }
+        for other in self.list()? {
+            if other.record.netns.is_none() {
+                continue;
+            }
+            for theirs in &other.record.request.ports {
+                if let Some(ours) = request.ports.iter().find(|p| p.clashes_with(theirs)) {
+                    return Err(NodeError::PortTaken {
+                        port: ours.host_side(),
+                        by: format!("{} ({})", other.record.name, short(&other.record.id)),
+                    });
+                }
+            }
+        }
+        for port in &request.ports {
+            if port_in_use(port) {
+                return Err(NodeError::Invalid(format!(
+                    "host port {} is in use by another program on this host (`ss -ltnup` shows which): choose another host port",
+                    port.host_side()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn create_with_id(
         &self,
         id: String,
         request: ContainerRequest,
     ) -> Result<Container, NodeError> {
+        let request = ContainerRequest {
+            resources: request.resources.with_defaults(),
+            ..request
+        };
         let image = self
             .images
             .get(&request.image)?
@@ -276,6 +324,8 @@ impl Node {
             &self.config.namespace_helper,
         )?;
         let lock = self.lock_names()?;
+        // Under the lock, so that two creates cannot both take a free port.
+        self.check(&request)?;
         let name = match &request.name {
             Some(name) => {
                 validate_name(name)?;
@@ -421,7 +471,7 @@ impl Node {
             host_nofile_hard: crate::host::nofile_limits().map(|(_, hard)| hard),
         };
         // Owner-only: it is the one file that holds the secret environment.
-        write_json_private(&dir.join("bundle/config.json"), &spec::config_json(&spec))
+        write_json_fast(&dir.join("bundle/config.json"), &spec::config_json(&spec))
             .map_err(io("writing the bundle's config.json"))
     }
 
@@ -444,8 +494,13 @@ impl Node {
             .monitor
             .split_first()
             .ok_or_else(|| NodeError::Invalid("no monitor command configured".into()))?;
-        let monitor_log =
-            fs::File::create(dir.join("monitor.log")).map_err(io("creating the monitor log"))?;
+        let monitor_log = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join("monitor.log"))
+            .map_err(io("creating the monitor log"))?;
         let mut child = Command::new(program)
             .args(args)
             .arg(dir)
@@ -740,6 +795,18 @@ impl Node {
         nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| io("locking the containers directory")(e.into()))
     }
+}
+
+/// Whether another program on this host holds `port` (a bind on it fails with "address in
+/// use"). Forwarded ports are DNAT rules, not sockets, so berth's own do not count here.
+fn port_in_use(port: &crate::network::PortMapping) -> bool {
+    let ip = port.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let address = std::net::SocketAddr::new(ip, port.host_port);
+    let bound = match port.protocol {
+        crate::network::Protocol::Tcp => std::net::TcpListener::bind(address).map(drop),
+        crate::network::Protocol::Udp => std::net::UdpSocket::bind(address).map(drop),
+    };
+    bound.is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
 }
 
 /// A spawned monitor waiting for its go.

@@ -54,6 +54,35 @@ pub const NOFILE: u64 = 1_048_576;
 /// CPU quota period, in microseconds.
 const CPU_PERIOD: u64 = 100_000;
 
+/// Processes and threads a container may have when its request sets no `pids`: far more than
+/// a service needs (a JVM with a thousand threads fits four times over), far fewer than the
+/// host's pid space (`pid_max`, 32768 on many hosts), so a fork bomb stops inside its cgroup.
+pub const DEFAULT_PIDS: i64 = 4096;
+/// The smallest `pids` limit: one process (0 would read as "no limit" to some tools).
+pub const MIN_PIDS: i64 = 1;
+/// The largest `pids` limit: the kernel's largest possible `pid_max` on 64-bit hosts.
+pub const MAX_PIDS: i64 = 4_194_304;
+/// The smallest memory limit. Below what the OCI runtime itself uses while it sets the
+/// container up (runc: about 2.3 MiB here) the start fails late, inside the runtime; 6 MiB,
+/// docker's minimum too, leaves room.
+pub const MIN_MEMORY: u64 = 6 << 20;
+/// The smallest CPU limit: a quota of 1 ms per 100 ms period, the kernel's minimum quota.
+pub const MIN_CPUS: f64 = 0.01;
+
+/// A limit no container can run under.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum LimitError {
+    /// Memory below [`MIN_MEMORY`].
+    #[error("a memory limit of {0} bytes is too small: give at least 6MiB (like 64Mi or 1Gi), or no limit")]
+    Memory(u64),
+    /// CPUs below [`MIN_CPUS`], or not a number.
+    #[error("{0} CPUs is not a CPU limit: give a number of CPUs of at least 0.01 (1% of one CPU), like 0.5 or 2, or no limit")]
+    Cpus(f64),
+    /// Pids outside [`MIN_PIDS`]`..=`[`MAX_PIDS`].
+    #[error("{0} is not a process limit: give a count from 1 to 4194304 (without one a container gets 4096)")]
+    Pids(i64),
+}
+
 /// Resource limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +96,32 @@ pub struct Resources {
     /// Most processes (and threads) at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<i64>,
+}
+
+impl Resources {
+    /// Refuses limits no container can run under (a zero, a negative, too small to start),
+    /// saying what is allowed, before anything is set up.
+    pub fn check(&self) -> Result<(), LimitError> {
+        if let Some(memory) = self.memory.filter(|m| *m < MIN_MEMORY) {
+            return Err(LimitError::Memory(memory));
+        }
+        if let Some(cpus) = self.cpus.filter(|c| !(c.is_finite() && *c >= MIN_CPUS)) {
+            return Err(LimitError::Cpus(cpus));
+        }
+        if let Some(pids) = self.pids.filter(|p| !(MIN_PIDS..=MAX_PIDS).contains(p)) {
+            return Err(LimitError::Pids(pids));
+        }
+        Ok(())
+    }
+
+    /// These limits with the node's defaults for what they leave unset: [`DEFAULT_PIDS`]
+    /// processes; memory and CPU stay unlimited unless asked for.
+    pub fn with_defaults(self) -> Resources {
+        Resources {
+            pids: self.pids.or(Some(DEFAULT_PIDS)),
+            ..self
+        }
+    }
 }
 
 /// The user the process runs as.
@@ -203,7 +258,8 @@ pub fn config_json(spec: &BundleSpec) -> Value {
         resources["memory"] = json!({"limit": memory, "swap": memory});
     }
     if let Some(cpus) = spec.resources.cpus {
-        let quota = (cpus * CPU_PERIOD as f64).round().max(1000.0) as i64;
+        // `Resources::check` keeps this at 1000 µs (the kernel's minimum quota) or more.
+        let quota = (cpus * CPU_PERIOD as f64).round() as i64;
         resources["cpu"] = json!({"quota": quota, "period": CPU_PERIOD});
     }
     if let Some(pids) = spec.resources.pids {

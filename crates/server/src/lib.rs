@@ -26,6 +26,15 @@ pub use controller::Controller;
 /// The name of the file under the server's root that holds the API token.
 pub const TOKEN_FILE: &str = "server.token";
 
+/// The name of the file under the server's root that holds the built-in registry's admin
+/// credential, in the auth-file format podman, skopeo, buildah (`--authfile`) and docker read,
+/// one entry per name of the registry on this host. `berth` reads it on this host (as root),
+/// and the server's own pulls from its registry use it.
+pub const REGISTRY_AUTH_FILE: &str = "registry-auth.json";
+
+/// The user name of the built-in registry's admin credential.
+pub const REGISTRY_ADMIN: &str = "admin";
+
 /// What can go wrong inside the server (client mistakes are [`api::ApiError`]s).
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -77,4 +86,22 @@ pub fn load_or_create_token(root: &Path) -> std::io::Result<String> {
     writeln!(file, "{token}")?;
     file.sync_all()?;
     Ok(token)
+}
+
+/// The built-in registry's admin credential: read from `<root>/registry-auth.json`, or made
+/// (32 random bytes, hex) when the file has none. `true` when it was made now: the caller
+/// writes the file (see `berth_runtime::image::write_auth_file`) once it knows the registry's
+/// address, and shows the password this once.
+pub fn load_or_create_registry_admin(
+    root: &Path,
+) -> std::io::Result<(berth_runtime::image::Credentials, bool)> {
+    let path = root.join(REGISTRY_AUTH_FILE);
+    if let Some(existing) = berth_runtime::image::read_auth_file_user(&path, REGISTRY_ADMIN)? {
+        return Ok((existing, false));
+    }
+    let made = berth_runtime::image::Credentials {
+        username: REGISTRY_ADMIN.to_owned(),
+        password: hex::encode(rand::random::<[u8; 32]>()),
+    };
+    Ok((made, true))
 }

@@ -213,12 +213,30 @@ impl Tables for WriteTables<'_> {
     }
 }
 
+/// Creates `path` empty with mode 0600 if it does not exist (redb initialises an empty file),
+/// and takes group and other access away from one that does: the state store holds every
+/// app's desired state and sealed secrets, readable by root only.
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    if file.metadata()?.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 pub(crate) struct RedbBackend {
     db: Database,
 }
 
 impl RedbBackend {
     fn open(path: &Path) -> Result<RedbBackend> {
+        owner_only(path)
+            .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
         let db = Database::create(path)
             .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
         let txn = db.begin_write().or_backend()?;

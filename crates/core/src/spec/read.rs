@@ -12,7 +12,8 @@ use super::check;
 use super::{
     AppSpec, AutoRollback, Balance, BlueGreen, Canary, CanaryStep, DependencyCondition, DeploySpec,
     HealthCheck, HealthSpec, ImageRef, Pause, PortRef, Resources, RestartPolicy, Rolling,
-    RouteSpec, ServiceSpec, SpecError, Strategy, VolumeSpec,
+    RouteSpec, ServiceSpec, SpecError, Strategy, VolumeSpec, MAX_PIDS, MIN_CPUS, MIN_MEMORY,
+    MIN_PIDS,
 };
 use berth_units::{parse_duration, parse_size};
 
@@ -1092,22 +1093,42 @@ fn read_resources(r: &mut Reader, s: &Tbl<'_, '_>) -> Resources {
                 }
             };
             match cpus {
-                Some(cpus) if cpus > 0.0 && cpus.is_finite() => Some(cpus),
+                Some(cpus) if cpus.is_finite() && cpus >= MIN_CPUS => Some(cpus),
                 _ => {
                     r.problem(
                         value.span(),
-                        "`cpus` must be a positive number of cores",
-                        "write it like: cpus = 0.5",
+                        format!(
+                            "`cpus` {} must be at least 0.01 (1% of one core)",
+                            table.place()
+                        ),
+                        "write it like: cpus = 0.5, or leave `cpus` out for no CPU limit",
                     );
                     None
                 }
             }
         }
     };
+    let memory = r.size(&table, "memory");
+    if let Some(small) = memory.filter(|m| *m < MIN_MEMORY) {
+        let span = table
+            .get("memory")
+            .map_or(table.span.clone(), Spanned::span);
+        r.problem(
+            span,
+            format!(
+                "`memory` {} is {small} bytes; a container needs at least 6Mi to start",
+                table.place()
+            ),
+            "write it like: memory = \"256Mi\", or leave `memory` out for no memory limit",
+        );
+    }
+    let pids = r
+        .integer(&table, "pids", MIN_PIDS, MAX_PIDS)
+        .and_then(|pids| u32::try_from(pids).ok());
     Resources {
-        memory: r.size(&table, "memory"),
+        memory: memory.filter(|m| *m >= MIN_MEMORY),
         cpus,
-        pids: r.count(&table, "pids", 1),
+        pids,
     }
 }
 

@@ -133,6 +133,46 @@ const INVALID: &[(&str, &str, &str)] = &[
         "write a whole number with a unit: 64Mi, 256MiB, 1Gi (powers of 1024) or 500M, 2GB (powers of 1000)",
     ),
     (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nresources = { cpus = 0 }\n",
+        "4:22: `cpus` in services.web.resources must be at least 0.01 (1% of one core)",
+        "write it like: cpus = 0.5, or leave `cpus` out for no CPU limit",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nresources = { cpus = -1 }\n",
+        "4:22: `cpus` in services.web.resources must be at least 0.01 (1% of one core)",
+        "write it like: cpus = 0.5, or leave `cpus` out for no CPU limit",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nresources = { cpus = 0.001 }\n",
+        "4:22: `cpus` in services.web.resources must be at least 0.01 (1% of one core)",
+        "write it like: cpus = 0.5, or leave `cpus` out for no CPU limit",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nresources = { memory = \"0\" }\n",
+        "4:24: `memory` in services.web.resources is 0 bytes; a container needs at least 6Mi to start",
+        "write it like: memory = \"256Mi\", or leave `memory` out for no memory limit",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\n[services.web.resources]\nmemory = \"1Mi\"\n",
+        "5:10: `memory` in services.web.resources is 1048576 bytes; a container needs at least 6Mi to start",
+        "write it like: memory = \"256Mi\", or leave `memory` out for no memory limit",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nresources = { pids = 0 }\n",
+        "4:22: `pids` in services.web.resources must be between 1 and 4194304",
+        "write it like: pids = 256",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nresources = { pids = -1 }\n",
+        "4:22: `pids` in services.web.resources must be between 1 and 4194304",
+        "write it like: pids = 256",
+    ),
+    (
+        "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nresources = { pids = 5000000 }\n",
+        "4:22: `pids` in services.web.resources must be between 1 and 4194304",
+        "write it like: pids = 256",
+    ),
+    (
         "app = \"shop\"\n[services.web]\nimage = \"web:1\"\ndepends_on = { dbb = \"healthy\" }\n[services.db]\nimage = \"pg:16\"\n",
         "4:16: `web` depends on `dbb`, which is not a service of this app",
         "did you mean `db`?",

@@ -34,6 +34,22 @@ fn manifest_unknown(repo: &RepositoryName, reference: &str) -> ApiError {
     )
 }
 
+/// A reading or deleting request names a manifest by `reference`: a tag or digest, or
+/// `Err` with the MANIFEST_UNKNOWN to answer (once the caller is allowed to know) for a
+/// reference that is neither, which can name nothing here. distribution answers 404 to
+/// those too, and the distribution-spec conformance tests expect it.
+fn existing_reference(repo: &RepositoryName, reference: &str) -> Result<Reference, ApiError> {
+    parse_reference(reference).map_err(|e| {
+        ApiError::new(
+            Code::ManifestUnknown,
+            format!(
+                "manifest {reference:?} is not in {repo}: it is neither a tag nor a digest ({})",
+                e.message
+            ),
+        )
+    })
+}
+
 /// `GET`/`HEAD /v2/<name>/manifests/<reference>`
 pub(super) async fn get(
     registry: &Registry,
@@ -41,8 +57,12 @@ pub(super) async fn get(
     repo: &RepositoryName,
     reference: &str,
 ) -> ApiResult<Response> {
-    let parsed = parse_reference(reference)?;
+    let parsed = existing_reference(repo, reference);
     registry.require(call, repo, Access::Pull)?;
+    let parsed = match parsed {
+        Ok(parsed) => parsed,
+        Err(unknown) => return Err(registry.unknown(repo, unknown).await),
+    };
     let r = repo.to_string();
     let found = registry
         .blocking_meta(move |m| {
@@ -147,6 +167,7 @@ pub(super) async fn put(
         size: bytes.len() as u64,
         artifact_type: manifest.artifact_type.clone(),
         annotations: manifest.annotations.clone(),
+        urls: None,
     });
     // Only a repository with a quota pays for the lookup; a re-push adds nothing.
     let counts_against_quota = registry.quota(repo.as_str()).is_some() && {
@@ -167,17 +188,23 @@ pub(super) async fn put(
         Reference::Tag(t) => Some(t.to_string()),
         Reference::Digest(_) => None,
     };
+    // Non-distributable layers with URLs are fetched from there, not from here: a push
+    // need not include them (as distribution does), and they are recorded as references so
+    // that a copy pushed here anyway is kept with the manifest.
+    let required: Vec<Descriptor> = manifest.required_blobs().cloned().collect();
+    let external: Vec<Descriptor> = manifest.external_layers().cloned().collect();
     let outcome = registry
         .blocking_meta({
-            let manifest = manifest.clone();
+            let children = manifest.manifests.clone();
             move |m| {
                 m.put_manifest(NewManifest {
                     repo: &r,
                     digest: &d,
                     tag: tag.as_deref(),
                     record,
-                    blobs: &manifest.blobs,
-                    manifests: &manifest.manifests,
+                    blobs: &required,
+                    external: &external,
+                    manifests: &children,
                     referrer,
                 })
             }
@@ -233,8 +260,12 @@ pub(super) async fn delete(
     repo: &RepositoryName,
     reference: &str,
 ) -> ApiResult<Response> {
-    let parsed = parse_reference(reference)?;
+    let parsed = existing_reference(repo, reference);
     registry.require(call, repo, Access::Push)?;
+    let parsed = match parsed {
+        Ok(parsed) => parsed,
+        Err(unknown) => return Err(registry.unknown(repo, unknown).await),
+    };
     let r = repo.to_string();
     let removed = registry
         .blocking_meta(move |m| match &parsed {

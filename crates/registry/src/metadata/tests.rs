@@ -19,6 +19,7 @@ fn desc(digest: &Digest, size: u64) -> Descriptor {
         size,
         artifact_type: None,
         annotations: None,
+        urls: None,
     }
 }
 
@@ -48,6 +49,7 @@ fn put(
             None,
         ),
         blobs,
+        external: &[],
         manifests: &[],
         referrer: None,
     })
@@ -181,6 +183,7 @@ fn referrers_follow_their_manifests() {
         tag: None,
         record: record(&[], Some(subject.clone())),
         blobs: &[],
+        external: &[],
         manifests: &[],
         referrer: Some(descriptor.clone()),
     })

@@ -17,6 +17,26 @@ use super::{BlobReader, BlobStore, ByteRange, StorageError, StorageResult, Store
 /// Bytes buffered before an upload write reaches the file.
 const WRITE_BUFFER: usize = 1 << 20;
 
+/// Creates `dir` (and its parents) with the directory itself 0700, or takes group and other
+/// access away from one that exists: the registry's data (metadata, private images) is for
+/// the registry process only.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let metadata = std::fs::metadata(dir)?;
+    if metadata.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// Blob storage in a directory.
 #[derive(Debug, Clone)]
 pub struct FsBlobStore {
@@ -27,6 +47,7 @@ impl FsBlobStore {
     /// Opens (creating if needed) a store rooted at `root`.
     pub fn open(root: impl Into<PathBuf>) -> StorageResult<FsBlobStore> {
         let root = root.into();
+        private_dir(&root).map_err(StorageError::io(format!("creating {}", root.display())))?;
         for dir in ["blobs", "uploads", "tmp"] {
             let path = root.join(dir);
             std::fs::create_dir_all(&path)

@@ -169,17 +169,114 @@ fn secret_env_is_neither_serialized_nor_debug_printed() {
 }
 
 #[test]
-fn private_json_is_owner_only_even_over_a_leftover_temporary_file() {
+fn records_are_owner_only_even_over_a_leftover_temporary_file() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.json");
-    fs::write(path.with_extension("json.tmp"), "old").unwrap();
-    fs::set_permissions(
-        path.with_extension("json.tmp"),
-        fs::Permissions::from_mode(0o644),
-    )
-    .unwrap();
-    write_json_private(&path, &serde_json::json!({"env": ["TOKEN=x"]})).unwrap();
-    let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
+    type Writer = fn(&std::path::Path, &serde_json::Value) -> io::Result<()>;
+    let writers: [(&str, Writer); 2] = [
+        ("container.json", |p, v| write_json(p, v)),
+        ("config.json", |p, v| write_json_fast(p, v)),
+    ];
+    for (name, write) in writers {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        fs::write(path.with_extension("json.tmp"), "old").unwrap();
+        fs::set_permissions(
+            path.with_extension("json.tmp"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        write(&path, &serde_json::json!({"env": ["TOKEN=x"]})).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name}");
+    }
+}
+
+fn ports(specs: &[&str]) -> Vec<PortMapping> {
+    specs.iter().map(|s| s.parse().unwrap()).collect()
+}
+
+#[test]
+fn ports_need_a_network_and_each_host_port_is_published_once() {
+    let none = ContainerRequest {
+        network: NetworkMode::None,
+        ports: ports(&["127.0.0.1:8080:80"]),
+        ..request()
+    };
+    assert_eq!(
+        none.check().unwrap_err(),
+        "cannot publish 127.0.0.1:8080:80/tcp with network none: such a container has only loopback, so nothing could reach it; use network bridge or publish nothing"
+    );
+    let twice = ContainerRequest {
+        ports: ports(&["8080:80", "127.0.0.1:8080:81"]),
+        ..request()
+    };
+    assert_eq!(
+        twice.check().unwrap_err(),
+        "host port 127.0.0.1:8080/tcp is published twice (8080:80/tcp and 127.0.0.1:8080:81/tcp): a host port forwards to one container port"
+    );
+    for fine in [
+        &["8080:80", "8080:80/udp"][..],
+        &["127.0.0.1:8080:80", "127.0.0.2:8080:80"],
+        &["8080:80", "8081:80"],
+    ] {
+        let request = ContainerRequest {
+            ports: ports(fine),
+            ..request()
+        };
+        assert_eq!(request.check(), Ok(()), "{fine:?}");
+    }
+    let bad_limit = ContainerRequest {
+        resources: Resources {
+            pids: Some(0),
+            ..Resources::default()
+        },
+        ..request()
+    };
+    assert!(bad_limit
+        .check()
+        .unwrap_err()
+        .contains("not a process limit"));
+}
+
+mod clashes {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn mapping() -> impl Strategy<Value = PortMapping> {
+        let ip = prop_oneof![
+            Just(None),
+            Just(Some("0.0.0.0".parse().unwrap())),
+            Just(Some("127.0.0.1".parse().unwrap())),
+            Just(Some("127.0.0.2".parse().unwrap())),
+            Just(Some("::".parse().unwrap())),
+            Just(Some("::1".parse().unwrap())),
+        ];
+        let protocol = prop_oneof![
+            Just(crate::network::Protocol::Tcp),
+            Just(crate::network::Protocol::Udp)
+        ];
+        (ip, 8080u16..8083, 1u16..3, protocol).prop_map(
+            |(host_ip, host_port, container_port, protocol)| PortMapping {
+                host_ip,
+                host_port,
+                container_port,
+                protocol,
+            },
+        )
+    }
+
+    proptest! {
+        /// Two mappings clash exactly when a packet to some host address could match both.
+        #[test]
+        fn a_clash_is_a_shared_host_address_port_and_protocol(a in mapping(), b in mapping()) {
+            prop_assert_eq!(a.clashes_with(&b), b.clashes_with(&a));
+            let every = |m: &PortMapping| m.host_ip.is_none_or(|ip| ip.is_unspecified());
+            let shared_address = every(&a) || every(&b) || a.host_ip == b.host_ip;
+            prop_assert_eq!(
+                a.clashes_with(&b),
+                shared_address && a.host_port == b.host_port && a.protocol == b.protocol
+            );
+            prop_assert!(a.clashes_with(&a));
+        }
+    }
 }

@@ -54,17 +54,96 @@ pub fn default_auth_files() -> Vec<PathBuf> {
     files
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, serde::Serialize)]
 struct AuthFile {
     #[serde(default)]
     auths: BTreeMap<String, AuthEntry>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, serde::Serialize)]
 struct AuthEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     auth: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     password: Option<String>,
+}
+
+impl AuthEntry {
+    fn credentials(&self) -> Option<Credentials> {
+        if let (Some(username), Some(password)) = (&self.username, &self.password) {
+            return Some(Credentials {
+                username: username.clone(),
+                password: password.clone(),
+            });
+        }
+        self.auth
+            .as_deref()
+            .and_then(|a| base64::engine::general_purpose::STANDARD.decode(a).ok())
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|pair| pair.parse::<Credentials>().ok())
+    }
+}
+
+/// Writes `credentials` for each of `registries` (`host:port`) to `path`, in the auth-file
+/// format podman, skopeo, buildah (`--authfile`) and docker read: atomically, and readable by
+/// its owner only (mode 0600) from the start.
+pub fn write_auth_file<'a>(
+    path: &Path,
+    registries: impl IntoIterator<Item = &'a str>,
+    credentials: &Credentials,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let pair = format!("{}:{}", credentials.username, credentials.password);
+    let auth = base64::engine::general_purpose::STANDARD.encode(pair);
+    let file = AuthFile {
+        auths: registries
+            .into_iter()
+            .map(|registry| {
+                let entry = AuthEntry {
+                    auth: Some(auth.clone()),
+                    username: None,
+                    password: None,
+                };
+                (registry.to_owned(), entry)
+            })
+            .collect(),
+    };
+    let text = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
+    let temp = path.with_extension("json.tmp");
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)?;
+    out.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    out.write_all(&text)?;
+    out.sync_all()?;
+    std::fs::rename(&temp, path)
+}
+
+/// The credentials of `username` in the auth file at `path`, from whichever entry has them;
+/// `None` when the file does not exist or has none.
+pub fn read_auth_file_user(path: &Path, username: &str) -> std::io::Result<Option<Credentials>> {
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let file: AuthFile = serde_json::from_slice(&text).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    Ok(file
+        .auths
+        .values()
+        .filter_map(AuthEntry::credentials)
+        .find(|c| c.username == username))
 }
 
 /// `https://host:port/v1/` → `host:port`, the way docker normalises `auths` keys.
@@ -79,7 +158,7 @@ fn registry_of_key(key: &str) -> &str {
 /// Looks `registry` (`host[:port]`) up in `files`; the first file with an entry wins.
 /// Unreadable or malformed files are skipped with a warning: they must not stop a pull from a
 /// registry that needs no credentials.
-pub(crate) fn lookup(files: &[PathBuf], registry: &str) -> Option<Credentials> {
+pub fn lookup(files: &[PathBuf], registry: &str) -> Option<Credentials> {
     for file in files {
         let Ok(text) = std::fs::read(file) else {
             continue;
@@ -95,19 +174,7 @@ pub(crate) fn lookup(files: &[PathBuf], registry: &str) -> Option<Credentials> {
             if registry_of_key(&key) != registry {
                 continue;
             }
-            if let (Some(username), Some(password)) = (&entry.username, &entry.password) {
-                return Some(Credentials {
-                    username: username.clone(),
-                    password: password.clone(),
-                });
-            }
-            let decoded = entry
-                .auth
-                .as_deref()
-                .and_then(|a| base64::engine::general_purpose::STANDARD.decode(a).ok())
-                .and_then(|bytes| String::from_utf8(bytes).ok())
-                .and_then(|pair| pair.parse::<Credentials>().ok());
-            match decoded {
+            match entry.credentials() {
                 Some(credentials) => return Some(credentials),
                 None => {
                     tracing::warn!(file = %file.display(), registry, "auth entry ignored: `auth` is not base64 of user:password")

@@ -78,6 +78,7 @@ pub(crate) fn select_platform(body: &[u8], architecture: &str) -> Result<Descrip
                 size: entry.size,
                 artifact_type: None,
                 annotations: None,
+                urls: None,
             });
         }
         let variant = platform

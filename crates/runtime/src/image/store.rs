@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -160,7 +160,14 @@ impl ImageStore {
             .join(format!(".index.json.tmp-{}", std::process::id()));
         let bytes = serde_json::to_vec_pretty(index)
             .map_err(|e| ImageError::Internal(format!("serialising the index: {e}")))?;
-        let mut file = fs::File::create(&temp).map_err(ImageError::io("creating", &temp))?;
+        // Root only, like every state file of the node.
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(ImageError::io("creating", &temp))?;
         file.write_all(&bytes)
             .and_then(|()| file.sync_all())
             .map_err(ImageError::io("writing", &temp))?;

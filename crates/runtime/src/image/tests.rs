@@ -243,6 +243,38 @@ fn credentials_come_from_auth_files() {
     assert!(":pw".parse::<Credentials>().is_err());
 }
 
+#[test]
+fn a_written_auth_file_is_private_and_read_back_for_every_host() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry-auth.json");
+    let admin = Credentials {
+        username: "admin".into(),
+        password: "p:w".into(),
+    };
+    // A leftover temporary file with loose permissions does not loosen the result.
+    std::fs::write(path.with_extension("json.tmp"), "old").unwrap();
+    std::fs::set_permissions(
+        path.with_extension("json.tmp"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    write_auth_file(&path, ["127.0.0.1:5000", "localhost:5000"], &admin).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let files = [path.clone()];
+    for host in ["127.0.0.1:5000", "localhost:5000"] {
+        assert_eq!(credentials::lookup(&files, host), Some(admin.clone()));
+    }
+    assert_eq!(credentials::lookup(&files, "127.0.0.1:5001"), None);
+    assert_eq!(read_auth_file_user(&path, "admin").unwrap(), Some(admin));
+    assert_eq!(read_auth_file_user(&path, "other").unwrap(), None);
+    assert_eq!(
+        read_auth_file_user(&dir.path().join("none.json"), "admin").unwrap(),
+        None
+    );
+}
+
 // ---- prune selection ----
 
 const DAY: u64 = 86_400;

@@ -53,6 +53,26 @@ pub struct PortMappingError {
     pub reason: String,
 }
 
+impl PortMapping {
+    /// Whether `self` and `other` forward the same host port: same protocol and port, on the
+    /// same host address or with one of them on every address.
+    pub fn clashes_with(&self, other: &PortMapping) -> bool {
+        let every = |ip: Option<IpAddr>| ip.is_none_or(|ip| ip.is_unspecified());
+        self.protocol == other.protocol
+            && self.host_port == other.host_port
+            && (every(self.host_ip) || every(other.host_ip) || self.host_ip == other.host_ip)
+    }
+
+    /// The host side: `IP:PORT/PROTO`, or `PORT/PROTO` for every host address.
+    pub fn host_side(&self) -> String {
+        match self.host_ip {
+            Some(IpAddr::V6(ip)) => format!("[{ip}]:{}/{}", self.host_port, self.protocol.as_str()),
+            Some(IpAddr::V4(ip)) => format!("{ip}:{}/{}", self.host_port, self.protocol.as_str()),
+            None => format!("{}/{}", self.host_port, self.protocol.as_str()),
+        }
+    }
+}
+
 impl fmt::Display for PortMapping {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.host_ip {

@@ -127,3 +127,87 @@ fn no_limits_means_no_limit_sections_and_a_new_netns() {
         .clone();
     assert!(network.get("path").is_none());
 }
+
+mod limits {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn with(resources: Resources) -> Value {
+        config_json(&BundleSpec {
+            resources,
+            ..spec()
+        })["linux"]["resources"]
+            .clone()
+    }
+
+    #[test]
+    fn unset_pids_get_the_default_and_set_ones_stay() {
+        assert_eq!(
+            Resources::default().with_defaults().pids,
+            Some(DEFAULT_PIDS)
+        );
+        assert_eq!(
+            with(Resources::default().with_defaults())["pids"]["limit"],
+            4096
+        );
+        let asked = Resources {
+            pids: Some(64),
+            ..Resources::default()
+        };
+        assert_eq!(asked.with_defaults().pids, Some(64));
+        // Memory and CPU stay unlimited unless asked for.
+        let defaults = with(Resources::default().with_defaults());
+        assert!(defaults.get("memory").is_none() && defaults.get("cpu").is_none());
+    }
+
+    #[test]
+    fn the_refusals_say_what_is_allowed() {
+        let cases = [
+            (
+                Resources { cpus: Some(0.0), ..Resources::default() },
+                "0 CPUs is not a CPU limit: give a number of CPUs of at least 0.01 (1% of one CPU), like 0.5 or 2, or no limit",
+            ),
+            (
+                Resources { cpus: Some(f64::NAN), ..Resources::default() },
+                "NaN CPUs is not a CPU limit: give a number of CPUs of at least 0.01 (1% of one CPU), like 0.5 or 2, or no limit",
+            ),
+            (
+                Resources { pids: Some(0), ..Resources::default() },
+                "0 is not a process limit: give a count from 1 to 4194304 (without one a container gets 4096)",
+            ),
+            (
+                Resources { memory: Some(0), ..Resources::default() },
+                "a memory limit of 0 bytes is too small: give at least 6MiB (like 64Mi or 1Gi), or no limit",
+            ),
+        ];
+        for (resources, message) in cases {
+            assert_eq!(resources.check().unwrap_err().to_string(), message);
+        }
+    }
+
+    proptest! {
+        /// What is accepted is applied exactly as asked (no silent rounding of a 0 up to 1%,
+        /// no 0 read as "no limit"); what is refused is never applied.
+        #[test]
+        fn accepted_limits_are_applied_as_asked(
+            memory in prop_oneof![0u64..(16 << 20), any::<u64>()],
+            cpus in prop_oneof![-2.0f64..0.05, 0.0f64..512.0, Just(f64::INFINITY), Just(-0.0)],
+            pids in prop_oneof![-10i64..10, any::<i64>(), Just(MAX_PIDS), Just(MAX_PIDS + 1)],
+        ) {
+            let resources = Resources { memory: Some(memory), cpus: Some(cpus), pids: Some(pids) };
+            let accepted = resources.check().is_ok();
+            let allowed = memory >= MIN_MEMORY
+                && cpus.is_finite() && cpus >= MIN_CPUS
+                && (MIN_PIDS..=MAX_PIDS).contains(&pids);
+            prop_assert_eq!(accepted, allowed);
+            if accepted {
+                let applied = with(resources.with_defaults());
+                prop_assert_eq!(applied["memory"]["limit"].as_u64(), Some(memory));
+                let quota = applied["cpu"]["quota"].as_i64().unwrap();
+                prop_assert!(quota >= 1000, "quota {} for {} CPUs", quota, cpus);
+                prop_assert!((quota as f64 - cpus * 100_000.0).abs() <= 0.5);
+                prop_assert_eq!(applied["pids"]["limit"].as_i64(), Some(pids));
+            }
+        }
+    }
+}

@@ -257,6 +257,74 @@ resources = { memory = "64Mi", pids = 32 }
     assert!(request.env.contains(&"BERTH_RELEASE=4".to_owned()));
 }
 
+/// berth.toml and the node runtime agree on every limit: what the spec accepts, a node
+/// runs; what a node would refuse, the spec refuses first, with its file position.
+#[test]
+fn the_spec_accepts_exactly_the_limits_the_node_runs() {
+    let values: [(&str, &[&str]); 3] = [
+        ("cpus", &["-1", "0", "0.001", "0.0099", "0.01", "0.5", "64"]),
+        (
+            "memory",
+            &["\"0\"", "\"1\"", "\"6291455\"", "\"6Mi\"", "\"1Gi\""],
+        ),
+        ("pids", &["-1", "0", "3", "4", "4096", "4194304", "4194305"]),
+    ];
+    for (key, values) in values {
+        for value in values {
+            let text = format!(
+                "app = \"shop\"\n[services.web]\nimage = \"web:1\"\nresources = {{ {key} = {value} }}\n"
+            );
+            let parsed = AppSpec::parse(&text, None);
+            let runtime = match key {
+                "cpus" => berth_runtime::spec::Resources {
+                    cpus: value.parse().ok(),
+                    ..Default::default()
+                },
+                "memory" => berth_runtime::spec::Resources {
+                    memory: berth_units::parse_size(value.trim_matches('"')).ok(),
+                    ..Default::default()
+                },
+                _ => berth_runtime::spec::Resources {
+                    pids: value.parse().ok(),
+                    ..Default::default()
+                },
+            };
+            assert_eq!(
+                parsed.is_ok(),
+                runtime.check().is_ok(),
+                "{key} = {value}: spec {:?}, node {:?}",
+                parsed.as_ref().err().map(ToString::to_string),
+                runtime.check()
+            );
+            if let Ok(spec) = parsed {
+                let release = Release {
+                    app: "shop".into(),
+                    number: 1,
+                    spec: text.clone(),
+                    file: "berth.toml".into(),
+                    env: None,
+                    images: BTreeMap::new(),
+                    secrets: BTreeMap::new(),
+                    created_at: 0,
+                    by: None,
+                    changes: Vec::new(),
+                    revisions: BTreeMap::new(),
+                    services: Vec::new(),
+                };
+                let request = container_request(
+                    "shop",
+                    "web-1-a",
+                    "web",
+                    &spec.services["web"],
+                    &release,
+                    "sha256:abc",
+                );
+                assert_eq!(request.check(), Ok(()), "{key} = {value}");
+            }
+        }
+    }
+}
+
 #[test]
 fn instances_running_before_the_controller_started_have_unknown_health_until_checked() {
     // Started at 1s; the controller started at 5s (a restarted server).
