@@ -53,7 +53,7 @@ fn bad_limits_are_refused_by_the_flag_parser_with_what_is_allowed() {
         ),
         (
             &["--memory", "-1"],
-            "invalid value '-1' for '--memory <SIZE>': \"-1\" is not a size: write e.g. 500MiB or 10GiB (a memory limit is at least 6MiB)".into(),
+            "invalid value '-1' for '--memory <SIZE>': `-1` is not a size: write a whole number of bytes with an optional unit, like 512, 64Mi or 2GB (a memory limit is at least 6MiB)".into(),
         ),
     ];
     for (args, message) in cases {

@@ -89,7 +89,7 @@ fn releases(server: &BerthServer) -> usize {
 #[test]
 fn a_release_restarts_only_the_services_that_changed() {
     let server = BerthServer::start_logging(&berth_binary(), "info");
-    let registry = format!("http://{}", server.registry());
+    let registry = server.registry_url();
     push_web(&registry, "shop/db", "v1", "db", 5432);
     push_web(&registry, "shop/web", "v1", "web v1", 8080);
     push_web(&registry, "shop/web", "v2", "web v2", 8080);
@@ -185,7 +185,7 @@ fn a_release_restarts_only_the_services_that_changed() {
 #[test]
 fn a_deploy_paused_longer_than_its_deadline_goes_on_when_resumed() {
     let server = BerthServer::start_logging(&berth_binary(), "info");
-    let registry = format!("http://{}", server.registry());
+    let registry = server.registry_url();
     push_web(&registry, "hold/web", "v1", "v1", 8080);
     push_web(&registry, "hold/web", "v2", "v2", 8080);
     let deploy = "min_healthy_time = \"3s\"\nhealthy_deadline = \"5s\"";
@@ -231,7 +231,7 @@ fn a_deploy_paused_longer_than_its_deadline_goes_on_when_resumed() {
 #[test]
 fn an_app_is_removed_with_its_instances_routes_catalog_and_pins_and_keeps_its_volumes() {
     let server = BerthServer::start_logging(&berth_binary(), "info");
-    let registry = format!("http://{}", server.registry());
+    let registry = server.registry_url();
     push_web(&registry, "gone/web", "v1", "gone v1", 8080);
     push_web(&registry, "wiped/web", "v1", "wiped v1", 8080);
     let spec = |app: &str| {
@@ -358,7 +358,7 @@ fn the_proxy_access_log_is_rotated_and_capped() {
 #[test]
 fn a_blue_green_deploy_returns_when_traffic_switched_unless_told_to_wait() {
     let server = BerthServer::start_logging(&berth_binary(), "info");
-    let registry = format!("http://{}", server.registry());
+    let registry = server.registry_url();
     for tag in ["v1", "v2", "v3"] {
         push_web(&registry, "bg/web", tag, tag, 8080);
     }
@@ -403,7 +403,7 @@ fn a_blue_green_deploy_returns_when_traffic_switched_unless_told_to_wait() {
 #[test]
 fn a_rollback_thaws_the_warm_instances_and_switches_all_traffic_at_once() {
     let server = BerthServer::start_logging(&berth_binary(), "info");
-    let registry = format!("http://{}", server.registry());
+    let registry = server.registry_url();
     push_web(&registry, "warm/web", "v1", "v1", 8080);
     push_web(&registry, "warm/web", "v2", "v2", 8080);
     let spec = |tag: &str| {

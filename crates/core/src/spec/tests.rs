@@ -3,8 +3,37 @@ use std::time::Duration;
 
 use super::*;
 
-const SHOP: &str = include_str!("../../../../examples/shop/berth.toml");
-const BLOG: &str = include_str!("../../../../examples/blog/berth.toml");
+/// Every feature of the spec at once: fixtures, not the examples (those must deploy on this
+/// machine, so they stay simple; see `every_example_parses`).
+const SHOP: &str = include_str!("fixtures/shop-full.toml");
+const BLOG: &str = include_str!("fixtures/blog-full.toml");
+
+#[test]
+fn every_example_parses() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+    let mut parsed = 0;
+    for entry in std::fs::read_dir(examples).expect("examples/") {
+        let dir = entry.expect("entry").path();
+        for file in std::fs::read_dir(&dir).into_iter().flatten() {
+            let path = file.expect("entry").path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if name.starts_with("berth") && name.ends_with(".toml") {
+                let text = std::fs::read_to_string(&path).expect("read");
+                if let Err(e) = AppSpec::parse_file(&path.display().to_string(), &text, None) {
+                    panic!("{e}");
+                }
+                parsed += 1;
+            }
+        }
+    }
+    assert!(
+        parsed >= 4,
+        "found only {parsed} berth*.toml under {examples}"
+    );
+}
 
 #[test]
 fn shop_example_parses() {
